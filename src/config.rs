@@ -1,0 +1,302 @@
+//! The registry configuration file (`--registry-config`): per registry host, transport, trust,
+//! credentials, mirrors and request budgets. Errors name the file, the key and the problem.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::image::{DOCKER_HUB, ImageRef};
+use crate::inventory::credentials::DockerCredentials;
+use crate::registry::Credential;
+
+/// Default limit of requests in flight to one registry host.
+pub const DEFAULT_MAX_CONCURRENT: usize = 16;
+/// Bounds on what a config file may reference, so a typo cannot make us read a disk image.
+const MAX_FILE_BYTES: u64 = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+#[error("{file}: {key}: {problem}")]
+pub struct ConfigError {
+    pub file: String,
+    pub key: String,
+    pub problem: String,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileRoot {
+    default_registry: Option<String>,
+    docker_config: Option<PathBuf>,
+    #[serde(default)]
+    registries: BTreeMap<String, FileHost>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileHost {
+    plain_http: Option<bool>,
+    ca_file: Option<PathBuf>,
+    #[serde(default)]
+    skip_tls_verify: bool,
+    auth: Option<FileAuth>,
+    docker_config: Option<PathBuf>,
+    #[serde(default)]
+    mirrors: Vec<String>,
+    max_concurrent_requests: Option<usize>,
+    requests_per_second: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FileAuth {
+    username: String,
+    password: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+/// How to reach one registry host.
+#[derive(Clone, Debug, Default)]
+pub struct HostConfig {
+    /// `None`: HTTPS, except for loopback hosts, which the runtime reaches over plain HTTP.
+    pub plain_http: Option<bool>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub skip_tls_verify: bool,
+    /// Credentials configured for this host, used when the workload brings none.
+    pub credential: Option<Credential>,
+    /// Registry names tried in order before this one (containerd `hosts.toml` semantics).
+    pub mirrors: Vec<String>,
+    pub max_concurrent_requests: Option<usize>,
+    pub requests_per_second: Option<f64>,
+}
+
+impl HostConfig {
+    pub fn uses_plain_http(&self, host: &str) -> bool {
+        self.plain_http.unwrap_or_else(|| is_loopback(host))
+    }
+}
+
+/// The typed registry configuration.
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    pub default_registry: String,
+    hosts: HashMap<String, HostConfig>,
+    docker_credentials: DockerCredentials,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        Self { default_registry: DOCKER_HUB.into(), hosts: HashMap::new(), docker_credentials: Default::default() }
+    }
+}
+
+impl RegistryConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let file = path.display().to_string();
+        let text =
+            read_bounded(path).map_err(|problem| ConfigError { file: file.clone(), key: "(file)".into(), problem })?;
+        Self::parse(&text, &file, path.parent().unwrap_or(Path::new(".")))
+    }
+
+    /// Parses a config; relative paths inside are resolved against `base_dir`.
+    pub fn parse(text: &str, file: &str, base_dir: &Path) -> Result<Self, ConfigError> {
+        let err = |key: &str, problem: String| ConfigError { file: file.into(), key: key.into(), problem };
+        let root: FileRoot = if text.trim().is_empty() {
+            FileRoot::default()
+        } else {
+            serde_saphyr::from_str(text).map_err(|e| err("(document)", e.to_string()))?
+        };
+        let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
+        let load_docker_config = |key: &str, p: &Path| -> Result<DockerCredentials, ConfigError> {
+            let bytes = read_bounded(&resolve(p)).map_err(|e| err(key, e))?;
+            DockerCredentials::parse(bytes.as_bytes()).map_err(|e| err(key, format!("{}: {e}", p.display())))
+        };
+
+        let default_registry = match root.default_registry {
+            Some(r) => canonical_registry(&r).map_err(|p| err("defaultRegistry", p))?,
+            None => DOCKER_HUB.to_string(),
+        };
+        let docker_credentials = match &root.docker_config {
+            Some(p) => load_docker_config("dockerConfig", p)?,
+            None => DockerCredentials::default(),
+        };
+        let mut hosts = HashMap::new();
+        for (name, host) in root.registries {
+            let key = |field: &str| format!("registries.{name}.{field}");
+            let registry = canonical_registry(&name).map_err(|p| err(&format!("registries.{name}"), p))?;
+            let ca_pem = match &host.ca_file {
+                Some(p) => {
+                    let pem = read_bounded(&resolve(p)).map_err(|e| err(&key("caFile"), e))?;
+                    if !pem.contains("-----BEGIN CERTIFICATE-----") {
+                        return Err(err(&key("caFile"), format!("{}: no PEM certificate in it", p.display())));
+                    }
+                    Some(pem.into_bytes())
+                }
+                None => None,
+            };
+            if ca_pem.is_some() && host.skip_tls_verify {
+                return Err(err(&key("skipTlsVerify"), "set together with caFile: choose one".into()));
+            }
+            if host.plain_http == Some(true) && (ca_pem.is_some() || host.skip_tls_verify) {
+                return Err(err(&key("plainHttp"), "plain HTTP has no TLS to configure".into()));
+            }
+            let credential = match (host.auth, &host.docker_config) {
+                (Some(_), Some(_)) => {
+                    return Err(err(&key("auth"), "set together with dockerConfig: choose one".into()));
+                }
+                (Some(auth), None) => {
+                    let password = match (auth.password, auth.password_file) {
+                        (Some(p), None) => p,
+                        (None, Some(f)) => read_bounded(&resolve(&f))
+                            .map_err(|e| err(&key("auth.passwordFile"), e))?
+                            .trim_end_matches(['\n', '\r'])
+                            .to_string(),
+                        _ => return Err(err(&key("auth"), "needs exactly one of password, passwordFile".into())),
+                    };
+                    if auth.username.is_empty() {
+                        return Err(err(&key("auth.username"), "is empty".into()));
+                    }
+                    Some(Credential::basic(auth.username, password))
+                }
+                (None, Some(p)) => {
+                    let creds = load_docker_config(&key("dockerConfig"), p)?;
+                    let probe = ImageRef::parse(&format!("{registry}/probe")).ok();
+                    probe.and_then(|img| creds.lookup(&img).cloned())
+                }
+                (None, None) => None,
+            };
+            let mut mirrors = Vec::new();
+            for (i, m) in host.mirrors.iter().enumerate() {
+                mirrors.push(canonical_registry(m).map_err(|p| err(&key(&format!("mirrors[{i}]")), p))?);
+            }
+            if host.max_concurrent_requests == Some(0) {
+                return Err(err(&key("maxConcurrentRequests"), "must be at least 1".into()));
+            }
+            if let Some(rps) = host.requests_per_second
+                && !(rps.is_finite() && rps > 0.0)
+            {
+                return Err(err(&key("requestsPerSecond"), format!("must be a positive number, not {rps}")));
+            }
+            let config = HostConfig {
+                plain_http: host.plain_http,
+                ca_pem,
+                skip_tls_verify: host.skip_tls_verify,
+                credential,
+                mirrors,
+                max_concurrent_requests: host.max_concurrent_requests,
+                requests_per_second: host.requests_per_second,
+            };
+            if hosts.insert(registry.clone(), config).is_some() {
+                return Err(err(&format!("registries.{name}"), format!("{registry} is configured twice")));
+            }
+        }
+        Ok(Self { default_registry, hosts, docker_credentials })
+    }
+
+    pub fn host(&self, registry: &str) -> HostConfig {
+        self.hosts.get(registry).cloned().unwrap_or_default()
+    }
+
+    /// Configured credentials for an image: its host's own, else the top-level docker config's.
+    pub fn credential_for(&self, image: &ImageRef) -> Option<Credential> {
+        self.hosts
+            .get(image.registry())
+            .and_then(|h| h.credential.clone())
+            .or_else(|| self.docker_credentials.lookup(image).cloned())
+    }
+
+    pub fn parse_image(&self, reference: &str) -> Result<ImageRef, crate::image::ImageRefError> {
+        ImageRef::parse_with_default(reference, &self.default_registry)
+    }
+}
+
+/// A registry name as it appears in canonical references (`index.docker.io` is `docker.io`).
+fn canonical_registry(name: &str) -> Result<String, String> {
+    let parsed = ImageRef::parse(&format!("{name}/pullcheck-probe"))
+        .ok()
+        .filter(|r| r.repository() == "pullcheck-probe" || r.registry() == DOCKER_HUB);
+    match parsed {
+        Some(r) if name.contains(['.', ':']) || name == "localhost" => Ok(r.registry().to_string()),
+        _ => Err(format!("{name:?} is not a registry host (a host name with a dot or port, or localhost)")),
+    }
+}
+
+fn is_loopback(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(""),
+        None => host.split(':').next().unwrap_or(""),
+    };
+    name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+fn read_bounded(path: &Path) -> Result<String, String> {
+    let describe = |e: std::io::Error| format!("{}: {e}", path.display());
+    let meta = std::fs::metadata(path).map_err(describe)?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("{}: larger than {MAX_FILE_BYTES} bytes", path.display()));
+    }
+    std::fs::read_to_string(path).map_err(describe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<RegistryConfig, ConfigError> {
+        RegistryConfig::parse(text, "reg.yaml", Path::new("/nonexistent"))
+    }
+
+    fn problem(text: &str) -> String {
+        match parse(text) {
+            Ok(_) => "accepted".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn full_config() {
+        let cfg = parse(
+            "defaultRegistry: mirror.example:5000\nregistries:\n  docker.io:\n    mirrors: [mirror.example:5000]\n    auth: {username: u, password: p}\n    maxConcurrentRequests: 4\n    requestsPerSecond: 2.5\n  mirror.example:5000:\n    plainHttp: true\n",
+        )
+        .expect("valid");
+        assert_eq!(cfg.default_registry, "mirror.example:5000");
+        let hub = cfg.host("docker.io");
+        assert_eq!(hub.mirrors, vec!["mirror.example:5000".to_string()]);
+        assert_eq!(hub.max_concurrent_requests, Some(4));
+        assert!(cfg.host("mirror.example:5000").uses_plain_http("mirror.example:5000"));
+        let img = ImageRef::parse("docker.io/library/nginx").expect("valid");
+        assert_eq!(cfg.credential_for(&img), Some(Credential::basic("u", "p")));
+    }
+
+    #[test]
+    fn index_docker_io_is_docker_io() {
+        let cfg = parse("registries:\n  index.docker.io:\n    maxConcurrentRequests: 3\n").expect("valid");
+        assert_eq!(cfg.host("docker.io").max_concurrent_requests, Some(3));
+    }
+
+    #[test]
+    fn errors_name_file_key_and_problem() {
+        assert_eq!(
+            problem("registries:\n  r.example:\n    requestsPerSecond: 0\n"),
+            "reg.yaml: registries.r.example.requestsPerSecond: must be a positive number, not 0"
+        );
+        assert!(problem("registries:\n  r.example:\n    bogus: 1\n").starts_with("reg.yaml: (document): "));
+        assert!(problem("registries:\n  r.example:\n    bogus: 1\n").contains("bogus"));
+        assert!(problem("registries:\n  nohost:\n    plainHttp: true\n").starts_with("reg.yaml: registries.nohost: "));
+        assert!(problem("registries:\n  r.example:\n    mirrors: ['Bad Host']\n").contains("mirrors[0]"));
+        assert!(problem("registries:\n  r.example:\n    caFile: ca.pem\n").contains("registries.r.example.caFile"));
+        assert!(problem("registries:\n  r.example:\n    auth: {username: u}\n").contains("exactly one of password"));
+        assert!(
+            problem("registries:\n  r.example:\n    plainHttp: true\n    skipTlsVerify: true\n").contains("plainHttp")
+        );
+        assert!(problem("registries: [").starts_with("reg.yaml: (document): "));
+    }
+
+    #[test]
+    fn loopback_defaults_to_plain_http() {
+        for host in ["localhost:5000", "127.0.0.1:5000", "[::1]:5000", "localhost"] {
+            assert!(HostConfig::default().uses_plain_http(host), "{host}");
+        }
+        assert!(!HostConfig::default().uses_plain_http("registry.example"));
+    }
+}

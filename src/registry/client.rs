@@ -1,0 +1,135 @@
+//! The registry client: one HTTP client per registry host (its TLS settings and budgets),
+//! shared token cache, and the counters the benchmarks and telemetry read.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::config::{DEFAULT_MAX_CONCURRENT, RegistryConfig};
+use crate::error::{Error, Result};
+use crate::registry::auth::TokenCache;
+use crate::registry::limits::HostLimits;
+
+/// Timeouts, retries and bounds for every registry call.
+#[derive(Clone, Debug)]
+pub struct ClientSettings {
+    /// Whole request, body included: a registry that drips its body is `registry_unavailable`.
+    pub request_timeout: Duration,
+    pub connect_timeout: Duration,
+    /// Further attempts after a 429, 5xx or transport failure.
+    pub retries: u32,
+    /// The longest `Retry-After` or backoff a probe waits for; longer ones end it as is.
+    pub max_retry_wait: Duration,
+    /// Largest manifest, token or error body read.
+    pub max_body_bytes: usize,
+}
+
+impl Default for ClientSettings {
+    fn default() -> Self {
+        Self {
+            request_timeout: Duration::from_secs(10),
+            connect_timeout: Duration::from_secs(5),
+            retries: 2,
+            max_retry_wait: Duration::from_secs(30),
+            max_body_bytes: 4 << 20,
+        }
+    }
+}
+
+/// How one registry host (or token realm) is reached.
+pub(crate) struct Host {
+    pub name: String,
+    pub http: reqwest::Client,
+    pub plain_http: bool,
+    pub limits: HostLimits,
+    /// What the host asked for last time, so later probes authenticate up front.
+    pub scheme: Mutex<Option<KnownScheme>>,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) enum KnownScheme {
+    Basic,
+    Bearer { realm: String, service: Option<String> },
+}
+
+/// Cheap to clone; every clone shares hosts, tokens and counters.
+#[derive(Clone)]
+pub struct RegistryClient {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub config: Arc<RegistryConfig>,
+    pub settings: ClientSettings,
+    pub tokens: TokenCache,
+    hosts: Mutex<HashMap<String, Arc<Host>>>,
+    requests: AtomicU64,
+}
+
+impl RegistryClient {
+    pub fn new(config: Arc<RegistryConfig>, settings: ClientSettings) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                config,
+                settings,
+                tokens: TokenCache::default(),
+                hosts: Mutex::new(HashMap::new()),
+                requests: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &RegistryConfig {
+        &self.inner.config
+    }
+
+    /// HTTP requests sent since the client was made (token fetches included).
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_request(&self) {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The client for a host (`registry.example:5000`), built on first use from its config.
+    pub(crate) fn host(&self, name: &str) -> Result<Arc<Host>> {
+        let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(host) = hosts.get(name) {
+            return Ok(host.clone());
+        }
+        let host = Arc::new(self.build_host(name)?);
+        hosts.insert(name.to_string(), host.clone());
+        Ok(host)
+    }
+
+    fn build_host(&self, name: &str) -> Result<Host> {
+        let config = self.inner.config.host(name);
+        let settings = &self.inner.settings;
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("pullcheck/", env!("CARGO_PKG_VERSION")))
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.connect_timeout)
+            // reqwest drops Authorization when a redirect leaves the host.
+            .redirect(reqwest::redirect::Policy::limited(5))
+            .pool_idle_timeout(Duration::from_secs(90))
+            .tls_danger_accept_invalid_certs(config.skip_tls_verify);
+        if let Some(pem) = &config.ca_pem {
+            let certs = reqwest::Certificate::from_pem_bundle(pem)
+                .map_err(|e| Error::Config(format!("CA bundle for {name}: {e}")))?;
+            builder = builder.tls_certs_merge(certs);
+        }
+        let http = builder.build().map_err(|e| Error::Config(format!("HTTP client for {name}: {e}")))?;
+        Ok(Host {
+            name: name.to_string(),
+            http,
+            plain_http: config.uses_plain_http(name),
+            limits: HostLimits::new(
+                config.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT),
+                config.requests_per_second,
+            ),
+            scheme: Mutex::new(None),
+        })
+    }
+}
