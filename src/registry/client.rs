@@ -69,6 +69,8 @@ pub(crate) struct Inner {
 
 impl RegistryClient {
     pub fn new(config: Arc<RegistryConfig>, settings: ClientSettings) -> Self {
+        // reqwest is built without a rustls provider; ring is the process's one (no-op if set).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
             inner: Arc::new(Inner {
                 config,

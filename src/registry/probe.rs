@@ -113,7 +113,7 @@ impl RegistryClient {
             for mirror in config.host(image.registry()).mirrors {
                 let on_mirror = image.with_registry(&mirror);
                 let mirror_credential = config.host(&mirror).credential;
-                let attempt = exchange.probe_host(&mirror, &on_mirror, mirror_credential.as_ref(), true).await;
+                let attempt = exchange.probe_host(&mirror, &on_mirror, mirror_credential.as_ref(), Some(image.registry())).await;
                 if attempt.state == State::Available {
                     return (mirror, attempt);
                 }
@@ -121,7 +121,7 @@ impl RegistryClient {
             }
             let configured = config.credential_for(image);
             let credential = credential.or(configured.as_ref());
-            let attempt = exchange.probe_host(image.registry(), image, credential, false).await;
+            let attempt = exchange.probe_host(image.registry(), image, credential, None).await;
             (image.registry().to_string(), attempt)
         }
         .instrument(span.clone())
@@ -148,12 +148,13 @@ impl RegistryClient {
 
 impl Exchange<'_> {
     /// Retries 429, 5xx and transport failures on one host, honouring `Retry-After`.
+    /// `mirror_of` names the upstream registry when `registry` is one of its mirrors.
     async fn probe_host(
         &mut self,
         registry: &str,
         image: &ImageRef,
         credential: Option<&Credential>,
-        is_mirror: bool,
+        mirror_of: Option<&str>,
     ) -> Attempt {
         let host = match self.client.host(api_host(registry)) {
             Ok(h) => h,
@@ -174,7 +175,7 @@ impl Exchange<'_> {
                 }
                 tokio::time::sleep(wait).await;
             }
-            let attempt = self.manifest(&host, image, credential, is_mirror).await;
+            let attempt = self.manifest(&host, image, credential, mirror_of).await;
             let retryable = matches!(attempt.state, State::RateLimited | State::RegistryUnavailable);
             if attempt.state == State::RateLimited {
                 let pause = attempt.retry_after.unwrap_or_else(|| backoff(attempt_no));
@@ -201,14 +202,15 @@ impl Exchange<'_> {
         host: &Host,
         image: &ImageRef,
         credential: Option<&Credential>,
-        is_mirror: bool,
+        mirror_of: Option<&str>,
     ) -> Attempt {
         let scheme = if host.plain_http { "http" } else { "https" };
         let mut url =
             format!("{scheme}://{}/v2/{}/manifests/{}", host.name, image.repository(), image.manifest_reference());
-        if is_mirror {
+        // containerd names the upstream to a mirror, so one mirror can serve several registries.
+        if let Some(upstream) = mirror_of {
             url.push_str("?ns=");
-            url.push_str(image.registry());
+            url.push_str(upstream);
         }
         let repository = image.repository();
         let mut authorization = match self.authorization(host, repository, credential).await {

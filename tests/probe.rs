@@ -1,0 +1,310 @@
+//! The probe engine against real registries: every state of DESIGN.md's table but
+//! `platform_missing`, produced by Debian's docker-registry or the fault proxy in front of it.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pullcheck::config::RegistryConfig;
+use pullcheck::image::ImageRef;
+use pullcheck::registry::{ClientSettings, Credential, ProbeResult, RegistryClient, State};
+use support::proxy::{Fault, FaultProxy};
+use support::{Env, NO_PULL_PASSWORD, NO_PULL_USER, PASSWORD, USER};
+
+fn client_with(config: Option<&std::path::Path>, settings: ClientSettings) -> RegistryClient {
+    let config = config.map(|p| RegistryConfig::load(p).expect("valid test config")).unwrap_or_default();
+    RegistryClient::new(Arc::new(config), settings)
+}
+
+fn fast() -> ClientSettings {
+    ClientSettings {
+        request_timeout: Duration::from_secs(2),
+        retries: 2,
+        max_retry_wait: Duration::from_secs(5),
+        ..ClientSettings::default()
+    }
+}
+
+fn image(s: &str) -> ImageRef {
+    ImageRef::parse(s).expect("valid test image")
+}
+
+async fn probe(client: &RegistryClient, reference: &str, credential: Option<&Credential>) -> ProbeResult {
+    client.probe(&image(reference), credential).await
+}
+
+#[tokio::test]
+async fn anonymous_registry_available_then_absent_after_cleanup() {
+    let env = Env::start().await;
+    let (digest, _) = env.pusher.image("team/app", "v1", "amd64").await;
+    let client = client_with(None, fast());
+    let r = probe(&client, &format!("{}/team/app:v1", env.anon.addr), None).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
+    assert_eq!(r.http_requests, 1, "no ping, no token: one HEAD");
+
+    let pinned = probe(&client, &format!("{}/team/app@{digest}", env.anon.addr), None).await;
+    assert_eq!(pinned.state, State::Available, "{pinned:?}");
+
+    env.pusher.delete("team/app", &digest).await;
+    let r = probe(&client, &format!("{}/team/app:v1", env.anon.addr), None).await;
+    assert_eq!(r.state, State::Absent, "{r:?}");
+    assert!(r.error.as_deref().is_some_and(|e| e.contains("404")), "{r:?}");
+    let never = probe(&client, &format!("{}/never/pushed:v1", env.anon.addr), None).await;
+    assert_eq!(never.state, State::Absent, "{never:?}");
+}
+
+#[tokio::test]
+async fn multi_platform_index_reports_the_index_digest() {
+    let env = Env::start().await;
+    let index = env.pusher.index("multi/app", "v1", &["amd64", "arm64"]).await;
+    let r = probe(&client_with(None, fast()), &format!("{}/multi/app:v1", env.anon.addr), None).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    assert_eq!(r.digest.as_deref(), Some(index.as_str()));
+    assert_eq!(r.media_type.as_deref(), Some(support::registry::OCI_INDEX));
+}
+
+#[tokio::test]
+async fn basic_auth_over_tls() {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    let config = env.registry_config("", "");
+    let client = client_with(Some(&config), fast());
+    let reference = format!("{}/private/app:v1", env.basic.addr);
+    let good = Credential::basic(USER, PASSWORD);
+    let bad = Credential::basic(USER, "wrong");
+
+    let r = probe(&client, &reference, Some(&good)).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    assert_eq!(r.http_requests, 2, "first probe learns the scheme from the challenge");
+    let r = probe(&client, &reference, Some(&good)).await;
+    assert_eq!((r.state, r.http_requests), (State::Available, 1), "then Basic goes up front: {r:?}");
+    let r = probe(&client, &reference, Some(&bad)).await;
+    assert_eq!(r.state, State::AuthenticationFailure, "{r:?}");
+    let r = probe(&client, &reference, None).await;
+    assert_eq!(r.state, State::AuthenticationFailure, "{r:?}");
+    assert!(!format!("{r:?}").contains(PASSWORD) && !format!("{r:?}").contains("wrong"));
+}
+
+#[tokio::test]
+async fn basic_auth_from_registry_config() {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    let ca = env.pki.ca_cert.display();
+    let extra = format!(
+        "  {}:\n    plainHttp: false\n    caFile: {ca}\n    auth: {{username: {USER}, password: {PASSWORD}}}\n",
+        env.basic.addr
+    );
+    // The generic entry for the host is replaced by this one: write the config by hand.
+    let path = env.dir.path().join("with-auth.yaml");
+    std::fs::write(&path, format!("registries:\n{extra}")).expect("write");
+    let r = probe(&client_with(Some(&path), fast()), &format!("{}/private/app:v1", env.basic.addr), None).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+}
+
+#[tokio::test]
+async fn token_auth_scopes_and_cache() {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    env.pusher.image("public/app", "v1", "amd64").await;
+    let config = env.registry_config("", "");
+    let client = client_with(Some(&config), fast());
+    let private = format!("{}/private/app:v1", env.token.addr);
+    let alice = Credential::basic(USER, PASSWORD);
+    let mallory = Credential::basic(NO_PULL_USER, NO_PULL_PASSWORD);
+
+    let r = probe(&client, &private, Some(&alice)).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    assert_eq!(r.http_requests, 3, "HEAD 401, token, HEAD");
+    for _ in 0..5 {
+        let r = probe(&client, &private, Some(&alice)).await;
+        assert_eq!((r.state, r.http_requests), (State::Available, 1), "cached token: {r:?}");
+    }
+    assert_eq!(env.issuer.requests(), 1);
+
+    // Another credential never rides on alice's token.
+    let r = probe(&client, &private, Some(&mallory)).await;
+    assert_eq!(r.state, State::AuthorizationFailure, "{r:?}");
+    assert!(r.error.as_deref().is_some_and(|e| e.contains("insufficient_scope")), "{r:?}");
+    let r = probe(&client, &private, Some(&Credential::basic(USER, "wrong"))).await;
+    assert_eq!(r.state, State::AuthenticationFailure, "{r:?}");
+    let r = probe(&client, &private, None).await;
+    assert_eq!(r.state, State::AuthorizationFailure, "anonymous token without pull: {r:?}");
+    let r = probe(&client, &format!("{}/public/app:v1", env.token.addr), None).await;
+    assert_eq!(r.state, State::Available, "anonymous pull of a public repository: {r:?}");
+    assert_eq!(r.http_requests, 2, "the realm is known: token, HEAD");
+    let r = probe(&client, &format!("{}/public/gone:v1", env.token.addr), None).await;
+    assert_eq!(r.state, State::Absent, "{r:?}");
+}
+
+#[tokio::test]
+async fn tls_trust_decides_reachability() {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    let reference = format!("{}/private/app:v1", env.basic.addr);
+    let path = env.dir.path().join("no-ca.yaml");
+    std::fs::write(&path, format!("registries:\n  {}:\n    plainHttp: false\n", env.basic.addr)).expect("write");
+    let r = probe(&client_with(Some(&path), fast()), &reference, Some(&Credential::basic(USER, PASSWORD))).await;
+    assert_eq!(r.state, State::RegistryUnavailable, "untrusted certificate: {r:?}");
+    assert!(r.error.as_deref().is_some_and(|e| e.to_lowercase().contains("certificate")), "{r:?}");
+
+    std::fs::write(
+        &path,
+        format!("registries:\n  {}:\n    plainHttp: false\n    skipTlsVerify: true\n", env.basic.addr),
+    )
+    .expect("write");
+    let r = probe(&client_with(Some(&path), fast()), &reference, Some(&Credential::basic(USER, PASSWORD))).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+}
+
+#[tokio::test]
+async fn rate_limits_are_retried_or_honoured_per_registry() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let proxy = FaultProxy::start(format!("http://{}", env.anon.addr)).await;
+    let client = client_with(None, fast());
+    let via_proxy = format!("{}/team/app:v1", proxy.addr());
+
+    proxy.set_for(Fault::Status { status: 429, retry_after: Some("1".into()) }, 1);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::Available, "a short Retry-After is waited out: {r:?}");
+    assert_eq!(r.http_requests, 2);
+
+    proxy.set(Fault::Status { status: 429, retry_after: Some("120".into()) });
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::RateLimited, "{r:?}");
+    assert_eq!(r.http_requests, 1, "a long Retry-After is not waited for");
+    let before = proxy.seen().len();
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!((r.state, r.http_requests), (State::RateLimited, 0), "the registry is left alone: {r:?}");
+    assert_eq!(proxy.seen().len(), before);
+    assert!(r.error.as_deref().is_some_and(|e| e.contains("Retry-After")), "{r:?}");
+    let other = probe(&client, &format!("{}/team/app:v1", env.anon.addr), None).await;
+    assert_eq!(other.state, State::Available, "other registries are not paused: {other:?}");
+}
+
+#[tokio::test]
+async fn server_errors_resets_and_slow_bodies_are_registry_unavailable() {
+    let env = Env::start().await;
+    let (digest, _) = env.pusher.image("team/app", "v1", "amd64").await;
+    let proxy = FaultProxy::start(format!("http://{}", env.anon.addr)).await;
+    let client = client_with(None, ClientSettings { request_timeout: Duration::from_millis(800), ..fast() });
+    let via_proxy = format!("{}/team/app:v1", proxy.addr());
+
+    proxy.set(Fault::Status { status: 503, retry_after: None });
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!((r.state, r.http_requests), (State::RegistryUnavailable, 3), "retried twice: {r:?}");
+
+    proxy.set_for(Fault::Status { status: 502, retry_after: None }, 1);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::Available, "a passing 5xx is retried: {r:?}");
+
+    proxy.set(Fault::Reset);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::RegistryUnavailable, "{r:?}");
+
+    proxy.set(Fault::Drip(Duration::from_millis(300)));
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::RegistryUnavailable, "{r:?}");
+    assert!(r.error.as_deref().is_some_and(|e| e.contains("timed out")), "{r:?}");
+
+    proxy.set(Fault::Truncate);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::RegistryUnavailable, "truncated body: {r:?}");
+
+    proxy.set(Fault::None);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!((r.state, r.digest.as_deref()), (State::Available, Some(digest.as_str())), "{r:?}");
+}
+
+#[tokio::test]
+async fn get_fallback_and_malformed_answers() {
+    let env = Env::start().await;
+    let (digest, _) = env.pusher.image("team/app", "v1", "amd64").await;
+    let proxy = FaultProxy::start(format!("http://{}", env.anon.addr)).await;
+    let client = client_with(None, fast());
+    let via_proxy = format!("{}/team/app:v1", proxy.addr());
+
+    proxy.set(Fault::HeadNotAllowed);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!((r.state, r.digest.as_deref()), (State::Available, Some(digest.as_str())), "HEAD 405 → GET: {r:?}");
+    proxy.set(Fault::StripDigest);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!((r.state, r.digest.as_deref()), (State::Available, Some(digest.as_str())), "digest of the body: {r:?}");
+    let methods: Vec<String> = proxy.seen().iter().map(|s| s.method.clone()).collect();
+    assert_eq!(methods, ["HEAD", "GET", "HEAD", "GET"]);
+
+    proxy.set(Fault::Huge(64 << 20));
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::UnknownError, "{r:?}");
+    assert!(r.error.as_deref().is_some_and(|e| e.contains("larger than")), "{r:?}");
+    proxy.set(Fault::Garbage);
+    let r = probe(&client, &via_proxy, None).await;
+    assert_eq!(r.state, State::UnknownError, "{r:?}");
+    assert!(r.error.as_deref().is_some_and(|e| e.contains("not JSON")), "{r:?}");
+}
+
+#[tokio::test]
+async fn redirects_to_another_host_carry_no_credentials() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let upstream = format!("http://{}", env.anon.addr);
+    let other_host = FaultProxy::start_on("127.0.0.2:0", upstream.clone()).await;
+    let redirecting = FaultProxy::start(upstream).await;
+    redirecting.set(Fault::Redirect(format!("http://{}", other_host.addr())));
+    let token = Credential::Bearer("registry-token-secret".into());
+    let r = probe(&client_with(None, fast()), &format!("{}/team/app:v1", redirecting.addr()), Some(&token)).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    assert!(redirecting.seen().iter().all(|s| s.authorization), "the registry gets the credential");
+    let followed = other_host.seen();
+    assert!(!followed.is_empty() && followed.iter().all(|s| !s.authorization), "{followed:?}");
+}
+
+#[tokio::test]
+async fn unreachable_registries() {
+    let refused = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let client = client_with(None, ClientSettings { retries: 0, ..fast() });
+    let r = probe(&client, &format!("127.0.0.1:{refused}/team/app:v1"), None).await;
+    assert_eq!(r.state, State::RegistryUnavailable, "{r:?}");
+    assert!(r.error.as_deref().is_some_and(|e| e.contains("connection failed")), "{r:?}");
+    let r = probe(&client, "registry.does-not-exist.invalid/team/app:v1", None).await;
+    assert_eq!(r.state, State::RegistryUnavailable, "DNS: {r:?}");
+}
+
+#[tokio::test]
+async fn mirrors_are_tried_in_order_then_the_registry() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        listener.local_addr().expect("addr").port()
+    };
+    let empty_mirror = FaultProxy::start(format!("http://{}", env.anon.addr)).await;
+    empty_mirror.set(Fault::Status { status: 404, retry_after: None });
+    let path = env.dir.path().join("mirrors.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "registries:\n  upstream.example:\n    mirrors: ['127.0.0.1:{dead}', '{}', '{}']\n",
+            empty_mirror.addr(),
+            env.anon.addr
+        ),
+    )
+    .expect("write");
+    let client = client_with(Some(&path), ClientSettings { retries: 0, ..fast() });
+    let r = probe(&client, "upstream.example/team/app:v1", None).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    assert_eq!(r.registry, env.anon.addr, "served by the third mirror");
+    assert!(
+        empty_mirror.seen().iter().all(|s| s.target.ends_with("?ns=upstream.example")),
+        "{:?}",
+        empty_mirror.seen()
+    );
+    let r = probe(&client, "upstream.example/team/other:v1", None).await;
+    assert_eq!(r.state, State::RegistryUnavailable, "falls back to the (unresolvable) upstream: {r:?}");
+    assert_eq!(r.registry, "upstream.example");
+}

@@ -1,0 +1,86 @@
+//! Real parts for the integration tests: Debian's docker-registry in three set-ups sharing one
+//! storage, a token issuer, a fault-injecting proxy, and a pusher.
+#![allow(dead_code)]
+
+pub mod http;
+pub mod proxy;
+pub mod registry;
+pub mod tls;
+pub mod token;
+
+use std::path::PathBuf;
+
+use registry::{Auth, Pusher, Registry};
+use tls::Pki;
+use token::{Grant, TokenIssuer};
+
+pub const USER: &str = "alice";
+pub const PASSWORD: &str = "alice-pw";
+/// Authenticates at the token issuer but is granted nothing.
+pub const NO_PULL_USER: &str = "mallory";
+pub const NO_PULL_PASSWORD: &str = "mallory-pw";
+
+/// Three registries over one storage: anonymous HTTP (where the tests push), TLS + htpasswd,
+/// and TLS + token auth.
+pub struct Env {
+    pub dir: tempfile::TempDir,
+    pub pki: Pki,
+    pub anon: Registry,
+    pub basic: Registry,
+    pub token: Registry,
+    pub issuer: TokenIssuer,
+    pub pusher: Pusher,
+}
+
+impl Env {
+    pub async fn start() -> Env {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let dir = tempfile::tempdir().expect("tempdir");
+        let storage = dir.path().join("storage");
+        std::fs::create_dir_all(&storage).expect("storage");
+        let pki = Pki::create(dir.path());
+        let htpasswd = dir.path().join("htpasswd");
+        let out = std::process::Command::new("htpasswd")
+            .args(["-Bbn", USER, PASSWORD])
+            .output()
+            .expect("htpasswd is installed (.ci/run installs apache2-utils)");
+        std::fs::write(&htpasswd, out.stdout).expect("write htpasswd");
+        let issuer = TokenIssuer::start(
+            &pki.signer_key_pkcs8,
+            &pki.signer_cert_der,
+            &[(USER, PASSWORD, Grant::Pull), (NO_PULL_USER, NO_PULL_PASSWORD, Grant::Nothing)],
+        )
+        .await;
+        let tls = Some((pki.server_cert.as_path(), pki.server_key.as_path()));
+        let anon = Registry::start(dir.path(), "anon", &storage, None, Auth::None).await;
+        let basic = Registry::start(dir.path(), "basic", &storage, tls, Auth::Htpasswd(htpasswd)).await;
+        let token_auth = Auth::Token {
+            realm: issuer.realm(),
+            service: token::SERVICE.into(),
+            issuer: token::ISSUER.into(),
+            root_cert: pki.signer_cert.clone(),
+        };
+        let token = Registry::start(dir.path(), "token", &storage, tls, token_auth).await;
+        let pusher = Pusher::new(format!("http://{}", anon.addr));
+        Env { dir, pki, anon, basic, token, issuer, pusher }
+    }
+
+    /// A registry config trusting the test CA for the TLS registries, plus `extra` lines under
+    /// `registries:` (indented two spaces) and `top` lines at the top level.
+    pub fn registry_config(&self, top: &str, extra: &str) -> PathBuf {
+        let ca = self.pki.ca_cert.display();
+        let text = format!(
+            "{top}registries:\n  {}:\n    plainHttp: false\n    caFile: {ca}\n  {}:\n    plainHttp: false\n    caFile: {ca}\n{extra}",
+            self.basic.addr, self.token.addr
+        );
+        let path = self.dir.path().join(format!("registries-{}.yaml", rand_suffix()));
+        std::fs::write(&path, text).expect("write registry config");
+        path
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::SeqCst)
+}

@@ -1,0 +1,159 @@
+//! A fault-injecting proxy in front of a real registry: what the registry cannot be made to do
+//! (429, 5xx, slow and truncated bodies, resets, redirects, huge bodies) on demand.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use super::http::{Reply, Request, Server};
+
+#[derive(Clone, Debug, Default)]
+pub enum Fault {
+    #[default]
+    None,
+    /// This status (with a `Retry-After` when given) instead of the registry's answer.
+    Status { status: u16, retry_after: Option<String> },
+    /// The registry's headers, then its body one byte per interval.
+    Drip(Duration),
+    /// Headers promising more body than is sent.
+    Truncate,
+    /// The connection closed without an answer.
+    Reset,
+    /// 307 to this base URL (same path).
+    Redirect(String),
+    /// A 200 with this many bytes of body.
+    Huge(usize),
+    /// HEAD answered 405, as some registries do.
+    HeadNotAllowed,
+    /// The registry's answer without `Docker-Content-Digest`.
+    StripDigest,
+    /// A 200 whose body is not a manifest.
+    Garbage,
+}
+
+impl Fault {
+    /// Faults of the body reach the client only on GET: HEAD is refused so the client falls back.
+    fn is_body_fault(&self) -> bool {
+        matches!(self, Fault::Drip(_) | Fault::Truncate | Fault::Huge(_) | Fault::Garbage | Fault::HeadNotAllowed)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: String,
+    pub target: String,
+    pub authorization: bool,
+}
+
+pub struct FaultProxy {
+    pub server: Server,
+    /// The fault and how many more requests it applies to (`None`: all).
+    state: Arc<Mutex<(Fault, Option<usize>)>>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl FaultProxy {
+    pub async fn start(upstream: String) -> FaultProxy {
+        Self::start_on("127.0.0.1:0", upstream).await
+    }
+
+    pub async fn start_on(bind: &str, upstream: String) -> FaultProxy {
+        let state: Arc<Mutex<(Fault, Option<usize>)>> = Arc::default();
+        let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
+        let (st, sn) = (state.clone(), seen.clone());
+        let server = Server::start(bind, move |req: Request| {
+            sn.lock().expect("lock").push(Seen {
+                method: req.method.clone(),
+                target: req.target.clone(),
+                authorization: req.header("authorization").is_some(),
+            });
+            let fault = {
+                let mut s = st.lock().expect("lock");
+                let fault = s.0.clone();
+                match &mut s.1 {
+                    Some(0) => Fault::None,
+                    Some(n) => {
+                        *n -= 1;
+                        fault
+                    }
+                    None => fault,
+                }
+            };
+            let (http, upstream) = (http.clone(), upstream.clone());
+            async move { apply(fault, req, &http, &upstream).await }
+        })
+        .await;
+        FaultProxy { server, state, seen }
+    }
+
+    /// Applies `fault` to every following request.
+    pub fn set(&self, fault: Fault) {
+        *self.state.lock().expect("lock") = (fault, None);
+    }
+
+    /// Applies `fault` to the next `n` requests only.
+    pub fn set_for(&self, fault: Fault, n: usize) {
+        *self.state.lock().expect("lock") = (fault, Some(n));
+    }
+
+    pub fn addr(&self) -> String {
+        self.server.addr.to_string()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().expect("lock").clone()
+    }
+}
+
+async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &str) -> Reply {
+    match &fault {
+        Fault::Status { status, retry_after } => {
+            let headers = retry_after.iter().map(|r| ("Retry-After".to_string(), r.clone())).collect();
+            return Reply::Full { status: *status, headers, body: vec![] };
+        }
+        Fault::Reset => return Reply::Reset,
+        Fault::Redirect(base) => {
+            return Reply::Full {
+                status: 307,
+                headers: vec![("Location".into(), format!("{base}{}", req.target))],
+                body: vec![],
+            };
+        }
+        f if f.is_body_fault() && req.method == "HEAD" => return Reply::status(405),
+        Fault::Huge(n) => {
+            return Reply::Full {
+                status: 200,
+                headers: vec![("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into())],
+                body: vec![b' '; *n],
+            };
+        }
+        Fault::Garbage => {
+            return Reply::Full { status: 200, headers: vec![], body: b"<html>not a manifest</html>".to_vec() };
+        }
+        _ => {}
+    }
+    let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let mut forward = http.request(method, format!("{upstream}{}", req.target));
+    for (k, v) in &req.headers {
+        if !k.eq_ignore_ascii_case("host") {
+            forward = forward.header(k, v);
+        }
+    }
+    let Ok(response) = forward.send().await else { return Reply::status(502) };
+    let status = response.status().as_u16();
+    let headers: Vec<(String, String)> = response
+        .headers()
+        .iter()
+        .filter(|(k, _)| !matches!(fault, Fault::StripDigest) || k.as_str() != "docker-content-digest")
+        .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
+        .collect();
+    let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+    match fault {
+        Fault::Drip(delay) => Reply::Drip { status, headers, body, delay },
+        Fault::Truncate => {
+            let declared = body.len() + 100;
+            Reply::Truncated { status, headers, body: body[..body.len() / 2].to_vec(), declared }
+        }
+        _ => Reply::Full { status, headers, body },
+    }
+}
