@@ -486,6 +486,8 @@ fn transport_error(host: &str, error: &reqwest::Error) -> Attempt {
     }
     let kind = if error.is_timeout() {
         "timed out"
+    } else if cause.contains("dns error") {
+        "DNS lookup failed"
     } else if error.is_connect() {
         "connection failed"
     } else if error.is_redirect() {

@@ -1,0 +1,136 @@
+//! Probe throughput against a local docker-registry, side by side in one run:
+//! pullcheck's probes vs a raw loop of HEAD requests at the same concurrency (the physical
+//! limit here), and HTTP requests per probe in steady state for pullcheck and for oci-client
+//! (counted by a pass-through proxy), anonymous and with token auth.
+//!
+//! `cargo bench --bench probe_throughput` (env BENCH_PROBES, BENCH_CONCURRENCY, BENCH_ROUNDS).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use pullcheck::config::RegistryConfig;
+use pullcheck::image::ImageRef;
+use pullcheck::registry::{ClientSettings, Credential, RegistryClient, State};
+use support::Env;
+use support::proxy::FaultProxy;
+
+const TAGS: usize = 50;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+fn references(registry: &str, probes: usize) -> Vec<ImageRef> {
+    (0..probes).map(|i| ImageRef::parse(&format!("{registry}/bench/app:t{}", i % TAGS)).expect("valid")).collect()
+}
+
+async fn raw_heads(registry: &str, probes: usize, concurrency: usize) -> Duration {
+    let http = reqwest::Client::new();
+    let accept = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json";
+    let started = Instant::now();
+    let ok = futures_util::stream::iter(0..probes)
+        .map(|i| {
+            let request = http
+                .head(format!("http://{registry}/v2/bench/app/manifests/t{}", i % TAGS))
+                .header("accept", accept)
+                .send();
+            async move { request.await.is_ok_and(|r| r.status().is_success()) }
+        })
+        .buffer_unordered(concurrency)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await;
+    assert_eq!(ok, probes, "every raw HEAD succeeds");
+    started.elapsed()
+}
+
+async fn pullcheck_probes(
+    client: &RegistryClient,
+    refs: &[ImageRef],
+    cred: Option<&Credential>,
+    concurrency: usize,
+) -> Duration {
+    let started = Instant::now();
+    let available = futures_util::stream::iter(refs)
+        .map(|r| client.probe(r, cred))
+        .buffer_unordered(concurrency)
+        .filter(|r| std::future::ready(r.state == State::Available))
+        .count()
+        .await;
+    assert_eq!(available, refs.len(), "every probe is available");
+    started.elapsed()
+}
+
+async fn oci_client_requests(registry: &str, probes: usize, auth: oci_client::secrets::RegistryAuth) -> f64 {
+    let proxy = FaultProxy::start(format!("http://{registry}")).await;
+    let config =
+        oci_client::client::ClientConfig { protocol: oci_client::client::ClientProtocol::Http, ..Default::default() };
+    let client = oci_client::Client::new(config);
+    for i in 0..probes {
+        let reference: oci_client::Reference =
+            format!("{}/bench/app:t{}", proxy.addr(), i % TAGS).parse().expect("valid");
+        client.fetch_manifest_digest(&reference, &auth).await.expect("oci-client probe");
+    }
+    proxy.seen().len() as f64 / probes as f64
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let probes = env_or("BENCH_PROBES", 4000);
+        let concurrency = env_or("BENCH_CONCURRENCY", 16);
+        let rounds = env_or("BENCH_ROUNDS", 5);
+        let env = Env::start().await;
+        for t in 0..TAGS {
+            env.pusher.image("bench/app", &format!("t{t}"), "amd64").await;
+        }
+        let anon = env.anon.addr.clone();
+        let settings = ClientSettings::default();
+        let client = RegistryClient::new(Arc::new(RegistryConfig::default()), settings.clone());
+        let refs = references(&anon, probes);
+        // Warm both paths (connections, first requests) before measuring.
+        raw_heads(&anon, concurrency * 4, concurrency).await;
+        pullcheck_probes(&client, &refs[..concurrency * 4], None, concurrency).await;
+
+        let (mut raw_rates, mut ours_rates) = (Vec::new(), Vec::new());
+        let measured_from = client.requests_sent();
+        for _ in 0..rounds {
+            let raw = raw_heads(&anon, probes, concurrency).await;
+            let ours = pullcheck_probes(&client, &refs, None, concurrency).await;
+            raw_rates.push(probes as f64 / raw.as_secs_f64());
+            ours_rates.push(probes as f64 / ours.as_secs_f64());
+        }
+        let (raw, ours) = (median(raw_rates), median(ours_rates));
+        let ours_anon_rpp = (client.requests_sent() - measured_from) as f64 / (probes * rounds) as f64;
+
+        // Steady state with token auth: the realm and the token are known after the first probes.
+        let config = env.registry_config("", "");
+        let token_client = RegistryClient::new(Arc::new(RegistryConfig::load(&config).expect("config")), settings);
+        let alice = Credential::basic(support::USER, support::PASSWORD);
+        let token_refs = references(&env.token.addr, TAGS * 10);
+        pullcheck_probes(&token_client, &token_refs[..TAGS], Some(&alice), concurrency).await;
+        let before = token_client.requests_sent();
+        pullcheck_probes(&token_client, &token_refs, Some(&alice), concurrency).await;
+        let ours_token_rpp = (token_client.requests_sent() - before) as f64 / token_refs.len() as f64;
+
+        let oci_anon_rpp = oci_client_requests(&anon, 200, oci_client::secrets::RegistryAuth::Anonymous).await;
+
+        println!("probe throughput, {probes} probes x {rounds} rounds at concurrency {concurrency} (median round):");
+        println!("  raw HEAD loop          {raw:>9.0} req/s");
+        println!("  pullcheck probes       {ours:>9.0} probes/s");
+        println!("  ratio pullcheck/raw    {:>9.3}   (goal >= 0.9)", ours / raw);
+        println!("HTTP requests per probe, steady state:");
+        println!("  pullcheck anonymous    {ours_anon_rpp:>9.3}");
+        println!("  pullcheck token auth   {ours_token_rpp:>9.3}   (goal <= 1.02)");
+        println!("  oci-client anonymous   {oci_anon_rpp:>9.3}   (fetch_manifest_digest, one client, 200 probes)");
+    });
+}

@@ -1,0 +1,198 @@
+//! `pullcheck check -f` as a user runs it: a subprocess over manifest files, its JSON and exit code.
+
+mod support;
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use serde_json::Value;
+use support::Env;
+
+fn pullcheck(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pullcheck"))
+        .args(args)
+        .env_remove("PULLCHECK_REGISTRY_CONFIG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pullcheck");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.unwrap_or_default().as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("pullcheck output")
+}
+
+fn json(output: &Output) -> Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "stdout is not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+fn entry<'a>(report: &'a Value, image: &str) -> &'a Value {
+    report["images"]
+        .as_array()
+        .and_then(|a| a.iter().find(|i| i["image"] == image))
+        .unwrap_or_else(|| panic!("{image} in {report}"))
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write manifest");
+    path.display().to_string()
+}
+
+fn manifests(registry: &str) -> String {
+    format!(
+        r#"# Source: shop/templates/web.yaml
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: shop}}
+spec:
+  template:
+    spec:
+      containers:
+      - {{name: app, image: "{registry}/team/app:v1"}}
+      - {{name: sidecar, image: "{registry}/team/app:gone"}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+---
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: report, namespace: shop}}
+spec:
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          initContainers: [{{name: setup, image: "Team/App:v1"}}]
+          containers: [{{name: run, image: "{registry}/team/app:v1"}}]
+"#
+    )
+}
+
+#[tokio::test]
+async fn json_report_and_exit_codes() {
+    let env = Env::start().await;
+    let (digest, _) = env.pusher.image("team/app", "v1", "amd64").await;
+    let dir = env.dir.path();
+    let registry = &env.anon.addr;
+    let file = write(dir, "app.yaml", &manifests(registry));
+
+    let out = pullcheck(&["check", "-f", &file, "-o", "json"], None);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    let app = entry(&report, &format!("{registry}/team/app:v1"));
+    assert_eq!(app["state"], "available");
+    assert_eq!(app["canonical"], format!("{registry}/team/app:v1"));
+    assert_eq!(app["digest"], digest);
+    assert_eq!(app["registry"], registry.as_str());
+    assert!(app["duration_ms"].is_u64() && app["error"].is_null());
+    let users: Vec<(String, String)> = app["workloads"]
+        .as_array()
+        .expect("workloads")
+        .iter()
+        .map(|w| (w["kind"].as_str().unwrap_or_default().into(), w["container"].as_str().unwrap_or_default().into()))
+        .collect();
+    assert_eq!(users, [("CronJob".to_string(), "run".to_string()), ("Deployment".into(), "app".into())]);
+    assert_eq!(entry(&report, &format!("{registry}/team/app:gone"))["state"], "absent");
+    let bad = entry(&report, "Team/App:v1");
+    assert_eq!(bad["state"], "bad_image_format");
+    assert!(bad["canonical"].is_null() && bad["error"].as_str().is_some_and(|e| e.contains("lowercase")), "{bad}");
+    assert_eq!(report["summary"], serde_json::json!({"absent": 1, "bad_image_format": 1, "available": 1}));
+    assert_eq!(report["images"][0]["state"], "absent", "problems first");
+
+    // Only the available image left: exit 0. Ignore and allow patterns select.
+    let ok = pullcheck(
+        &["check", "-f", &file, "-o", "json", "--ignore-images", ":gone$", "--allow-images", "^127\\.0\\.0\\.1"],
+        None,
+    );
+    assert_eq!(ok.status.code(), Some(0), "{}", String::from_utf8_lossy(&ok.stdout));
+    assert_eq!(json(&ok)["summary"], serde_json::json!({"available": 1}));
+}
+
+#[tokio::test]
+async fn malformed_documents_are_reported_and_do_not_stop_the_others() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let registry = &env.anon.addr;
+    let text = format!(
+        "kind: Pod\nmetadata: {{name: broken\nspec: [\n---\nkind: Pod\nmetadata: {{name: ok}}\nspec: {{containers: [{{name: c, image: \"{registry}/team/app:v1\"}}]}}\n"
+    );
+    let out = pullcheck(&["check", "-f", "-", "-o", "json"], Some(&text));
+    assert_eq!(out.status.code(), Some(2), "an unreadable input is exit 2");
+    let report = json(&out);
+    assert_eq!(entry(&report, &format!("{registry}/team/app:v1"))["state"], "available");
+    assert_eq!(report["input_errors"][0]["file"], "<stdin>");
+    assert_eq!(report["input_errors"][0]["document"], 1);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("<stdin>: document 1:"), "{stderr}");
+}
+
+#[tokio::test]
+async fn directories_table_output_and_registry_config() {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    let dir = env.dir.path().join("manifests/nested");
+    std::fs::create_dir_all(&dir).expect("mkdir");
+    let registry = &env.basic.addr;
+    write(
+        &dir,
+        "pod.yml",
+        &format!(
+            "kind: Pod\nmetadata: {{name: p}}\nspec: {{containers: [{{name: c, image: \"{registry}/private/app:v1\"}}]}}\n"
+        ),
+    );
+    write(&dir, "notes.txt", "kind: Pod\nthis is not read");
+    let root = env.dir.path().join("manifests").display().to_string();
+    let config = env.registry_config("", "");
+    let config = config.display().to_string();
+
+    let out = pullcheck(&["check", "-f", &root, "--registry-config", &config], None);
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.starts_with("STATE"), "{table}");
+    assert!(table.contains("authentication_failure") && table.contains("Pod default/p (c)"), "{table}");
+    assert!(table.contains("1 images: 1 authentication_failure"), "{table}");
+
+    let with_auth = env.dir.path().join("auth.yaml");
+    std::fs::write(
+        &with_auth,
+        format!(
+            "registries:\n  {registry}:\n    plainHttp: false\n    caFile: {}\n    auth: {{username: {}, passwordFile: pw}}\n",
+            env.pki.ca_cert.display(),
+            support::USER
+        ),
+    )
+    .expect("write");
+    std::fs::write(env.dir.path().join("pw"), format!("{}\n", support::PASSWORD)).expect("write");
+    let out = pullcheck(&["check", "-f", &root, "--registry-config", &with_auth.display().to_string()], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(support::PASSWORD));
+}
+
+#[test]
+fn usage_and_config_errors_exit_2() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "registries:\n  r.example:\n    maxConcurrentRequests: 0\n").expect("write");
+    let manifest =
+        write(dir.path(), "m.yaml", "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: x}]}\n");
+    let out = pullcheck(&["check", "-f", &manifest, "--registry-config", &bad.display().to_string()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.yaml: registries.r.example.maxConcurrentRequests: must be at least 1"), "{stderr}");
+
+    assert_eq!(pullcheck(&["check"], None).status.code(), Some(2), "no -f");
+    assert_eq!(pullcheck(&["check", "-f", &manifest, "--ignore-images", "("], None).status.code(), Some(2));
+    let missing = pullcheck(&["check", "-f", "/nonexistent/manifests"], None);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/manifests"));
+}
