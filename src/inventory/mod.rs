@@ -2,6 +2,7 @@
 
 pub mod credentials;
 pub mod files;
+pub mod selector;
 
 use std::fmt;
 

@@ -132,6 +132,19 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn in_flight_requests_are_bounded() {
+        let limits = HostLimits::new(2, None);
+        let first = limits.acquire().await;
+        let second = limits.acquire().await;
+        assert!(first.is_some() && second.is_some());
+        let third = tokio::time::timeout(Duration::from_secs(60), limits.acquire()).await;
+        assert!(third.is_err(), "a third request waits while two are in flight");
+        drop(first);
+        let third = tokio::time::timeout(Duration::from_secs(60), limits.acquire()).await;
+        assert!(matches!(third, Ok(Some(_))), "and proceeds when one ends");
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn pauses_extend_never_shrink() {
         let limits = HostLimits::new(1, None);
         limits.pause_until(Instant::now() + Duration::from_secs(30));
