@@ -8,10 +8,12 @@ use futures_util::StreamExt;
 use regex::Regex;
 use serde::Serialize;
 
+use crate::config::RegistryConfig;
 use crate::error::{Error, Result};
 use crate::image::ImageRef;
-use crate::inventory::ContainerImage;
 use crate::inventory::files::InputError;
+use crate::inventory::secrets::PullSecrets;
+use crate::inventory::{ContainerSpec, WorkloadRecord, WorkloadRef};
 use crate::registry::{Credential, ProbeResult, RegistryClient, State};
 
 /// `--ignore-images` / `--allow-images`, matched against the reference as written and its
@@ -67,12 +69,48 @@ pub struct Report {
     /// Inputs that could not be read; present only when there are some.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub input_errors: Vec<InputError>,
+    /// What limits the answer without stopping it: kinds RBAC hides, pull secrets missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 /// A container's image with the credential kubelet would use for it.
 pub struct Target<'a> {
-    pub container: &'a ContainerImage,
+    pub workload: &'a WorkloadRef,
+    pub container: &'a ContainerSpec,
     pub credential: Option<Credential>,
+}
+
+impl<'a> Target<'a> {
+    /// Every container of the records with the credential kubelet would use for its image,
+    /// from the workload's own namespace; problems finding credentials are returned as warnings.
+    pub async fn with_pull_secrets(
+        records: &'a [WorkloadRecord],
+        secrets: &PullSecrets,
+        config: &RegistryConfig,
+    ) -> (Vec<Target<'a>>, Vec<String>) {
+        let mut targets = Vec::new();
+        let mut warnings = Vec::new();
+        for record in records {
+            let credentials = secrets.for_workload(record).await;
+            let w = &record.workload;
+            warnings.extend(credentials.problems.iter().map(|p| format!("{} {}/{}: {p}", w.kind, w.namespace, w.name)));
+            for container in &record.containers {
+                let credential =
+                    config.parse_image(&container.image).ok().and_then(|image| credentials.lookup(&image).cloned());
+                targets.push(Target { workload: w, container, credential });
+            }
+        }
+        (targets, warnings)
+    }
+
+    /// Every container of the records, with no credential of their own (configured ones apply).
+    pub fn anonymous(records: &'a [WorkloadRecord]) -> Vec<Target<'a>> {
+        records
+            .iter()
+            .flat_map(|r| r.containers.iter().map(|c| Target { workload: &r.workload, container: c, credential: None }))
+            .collect()
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -92,14 +130,13 @@ pub async fn run_check(
     // Entries: one per (reference as written, credential); probes: one per (canonical, credential).
     let mut entries: BTreeMap<(String, Option<Credential>), Vec<WorkloadUse>> = BTreeMap::new();
     for target in targets {
-        let c = target.container;
         let use_ = WorkloadUse {
-            kind: c.workload.kind.as_str().into(),
-            namespace: c.workload.namespace.clone(),
-            name: c.workload.name.clone(),
-            container: c.container.clone(),
+            kind: target.workload.kind.as_str().into(),
+            namespace: target.workload.namespace.clone(),
+            name: target.workload.name.clone(),
+            container: target.container.name.clone(),
         };
-        entries.entry((c.image.clone(), target.credential)).or_default().push(use_);
+        entries.entry((target.container.image.clone(), target.credential)).or_default().push(use_);
     }
     let parsed: Vec<_> = entries
         .into_iter()
@@ -174,7 +211,7 @@ pub async fn run_check(
     for image in &images {
         *summary.entry(image.state).or_insert(0) += 1;
     }
-    Report { images, summary, input_errors: Vec::new() }
+    Report { images, summary, input_errors: Vec::new(), warnings: Vec::new() }
 }
 
 impl Report {
@@ -231,6 +268,9 @@ impl Report {
         out.push_str(&format!("\n{} images: {}\n", self.images.len(), counts.join(", ")));
         for e in &self.input_errors {
             out.push_str(&format!("input error: {e}\n"));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
         }
         out
     }

@@ -8,9 +8,14 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use pullcheck::check::{CheckOptions, ImageFilter, Target, run_check};
+use pullcheck::check::{CheckOptions, ImageFilter, Report, Target, run_check};
 use pullcheck::config::RegistryConfig;
+use pullcheck::inventory::IncludeDisabled;
 use pullcheck::inventory::files::load_paths;
+use pullcheck::inventory::kube::{list_namespaces, list_workloads};
+use pullcheck::inventory::secrets::PullSecrets;
+use pullcheck::inventory::selector::LabelSelector;
+use pullcheck::inventory::store::Selection;
 use pullcheck::registry::{ClientSettings, RegistryClient};
 
 /// Can every image your Kubernetes workloads reference still be pulled?
@@ -35,8 +40,11 @@ enum Command {
 #[derive(Args)]
 struct CheckArgs {
     /// Manifest files or directories (recursive: .yaml, .yml, .json); `-` reads stdin.
-    #[arg(short = 'f', long = "filename", env = "PULLCHECK_FILENAME", value_delimiter = ',', required = true)]
+    /// Without it, the workloads of the cluster of the kubeconfig are checked.
+    #[arg(short = 'f', long = "filename", env = "PULLCHECK_FILENAME", value_delimiter = ',', conflicts_with_all = ["all_namespaces", "namespaces"])]
     filenames: Vec<PathBuf>,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     #[arg(short = 'o', long, env = "PULLCHECK_OUTPUT", value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(flatten)]
@@ -46,9 +54,63 @@ struct CheckArgs {
     /// Probes in flight at once over all registries.
     #[arg(long, env = "PULLCHECK_CONCURRENCY", default_value_t = 32)]
     concurrency: usize,
+    /// Also check workloads scaled to zero or suspended, of these kinds (`Deployment,CronJob`) or `all`.
+    #[arg(long, env = "PULLCHECK_INCLUDE_DISABLED", value_delimiter = ',', value_name = "KIND")]
+    include_disabled: Vec<String>,
     /// No progress line on stderr, even on a terminal.
     #[arg(long, env = "PULLCHECK_NO_PROGRESS")]
     no_progress: bool,
+}
+
+#[derive(Args)]
+struct ClusterArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account).
+    #[arg(long, env = "PULLCHECK_KUBECONFIG")]
+    kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current context).
+    #[arg(long, env = "PULLCHECK_CONTEXT")]
+    context: Option<String>,
+    /// Every namespace.
+    #[arg(short = 'A', long, env = "PULLCHECK_ALL_NAMESPACES", conflicts_with = "namespaces")]
+    all_namespaces: bool,
+    /// These namespaces (repeatable); default: the context's namespace.
+    #[arg(short = 'n', long = "namespace", env = "PULLCHECK_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
+    /// Only namespaces whose labels match (Kubernetes selector syntax: `team in (a,b),!skip`).
+    #[arg(long, env = "PULLCHECK_NAMESPACE_SELECTOR", default_value = "")]
+    namespace_selector: String,
+    /// Leave these namespaces out (repeatable).
+    #[arg(long = "exclude-namespace", env = "PULLCHECK_EXCLUDE_NAMESPACE", value_delimiter = ',')]
+    exclude_namespaces: Vec<String>,
+    /// How long a pull secret read is used before it is read again.
+    #[arg(long, env = "PULLCHECK_SECRET_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
+    secret_ttl: Duration,
+}
+
+impl ClusterArgs {
+    async fn client(&self) -> anyhow::Result<(kube::Client, String)> {
+        let options = kube::config::KubeConfigOptions { context: self.context.clone(), ..Default::default() };
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
+            }
+            None if self.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
+            None => kube::Config::infer().await?,
+        };
+        let namespace = config.default_namespace.clone();
+        Ok((kube::Client::try_from(config)?, namespace))
+    }
+
+    fn selection(&self, include_disabled: IncludeDisabled) -> anyhow::Result<Selection> {
+        Ok(Selection {
+            include_namespaces: Vec::new(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            namespace_selector: LabelSelector::parse(&self.namespace_selector)?,
+            include_disabled,
+        })
+    }
 }
 
 #[derive(Args)]
@@ -131,18 +193,70 @@ fn main() -> ExitCode {
 async fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let filter = ImageFilter::new(&args.images.ignore, &args.images.allow)?;
     let client = args.registry.client()?;
-    let inventory = load_paths(&args.filenames);
-    for error in &inventory.errors {
-        eprintln!("pullcheck: {error}");
-    }
-    let targets = inventory.containers.iter().map(|container| Target { container, credential: None }).collect();
+    let include = IncludeDisabled::parse(&args.include_disabled).map_err(anyhow::Error::msg)?;
+    let selection = args.cluster.selection(include)?;
     let options =
         CheckOptions { concurrency: args.concurrency, progress: !args.no_progress && std::io::stderr().is_terminal() };
-    let mut report = run_check(targets, &filter, &client, options).await;
-    report.input_errors = inventory.errors;
+    let report = if args.filenames.is_empty() {
+        check_cluster(&args.cluster, &selection, &filter, &client, options).await?
+    } else {
+        let inventory = load_paths(&args.filenames);
+        let records: Vec<_> = inventory
+            .records
+            .into_iter()
+            .filter(|r| selection.admits_namespace(&r.workload.namespace, None) && selection.include_disabled.admits(r))
+            .collect();
+        let mut report = run_check(Target::anonymous(&records), &filter, &client, options).await;
+        report.input_errors = inventory.errors;
+        report
+    };
+    for error in &report.input_errors {
+        eprintln!("pullcheck: {error}");
+    }
+    for warning in &report.warnings {
+        eprintln!("pullcheck: warning: {warning}");
+    }
     match args.output {
         Output::Json => println!("{}", report.to_json()),
         Output::Table => print!("{}", report.to_table()),
     }
     Ok(report.exit_code() as u8)
+}
+
+/// One pass over a live cluster: list every kind, resolve pull secrets, probe.
+async fn check_cluster(
+    args: &ClusterArgs,
+    selection: &Selection,
+    filter: &ImageFilter,
+    client: &RegistryClient,
+    options: CheckOptions,
+) -> anyhow::Result<Report> {
+    let (kube_client, default_namespace) = args.client().await?;
+    let namespaces = if args.all_namespaces {
+        None
+    } else if args.namespaces.is_empty() {
+        Some(vec![default_namespace])
+    } else {
+        Some(args.namespaces.clone())
+    };
+    let snapshot = list_workloads(&kube_client, namespaces.as_deref()).await;
+    let labels = if selection.namespace_selector.is_empty() {
+        Default::default()
+    } else {
+        list_namespaces(&kube_client).await.map_err(anyhow::Error::msg)?
+    };
+    let records: Vec<_> = snapshot
+        .records
+        .into_iter()
+        .filter(|r| {
+            let ns = &r.workload.namespace;
+            selection.admits_namespace(ns, labels.get(ns)) && selection.include_disabled.admits(r)
+        })
+        .collect();
+    let secrets = PullSecrets::new(kube_client, args.secret_ttl);
+    let (targets, credential_warnings) = Target::with_pull_secrets(&records, &secrets, client.config()).await;
+    let mut report = run_check(targets, filter, client, options).await;
+    report.warnings = snapshot.problems;
+    report.warnings.extend(credential_warnings);
+    Ok(report)
 }

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{ContainerImage, ContainerRole, WorkloadKind, WorkloadRef};
+use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
 
 /// Larger inputs are refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -34,7 +34,7 @@ impl std::fmt::Display for InputError {
 /// What a set of manifests references.
 #[derive(Debug, Default)]
 pub struct FileInventory {
-    pub containers: Vec<ContainerImage>,
+    pub records: Vec<WorkloadRecord>,
     pub errors: Vec<InputError>,
     pub files: usize,
     pub documents: usize,
@@ -175,14 +175,14 @@ fn add_document(value: &Value, file: &str, index: usize, inventory: &mut FileInv
         |e: String| inventory.errors.push(InputError { file: file.into(), document: Some(index), error: e });
     match value {
         Value::Null => inventory.documents -= 1,
-        Value::Object(_) => match extract_object(value, &mut inventory.containers) {
+        Value::Object(_) => match extract_object(value, &mut inventory.records) {
             Ok(true) => {}
             Ok(false) => inventory.skipped += 1,
             Err(e) => error(e),
         },
         Value::Array(items) => {
             for item in items {
-                if let Err(e) = extract_object(item, &mut inventory.containers) {
+                if let Err(e) = extract_object(item, &mut inventory.records) {
                     error(e);
                 }
             }
@@ -191,8 +191,8 @@ fn add_document(value: &Value, file: &str, index: usize, inventory: &mut FileInv
     }
 }
 
-/// Appends the containers of a workload object (or of a List's items). `Ok(false)`: not a workload.
-pub fn extract_object(object: &Value, out: &mut Vec<ContainerImage>) -> Result<bool, String> {
+/// Appends the record of a workload object (or of a List's items). `Ok(false)`: not a workload.
+pub fn extract_object(object: &Value, out: &mut Vec<WorkloadRecord>) -> Result<bool, String> {
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind.ends_with("List")
         && let Some(items) = object.get("items")
@@ -211,28 +211,70 @@ pub fn extract_object(object: &Value, out: &mut Vec<ContainerImage>) -> Result<b
     let Some(workload_kind) = WorkloadKind::from_kind(kind) else {
         return Ok(false);
     };
-    let metadata = object.get("metadata");
-    let name = metadata.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or_default();
+    let metadata = object.get("metadata").unwrap_or(&Value::Null);
+    let name = metadata.get("name").and_then(Value::as_str).unwrap_or_default();
+    let namespace = metadata.get("namespace").and_then(Value::as_str).unwrap_or_default();
+    if let Some(record) = record_from_body(workload_kind, namespace, name, metadata.get("ownerReferences"), object)? {
+        out.push(record);
+    }
+    Ok(true)
+}
+
+/// The slim record of a workload, from the object's body (the part holding `spec`, or
+/// `template` for PodTemplates). `Ok(None)`: the object is managed by another workload (a
+/// Deployment's ReplicaSet, a CronJob's Job, a controller's Pod) and is reported through it.
+pub fn record_from_body(
+    kind: WorkloadKind,
+    namespace: &str,
+    name: &str,
+    owner_references: Option<&Value>,
+    body: &Value,
+) -> Result<Option<WorkloadRecord>, String> {
     if name.is_empty() {
         return Err(format!("{kind} without metadata.name"));
     }
-    let namespace = metadata
-        .and_then(|m| m.get("namespace"))
-        .and_then(Value::as_str)
-        .filter(|n| !n.is_empty())
-        .unwrap_or(DEFAULT_NAMESPACE);
-    let workload = WorkloadRef { kind: workload_kind, namespace: namespace.into(), name: name.into() };
-    let mut spec = Some(object);
-    for key in workload_kind.pod_spec_path() {
+    if is_managed(kind, owner_references) {
+        return Ok(None);
+    }
+    let namespace = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
+    let workload = WorkloadRef { kind, namespace: namespace.into(), name: name.into() };
+    let mut spec = Some(body);
+    for key in kind.pod_spec_path() {
         spec = spec.and_then(|v| v.get(*key));
     }
-    let spec =
-        spec.ok_or_else(|| format!("{kind} {name}: no pod spec at {}", workload_kind.pod_spec_path().join(".")))?;
-    extract_pod_spec(&workload, spec, out).map(|()| true)
+    let spec = spec.ok_or_else(|| format!("{kind} {name}: no pod spec at {}", kind.pod_spec_path().join(".")))?;
+    let workload_spec = body.get("spec");
+    let replicas = match kind {
+        WorkloadKind::Deployment
+        | WorkloadKind::StatefulSet
+        | WorkloadKind::ReplicaSet
+        | WorkloadKind::ReplicationController => {
+            Some(workload_spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64).map_or(1, |r| r as i32))
+        }
+        _ => None,
+    };
+    let suspended = matches!(kind, WorkloadKind::CronJob | WorkloadKind::Job)
+        && workload_spec.and_then(|s| s.get("suspend")).and_then(Value::as_bool).unwrap_or(false);
+    let (containers, pull_secrets, service_account) = extract_pod_spec(&workload, spec)?;
+    Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended }))
 }
 
-/// Containers, init containers and ephemeral containers of a pod spec.
-pub fn extract_pod_spec(workload: &WorkloadRef, spec: &Value, out: &mut Vec<ContainerImage>) -> Result<(), String> {
+/// Managed objects: ReplicaSets and Jobs whose controller is another workload, Pods with any controller.
+fn is_managed(kind: WorkloadKind, owner_references: Option<&Value>) -> bool {
+    let controllers = owner_references
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|o| o.get("controller").and_then(Value::as_bool).unwrap_or(false));
+    let mut owner_kinds = controllers.map(|o| o.get("kind").and_then(Value::as_str).unwrap_or_default());
+    match kind {
+        WorkloadKind::Pod => owner_kinds.next().is_some(),
+        _ => owner_kinds.any(|k| WorkloadKind::from_kind(k).is_some()),
+    }
+}
+
+/// Containers, init containers and ephemeral containers, pull secrets and service account of a pod spec.
+fn extract_pod_spec(workload: &WorkloadRef, spec: &Value) -> Result<(Vec<ContainerSpec>, Vec<String>, String), String> {
     let context = || format!("{} {}", workload.kind, workload.name);
     let pull_secrets = match spec.get("imagePullSecrets") {
         None | Some(Value::Null) => Vec::new(),
@@ -246,15 +288,16 @@ pub fn extract_pod_spec(workload: &WorkloadRef, spec: &Value, out: &mut Vec<Cont
         .or_else(|| spec.get("serviceAccount"))
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .map(str::to_string);
-    let mut found = 0;
+        .unwrap_or("default")
+        .to_string();
+    let mut containers = Vec::new();
     let mut problems = Vec::new();
     for (field, role) in [
         ("initContainers", ContainerRole::Init),
         ("containers", ContainerRole::Container),
         ("ephemeralContainers", ContainerRole::Ephemeral),
     ] {
-        let containers = match spec.get(field) {
+        let list = match spec.get(field) {
             None | Some(Value::Null) => continue,
             Some(Value::Array(c)) => c,
             Some(_) => {
@@ -262,20 +305,14 @@ pub fn extract_pod_spec(workload: &WorkloadRef, spec: &Value, out: &mut Vec<Cont
                 continue;
             }
         };
-        for (i, container) in containers.iter().enumerate() {
+        for (i, container) in list.iter().enumerate() {
             let name = container.get("name").and_then(Value::as_str).unwrap_or_default();
             match container.get("image").and_then(Value::as_str) {
-                Some(image) => {
-                    found += 1;
-                    out.push(ContainerImage {
-                        workload: workload.clone(),
-                        container: if name.is_empty() { format!("{field}[{i}]") } else { name.to_string() },
-                        role,
-                        image: image.to_string(),
-                        pull_secrets: pull_secrets.clone(),
-                        service_account: service_account.clone(),
-                    });
-                }
+                Some(image) => containers.push(ContainerSpec {
+                    name: if name.is_empty() { format!("{field}[{i}]") } else { name.to_string() },
+                    role,
+                    image: image.to_string(),
+                }),
                 None => problems.push(format!("{field}[{i}] ({name}) has no image")),
             }
         }
@@ -283,10 +320,10 @@ pub fn extract_pod_spec(workload: &WorkloadRef, spec: &Value, out: &mut Vec<Cont
     if !problems.is_empty() {
         return Err(format!("{}: {}", context(), problems.join("; ")));
     }
-    if found == 0 {
+    if containers.is_empty() {
         return Err(format!("{}: no containers", context()));
     }
-    Ok(())
+    Ok((containers, pull_secrets, service_account))
 }
 
 #[cfg(test)]
@@ -300,9 +337,13 @@ mod tests {
     }
 
     fn images(inv: &FileInventory) -> Vec<String> {
-        inv.containers
+        inv.records
             .iter()
-            .map(|c| format!("{}/{}/{}:{}", c.workload.kind, c.workload.name, c.container, c.image))
+            .flat_map(|r| {
+                r.containers
+                    .iter()
+                    .map(move |c| format!("{}/{}/{}:{}", r.workload.kind, r.workload.name, c.name, c.image))
+            })
             .collect()
     }
 
@@ -347,11 +388,14 @@ template: {spec: {containers: [{name: c, image: redis}]}}
                 "PodTemplate/tpl/c:redis",
             ]
         );
-        assert_eq!(inv.containers[0].workload.namespace, "shop");
-        assert_eq!(inv.containers[0].pull_secrets, vec!["regcred".to_string()]);
-        assert_eq!(inv.containers[0].role, ContainerRole::Init);
-        assert_eq!(inv.containers[2].workload.namespace, "default");
-        assert_eq!(inv.containers[4].role, ContainerRole::Ephemeral);
+        let web = &inv.records[0];
+        assert_eq!(web.workload.namespace, "shop");
+        assert_eq!(web.pull_secrets, vec!["regcred".to_string()]);
+        assert_eq!(web.service_account, "default");
+        assert_eq!(web.containers[0].role, ContainerRole::Init);
+        assert_eq!(web.replicas, Some(1));
+        assert_eq!(inv.records[1].workload.namespace, "default");
+        assert_eq!(inv.records[2].containers[1].role, ContainerRole::Ephemeral);
     }
 
     #[test]
@@ -394,6 +438,17 @@ template: {spec: {containers: [{name: c, image: redis}]}}
         );
         assert_eq!(inv.errors.len(), 2, "{:?}", inv.errors);
         assert!(inv.errors[1].error.contains("containers is not a list"));
+    }
+
+    #[test]
+    fn managed_objects_scale_and_suspension() {
+        let inv = parse(
+            "kind: ReplicaSet\nmetadata: {name: web-5d8, ownerReferences: [{kind: Deployment, name: web, controller: true}]}\nspec: {template: {spec: {containers: [{name: c, image: a}]}}}\n---\nkind: Pod\nmetadata: {name: p, ownerReferences: [{kind: Node, name: n1, controller: true}]}\nspec: {containers: [{name: c, image: b}]}\n---\nkind: Deployment\nmetadata: {name: zero, ownerReferences: [{kind: MyOperator, name: o, controller: true}]}\nspec: {replicas: 0, template: {spec: {serviceAccountName: builder, containers: [{name: c, image: d}]}}}\n---\nkind: CronJob\nmetadata: {name: paused}\nspec: {suspend: true, jobTemplate: {spec: {template: {spec: {containers: [{name: c, image: e}]}}}}}\n",
+        );
+        assert!(inv.errors.is_empty(), "{:?}", inv.errors);
+        assert_eq!(images(&inv), vec!["Deployment/zero/c:d", "CronJob/paused/c:e"], "managed objects are skipped");
+        assert!(inv.records.iter().all(|r| r.is_disabled()));
+        assert_eq!(inv.records[0].service_account, "builder");
     }
 
     #[test]

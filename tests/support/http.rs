@@ -49,6 +49,13 @@ pub enum Reply {
         body: Vec<u8>,
         declared: usize,
     },
+    /// A body of unknown length, sent as it comes and ended by closing the connection
+    /// (a Kubernetes watch).
+    Stream {
+        status: u16,
+        headers: Vec<(String, String)>,
+        chunks: tokio::sync::mpsc::Receiver<Vec<u8>>,
+    },
     /// Waits `delay`, sends headers, then the body one byte per `delay`.
     Drip {
         status: u16,
@@ -134,8 +141,11 @@ where
         .collect();
     let is_head = method == "HEAD";
     let reply = handler(Request { method, target, headers }).await;
-    let write_head = |status: u16, headers: &[(String, String)], len: usize| {
-        let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: {len}\r\n");
+    let write_head = |status: u16, headers: &[(String, String)], len: Option<usize>| {
+        let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
+        if let Some(len) = len {
+            head.push_str(&format!("Content-Length: {len}\r\n"));
+        }
         for (k, v) in headers {
             if !k.eq_ignore_ascii_case("content-length") && !k.eq_ignore_ascii_case("connection") {
                 head.push_str(&format!("{k}: {v}\r\n"));
@@ -153,21 +163,29 @@ where
                 .and_then(|(_, v)| v.parse().ok())
                 .filter(|_| is_head)
                 .unwrap_or(body.len());
-            stream.write_all(write_head(status, &headers, declared).as_bytes()).await?;
+            stream.write_all(write_head(status, &headers, Some(declared)).as_bytes()).await?;
             if !is_head {
                 stream.write_all(&body).await?;
             }
         }
         Reply::Truncated { status, headers, body, declared } => {
-            stream.write_all(write_head(status, &headers, declared).as_bytes()).await?;
+            stream.write_all(write_head(status, &headers, Some(declared)).as_bytes()).await?;
             stream.write_all(&body).await?;
         }
         Reply::Drip { status, headers, body, delay } => {
             tokio::time::sleep(delay).await;
-            stream.write_all(write_head(status, &headers, body.len()).as_bytes()).await?;
+            stream.write_all(write_head(status, &headers, Some(body.len())).as_bytes()).await?;
             for byte in body {
                 tokio::time::sleep(delay).await;
                 stream.write_all(&[byte]).await?;
+                stream.flush().await?;
+            }
+        }
+        Reply::Stream { status, headers, mut chunks } => {
+            stream.write_all(write_head(status, &headers, None).as_bytes()).await?;
+            stream.flush().await?;
+            while let Some(chunk) = chunks.recv().await {
+                stream.write_all(&chunk).await?;
                 stream.flush().await?;
             }
         }

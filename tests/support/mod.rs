@@ -2,6 +2,7 @@
 //! storage, a token issuer, a fault-injecting proxy, and a pusher.
 #![allow(dead_code)]
 
+pub mod apiserver;
 pub mod http;
 pub mod proxy;
 pub mod registry;
@@ -83,4 +84,32 @@ fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
+}
+
+/// Polls `condition` until it holds or `timeout` passes: for state that another task reaches
+/// through real I/O (a watch event arriving), not a sleep that hopes.
+pub async fn eventually(timeout: std::time::Duration, mut condition: impl FnMut() -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    while tokio::time::Instant::now() < deadline {
+        if condition() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    condition()
+}
+
+/// A workload object for the API-server harness or a manifest file.
+pub fn workload(kind: &str, namespace: &str, name: &str, image: &str) -> serde_json::Value {
+    let pod_spec = serde_json::json!({"containers": [{"name": "main", "image": image}]});
+    let mut object = serde_json::json!({"kind": kind, "metadata": {"name": name, "namespace": namespace}});
+    match kind {
+        "Pod" => object["spec"] = pod_spec,
+        "CronJob" => {
+            object["spec"] =
+                serde_json::json!({"schedule": "* * * * *", "jobTemplate": {"spec": {"template": {"spec": pod_spec}}}})
+        }
+        _ => object["spec"] = serde_json::json!({"template": {"spec": pod_spec}}),
+    }
+    object
 }
