@@ -31,8 +31,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Probe every image of a set of manifests once and report (exit 0 all available, 1 not, 2 input error).
-    Check(CheckArgs),
+    /// Probe every image of a set of manifests, or of a cluster, once and report (exit 0 all available, 1 not, 2 input error).
+    Check(Box<CheckArgs>),
     /// Print the version.
     Version,
 }
@@ -180,7 +180,7 @@ fn main() -> ExitCode {
             println!("pullcheck {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check(args) => match runtime.block_on(check(args)) {
+        Command::Check(args) => match runtime.block_on(check(*args)) {
             Ok(code) => ExitCode::from(code),
             Err(e) => {
                 eprintln!("pullcheck: {e:#}");
