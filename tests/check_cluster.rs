@@ -1,0 +1,228 @@
+//! `pullcheck check --kubeconfig` against the API-server harness and the real registries:
+//! pull secrets and service accounts as kubelet uses them, namespace isolation, selection,
+//! and the same answer as `check -f` on the same manifests.
+
+mod support;
+
+use std::process::Output;
+
+use tokio::process::Command;
+
+use base64::Engine;
+use serde_json::{Value, json};
+use support::apiserver::ApiServer;
+use support::{Env, workload};
+
+/// Runs the binary without blocking the runtime that serves the API-server harness.
+async fn pullcheck(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pullcheck"))
+        .args(args)
+        .env_remove("KUBECONFIG")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run pullcheck")
+}
+
+fn report(out: &Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// (state, namespaces using it) per image entry, sorted.
+fn states(report: &Value) -> Vec<(String, String, Vec<String>)> {
+    let mut out: Vec<(String, String, Vec<String>)> = report["images"]
+        .as_array()
+        .expect("images")
+        .iter()
+        .map(|i| {
+            let mut namespaces: Vec<String> = i["workloads"]
+                .as_array()
+                .expect("workloads")
+                .iter()
+                .map(|w| w["namespace"].as_str().unwrap_or_default().to_string())
+                .collect();
+            namespaces.dedup();
+            (i["image"].as_str().unwrap_or_default().into(), i["state"].as_str().unwrap_or_default().into(), namespaces)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+fn pull_secret(namespace: &str, name: &str, registry: &str, user: &str, password: &str) -> Value {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = json!({"auths": {registry: {"auth": auth}}}).to_string();
+    json!({
+        "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}
+    })
+}
+
+fn with_pull_secrets(mut object: Value, names: &[&str]) -> Value {
+    object["spec"]["template"]["spec"]["imagePullSecrets"] =
+        json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
+    object
+}
+
+struct Cluster {
+    env: Env,
+    api: ApiServer,
+    private: String,
+    kubeconfig: String,
+    registry_config: String,
+}
+
+async fn cluster() -> Cluster {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    let api = ApiServer::start().await;
+    api.page_size(2);
+    let registry = env.basic.addr.clone();
+    let private = format!("{registry}/private/app:v1");
+    for (ns, team) in [("team-a", "a"), ("team-b", "b"), ("team-c", "c"), ("team-d", "d"), ("team-e", "e")] {
+        api.apply(json!({"kind": "Namespace", "metadata": {"name": ns, "labels": {"team": team}}}));
+    }
+    // team-a: its own pull secret.
+    api.apply(pull_secret("team-a", "regcred", &registry, support::USER, support::PASSWORD));
+    api.apply(with_pull_secrets(workload("Deployment", "team-a", "web", &private), &["regcred"]));
+    // team-b: nothing — anonymous, as kubelet would pull.
+    api.apply(workload("Deployment", "team-b", "web", &private));
+    // team-c: the service account's pull secrets.
+    api.apply(pull_secret("team-c", "robot", &registry, support::USER, support::PASSWORD));
+    api.apply(json!({"kind": "ServiceAccount", "metadata": {"name": "builder", "namespace": "team-c"}, "imagePullSecrets": [{"name": "robot"}]}));
+    let mut builder = workload("Deployment", "team-c", "web", &private);
+    builder["spec"]["template"]["spec"]["serviceAccountName"] = json!("builder");
+    api.apply(builder);
+    // team-d: a secret that does not exist.
+    api.apply(with_pull_secrets(workload("Deployment", "team-d", "web", &private), &["missing"]));
+    // team-e: names team-a's secret, which must not serve it.
+    api.apply(with_pull_secrets(workload("Deployment", "team-e", "web", &private), &["regcred"]));
+    let kubeconfig = api.kubeconfig(env.dir.path()).display().to_string();
+    let registry_config = env.registry_config("", "").display().to_string();
+    Cluster { env, api, private, kubeconfig, registry_config }
+}
+
+/// The namespaces whose workloads a selection checks.
+async fn selected(c: &Cluster, extra: &[&str]) -> Vec<String> {
+    let mut args = vec!["check", "--kubeconfig", &c.kubeconfig, "-o", "json", "--registry-config", &c.registry_config];
+    args.extend_from_slice(extra);
+    let r = report(&pullcheck(&args).await);
+    let mut namespaces: Vec<String> = states(&r).into_iter().flat_map(|(_, _, ns)| ns).collect();
+    namespaces.sort();
+    namespaces
+}
+
+#[tokio::test]
+async fn pull_secrets_service_accounts_and_namespace_isolation() {
+    let c = cluster().await;
+    let out = pullcheck(&[
+        "check",
+        "--kubeconfig",
+        &c.kubeconfig,
+        "-A",
+        "-o",
+        "json",
+        "--registry-config",
+        &c.registry_config,
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    let r = report(&out);
+    let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        states(&r),
+        vec![
+            (c.private.clone(), "authentication_failure".into(), strs(&["team-b", "team-d", "team-e"])),
+            (c.private.clone(), "available".into(), strs(&["team-a", "team-c"])),
+        ],
+        "one probe per credential; team-e does not get team-a's secret"
+    );
+    let warnings =
+        r["warnings"].as_array().expect("warnings").iter().map(|w| w.as_str().unwrap_or_default()).collect::<Vec<_>>();
+    assert!(
+        warnings.iter().any(|w| w.contains("team-d/web") && w.contains("pull secret team-d/missing not found")),
+        "{warnings:?}"
+    );
+    assert!(
+        warnings.iter().any(|w| w.contains("team-e/web") && w.contains("team-e/regcred not found")),
+        "{warnings:?}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(!stdout.contains(support::PASSWORD) && !String::from_utf8_lossy(&out.stderr).contains(support::PASSWORD));
+    let gets: Vec<String> = c.api.requests().into_iter().filter(|r| r.contains("/secrets")).collect();
+    assert!(
+        gets.iter().all(|g| g.contains("/namespaces/") && g.contains("/secrets/")),
+        "secrets only by name: {gets:?}"
+    );
+
+    // Selection: by namespace labels, by namespace list, by exclusion.
+    assert_eq!(selected(&c, &["-A", "--namespace-selector", "team in (a,c)"]).await, strs(&["team-a", "team-c"]));
+    assert_eq!(selected(&c, &["-n", "team-b,team-d"]).await, strs(&["team-b", "team-d"]));
+    assert_eq!(
+        selected(&c, &["-A", "--namespace-selector", "team!=a", "--exclude-namespace", "team-b"]).await,
+        strs(&["team-c", "team-d", "team-e"])
+    );
+}
+
+#[tokio::test]
+async fn forbidden_secrets_and_kinds_degrade_with_one_clear_warning() {
+    let c = cluster().await;
+    c.api.forbid("Secret");
+    c.api.forbid("StatefulSet");
+    let out = pullcheck(&[
+        "check",
+        "--kubeconfig",
+        &c.kubeconfig,
+        "-A",
+        "-o",
+        "json",
+        "--registry-config",
+        &c.registry_config,
+    ])
+    .await;
+    let r = report(&out);
+    let every: Vec<String> = states(&r).into_iter().map(|(_, s, _)| s).collect();
+    assert_eq!(every, ["authentication_failure"], "anonymous everywhere");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("may not read secrets").count(), 1, "said once: {stderr}");
+    assert!(stderr.contains("cannot list StatefulSets cluster-wide: forbidden by RBAC"), "{stderr}");
+}
+
+#[tokio::test]
+async fn a_cluster_and_its_manifests_give_the_same_answer() {
+    let c = cluster().await;
+    c.env.pusher.image("team/app", "v1", "amd64").await;
+    let anon = &c.env.anon.addr;
+    let objects = vec![
+        workload("Deployment", "plain", "web", &format!("{anon}/team/app:v1")),
+        workload("CronJob", "plain", "report", &format!("{anon}/team/app:gone")),
+        workload("Pod", "plain", "debug", "Bad/Image"),
+        workload("StatefulSet", "plain", "db", &format!("{anon}/team/app:v1")),
+    ];
+    let mut file = String::new();
+    for object in &objects {
+        c.api.apply(object.clone());
+        file.push_str(&format!("---\n{object}\n"));
+    }
+    let path = c.env.dir.path().join("plain.yaml");
+    std::fs::write(&path, file).expect("write");
+    let from_cluster = report(&pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "-n", "plain", "-o", "json"]).await);
+    let from_files = report(&pullcheck(&["check", "-f", &path.display().to_string(), "-o", "json"]).await);
+    let comparable = |r: &Value| -> Vec<Value> {
+        r["images"]
+            .as_array()
+            .expect("images")
+            .iter()
+            .map(|i| json!([i["image"], i["canonical"], i["state"], i["digest"], i["workloads"]]))
+            .collect()
+    };
+    assert_eq!(comparable(&from_cluster), comparable(&from_files));
+    assert_eq!(from_cluster["summary"], json!({"absent": 1, "bad_image_format": 1, "available": 1}));
+}
