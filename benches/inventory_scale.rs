@@ -47,6 +47,11 @@ fn rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
+/// The image pool: containers and sidecars draw from the same `unique_images` references.
+fn image(n: usize) -> String {
+    format!("registry.example/team-{}/app:{n}", n % 100)
+}
+
 fn main() {
     let workloads: usize = std::env::var("BENCH_WORKLOADS").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let unique_images = workloads / 2;
@@ -59,12 +64,12 @@ fn main() {
                 "Deployment",
                 &format!("ns-{}", i % namespaces),
                 &format!("app-{i}"),
-                &format!("registry.example/team-{}/app:{}", i % unique_images % 100, i % unique_images),
+                &image(i % unique_images),
             );
             object["spec"]["template"]["spec"]["containers"]
                 .as_array_mut()
                 .expect("containers")
-                .push(serde_json::json!({"name": "sidecar", "image": format!("registry.example/sidecar:{}", (i + unique_images / 2) % unique_images)}));
+                .push(serde_json::json!({"name": "sidecar", "image": image((i + unique_images / 2) % unique_images)}));
             object["spec"]["template"]["spec"]["imagePullSecrets"] = serde_json::json!([{"name": "regcred"}]);
             api.apply(object);
         }
@@ -74,8 +79,12 @@ fn main() {
         let snapshot = list_workloads(&client, None).await;
         let list_time = started.elapsed();
         assert_eq!(snapshot.records.len(), workloads);
-        let images: HashSet<&str> =
-            snapshot.records.iter().flat_map(|r| r.containers.iter().map(|c| c.image.as_str())).collect();
+        let unique: usize = snapshot
+            .records
+            .iter()
+            .flat_map(|r| r.containers.iter().map(|c| c.image.as_str()))
+            .collect::<HashSet<&str>>()
+            .len();
         let containers: usize = snapshot.records.iter().map(|r| r.containers.len()).sum();
         drop(snapshot);
 
@@ -97,11 +106,18 @@ fn main() {
         assert_eq!(store.read().expect("lock").selected(&Selection::default()).len(), workloads);
         let per_workload = (live_after.saturating_sub(live_before)) as f64 / workloads as f64;
 
-        println!("inventory of {workloads} workloads, {containers} containers, {} unique images:", images.len());
+        println!("inventory of {workloads} workloads, {containers} containers, {unique} unique images:");
         println!("  paged list (check)        {:>8.0} ms", list_time.as_secs_f64() * 1000.0);
         println!("  watchers synced (run)     {:>8.0} ms", watch_time.as_secs_f64() * 1000.0);
-        println!("  store live heap           {:>8.0} KiB ({per_workload:.0} bytes per workload, goal < 1024)", (live_after - live_before) as f64 / 1024.0);
-        println!("  resident memory           {:>8} KiB (process, API-server harness included; +{} KiB for the store)", rss_after, rss_after.saturating_sub(rss_before));
+        println!(
+            "  store live heap           {:>8.0} KiB ({per_workload:.0} bytes per workload, goal < 1024)",
+            (live_after - live_before) as f64 / 1024.0
+        );
+        println!(
+            "  resident memory           {:>8} KiB (process, API-server harness included; +{} KiB for the store)",
+            rss_after,
+            rss_after.saturating_sub(rss_before)
+        );
         for w in watchers {
             w.abort();
         }

@@ -9,5 +9,6 @@ pub mod error;
 pub mod image;
 pub mod inventory;
 pub mod registry;
+pub mod schedule;
 
 pub use error::{Error, Result};

@@ -159,12 +159,12 @@ mod tests {
         assert!(store.is_empty(), "nothing is visible before the list completes");
         store.apply(Update::InitDone(deployments.clone()));
         store.apply(Update::Upsert(record(WorkloadKind::Pod, "a", "pod", "y")));
-        assert_eq!(names(&store), ["pod", "gone", "web"].map(String::from).to_vec());
+        assert_eq!(names(&store), ["gone", "web", "pod"].map(String::from).to_vec());
         // A relist after a 410 no longer has `gone`: it goes; the pod of another scope stays.
         store.apply(Update::Init(deployments.clone()));
         store.apply(Update::InitRecord(deployments.clone(), record(WorkloadKind::Deployment, "a", "web", "x2")));
         store.apply(Update::InitDone(deployments.clone()));
-        assert_eq!(names(&store), ["pod", "web"].map(String::from).to_vec());
+        assert_eq!(names(&store), ["web", "pod"].map(String::from).to_vec());
         assert!(store.is_synced(&[deployments], false));
     }
 

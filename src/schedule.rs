@@ -1,0 +1,267 @@
+//! When each image key is probed: every key once per window, spread over the window's ticks in
+//! batches recomputed each tick from the keys left and the ticks left. New and changed keys go
+//! first, failed ones are tried again soon, and a slow or rate-limited registry only shrinks its
+//! own share: its keys wait while the others go on.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// The batch for this tick: the keys not yet probed this window, shared evenly over the ticks
+/// left (the last tick of a window takes all that remain).
+pub fn batch_size(keys_left: usize, until_window_end: Duration, tick: Duration) -> usize {
+    if keys_left == 0 || tick.is_zero() {
+        return keys_left;
+    }
+    let tick_nanos = tick.as_nanos().max(1);
+    let ticks_left = until_window_end.as_nanos().div_ceil(tick_nanos).max(1);
+    keys_left.div_ceil(usize::try_from(ticks_left).unwrap_or(usize::MAX))
+}
+
+#[derive(Clone, Debug)]
+pub struct ScheduleSettings {
+    pub window: Duration,
+    pub tick: Duration,
+    /// A key whose probe failed is probed again after this, within the window.
+    pub failure_retry: Duration,
+    /// Probes in flight per registry: a slow registry holds no more than this.
+    pub max_in_flight_per_registry: usize,
+}
+
+impl Default for ScheduleSettings {
+    fn default() -> Self {
+        Self {
+            window: Duration::from_secs(600),
+            tick: Duration::from_secs(15),
+            failure_retry: Duration::from_secs(60),
+            max_in_flight_per_registry: 16,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Entry {
+    registry: String,
+    last_probe: Option<Instant>,
+    probed_this_window: bool,
+    /// New or changed: ahead of the others.
+    urgent: bool,
+    retry_at: Option<Instant>,
+    in_flight: bool,
+}
+
+/// The due-queue over image keys.
+pub struct Scheduler<K> {
+    settings: ScheduleSettings,
+    window_start: Instant,
+    entries: HashMap<K, Entry>,
+}
+
+impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
+    /// `phase` shifts the window start (jitter between replicas and clusters).
+    pub fn new(settings: ScheduleSettings, now: Instant, phase: Duration) -> Self {
+        let window_start = now.checked_sub(phase.min(settings.window)).unwrap_or(now);
+        Self { settings, window_start, entries: HashMap::new() }
+    }
+
+    pub fn settings(&self) -> &ScheduleSettings {
+        &self.settings
+    }
+
+    /// Makes the key set exactly `keys` (with each key's registry). Returns the keys removed.
+    pub fn sync(&mut self, keys: impl IntoIterator<Item = (K, String)>) -> Vec<K> {
+        let mut seen: HashMap<K, String> = keys.into_iter().collect();
+        let removed: Vec<K> = self.entries.keys().filter(|k| !seen.contains_key(*k)).cloned().collect();
+        for k in &removed {
+            self.entries.remove(k);
+        }
+        for (key, registry) in seen.drain() {
+            self.entries.entry(key).or_insert(Entry {
+                registry,
+                last_probe: None,
+                probed_this_window: false,
+                urgent: true,
+                retry_at: None,
+                in_flight: false,
+            });
+        }
+        removed
+    }
+
+    /// The workloads using a key changed: probe it soon.
+    pub fn mark_changed(&mut self, key: &K) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.urgent = true;
+            e.probed_this_window = false;
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn roll_window(&mut self, now: Instant) {
+        let window = self.settings.window;
+        if now.duration_since(self.window_start) >= window {
+            let elapsed = now.duration_since(self.window_start);
+            let windows = (elapsed.as_nanos() / window.as_nanos().max(1)) as u32;
+            self.window_start += window * windows;
+            for e in self.entries.values_mut() {
+                e.probed_this_window = false;
+            }
+        }
+    }
+
+    /// The keys to probe now, marked in flight. `registry_open` says whether a registry may be
+    /// asked now (not paused by a `Retry-After`).
+    pub fn next_batch(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<K> {
+        self.roll_window(now);
+        let window_end = self.window_start + self.settings.window;
+        let keys_left = self.entries.values().filter(|e| !e.probed_this_window && !e.in_flight).count();
+        let quota = batch_size(keys_left, window_end.saturating_duration_since(now), self.settings.tick);
+
+        let mut in_flight: HashMap<&str, usize> = HashMap::new();
+        for e in self.entries.values().filter(|e| e.in_flight) {
+            *in_flight.entry(e.registry.as_str()).or_default() += 1;
+        }
+        let mut open: HashMap<&str, bool> = HashMap::new();
+        // Failures due again first, then new or changed keys, then the least recently probed.
+        let mut candidates: Vec<(&K, &Entry)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| !e.in_flight)
+            .filter(|(_, e)| !e.probed_this_window || e.retry_at.is_some_and(|r| r <= now))
+            .collect();
+        candidates.sort_by(|(ka, a), (kb, b)| {
+            // Candidates already probed this window are failures due again.
+            let class = |e: &Entry| {
+                if e.probed_this_window {
+                    0
+                } else if e.urgent {
+                    1
+                } else {
+                    2
+                }
+            };
+            let rank = |e: &Entry| (class(e), e.last_probe);
+            rank(a).cmp(&rank(b)).then_with(|| ka.cmp(kb))
+        });
+        let mut batch = Vec::new();
+        let mut regular = 0;
+        for (key, entry) in candidates {
+            let retry = entry.probed_this_window;
+            let counts_against_quota = !retry && !entry.urgent;
+            if counts_against_quota && regular >= quota {
+                continue;
+            }
+            let registry = entry.registry.as_str();
+            if !*open.entry(registry).or_insert_with(|| registry_open(registry)) {
+                continue;
+            }
+            let flying = in_flight.entry(registry).or_default();
+            if *flying >= self.settings.max_in_flight_per_registry {
+                continue;
+            }
+            *flying += 1;
+            if !retry {
+                regular += 1;
+            }
+            batch.push(key.clone());
+        }
+        for key in &batch {
+            if let Some(e) = self.entries.get_mut(key) {
+                e.in_flight = true;
+            }
+        }
+        batch
+    }
+
+    /// A probe ended; `failed` keys are tried again after `failure_retry`.
+    pub fn complete(&mut self, key: &K, now: Instant, failed: bool) {
+        let retry = self.settings.failure_retry;
+        if let Some(e) = self.entries.get_mut(key) {
+            e.in_flight = false;
+            e.urgent = false;
+            e.probed_this_window = true;
+            e.last_probe = Some(now);
+            e.retry_at = failed.then_some(now + retry);
+        }
+    }
+
+    /// A probe could not start (the registry paused meanwhile): back in the queue as it was.
+    pub fn release(&mut self, key: &K) {
+        if let Some(e) = self.entries.get_mut(key) {
+            e.in_flight = false;
+        }
+    }
+
+    /// Fraction of keys probed within the current window.
+    pub fn coverage(&self) -> f64 {
+        if self.entries.is_empty() {
+            return 1.0;
+        }
+        self.entries.values().filter(|e| e.probed_this_window).count() as f64 / self.entries.len() as f64
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*) for jitter: no dependency, seeded per process.
+#[derive(Clone, Debug)]
+pub struct Jitter(u64);
+
+impl Jitter {
+    pub fn new(seed: u64) -> Self {
+        Self(seed | 1)
+    }
+
+    pub fn from_entropy() -> Self {
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+        Self::new(nanos ^ (u64::from(std::process::id()) << 32))
+    }
+
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in `[0, max)`.
+    pub fn below(&mut self, max: Duration) -> Duration {
+        let nanos = max.as_nanos() as u64;
+        if nanos == 0 { Duration::ZERO } else { Duration::from_nanos(self.next() % nanos) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn batch_arithmetic() {
+        assert_eq!(batch_size(0, Duration::from_secs(600), TICK), 0);
+        assert_eq!(batch_size(20_000, Duration::from_secs(600), TICK), 500);
+        assert_eq!(batch_size(20_001, Duration::from_secs(600), TICK), 501);
+        assert_eq!(batch_size(10, Duration::from_secs(600), TICK), 1);
+        assert_eq!(batch_size(300, Duration::from_secs(20), TICK), 150, "two ticks left");
+        assert_eq!(batch_size(300, Duration::ZERO, TICK), 300, "the window's end takes the rest");
+        assert_eq!(batch_size(7, Duration::from_secs(1), Duration::ZERO), 7);
+    }
+
+    #[test]
+    fn jitter_is_bounded() {
+        let mut j = Jitter::new(42);
+        for _ in 0..1000 {
+            assert!(j.below(TICK) < TICK);
+        }
+        assert_eq!(j.below(Duration::ZERO), Duration::ZERO);
+    }
+}
