@@ -5,10 +5,12 @@
 
 pub mod check;
 pub mod config;
+pub mod controller;
 pub mod error;
 pub mod image;
 pub mod inventory;
 pub mod registry;
 pub mod schedule;
+pub mod telemetry;
 
 pub use error::{Error, Result};

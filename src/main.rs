@@ -10,13 +10,24 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use pullcheck::check::{CheckOptions, ImageFilter, Report, Target, run_check};
 use pullcheck::config::RegistryConfig;
+use pullcheck::controller::{self, ControllerSettings};
 use pullcheck::inventory::IncludeDisabled;
 use pullcheck::inventory::files::load_paths;
 use pullcheck::inventory::kube::{list_namespaces, list_workloads};
 use pullcheck::inventory::secrets::PullSecrets;
 use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::inventory::store::Selection;
-use pullcheck::registry::{ClientSettings, RegistryClient};
+use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
+use pullcheck::schedule::ScheduleSettings;
+use pullcheck::telemetry::ResourceSettings;
+use pullcheck::telemetry::Telemetry;
+use pullcheck::telemetry::logs::TransitionLog;
+use pullcheck::telemetry::metrics::Metrics;
+use pullcheck::telemetry::otlp::ProcessEnv;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 /// Can every image your Kubernetes workloads reference still be pulled?
 #[derive(Parser)]
@@ -31,6 +42,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Watch the cluster and keep every image probed over a window, pushing OpenTelemetry (OTLP).
+    Run(Box<RunArgs>),
     /// Probe every image of a set of manifests, or of a cluster, once and report (exit 0 all available, 1 not, 2 input error).
     Check(Box<CheckArgs>),
     /// Print the version.
@@ -60,6 +73,46 @@ struct CheckArgs {
     /// No progress line on stderr, even on a terminal.
     #[arg(long, env = "PULLCHECK_NO_PROGRESS")]
     no_progress: bool,
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    images: ImageSelection,
+    #[command(flatten)]
+    registry: RegistryArgs,
+    /// Also check workloads scaled to zero or suspended, of these kinds (`Deployment,CronJob`) or `all`.
+    #[arg(long, env = "PULLCHECK_INCLUDE_DISABLED", value_delimiter = ',', value_name = "KIND")]
+    include_disabled: Vec<String>,
+    /// Every image is probed once per window.
+    #[arg(long, env = "PULLCHECK_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
+    window: Duration,
+    /// How often the scheduler starts a batch.
+    #[arg(long, env = "PULLCHECK_TICK", default_value = "15s", value_parser = humantime::parse_duration)]
+    tick: Duration,
+    /// An image whose probe failed is probed again after this.
+    #[arg(long, env = "PULLCHECK_FAILURE_RETRY", default_value = "1m", value_parser = humantime::parse_duration)]
+    failure_retry: Duration,
+    /// Probes in flight per registry; a slow registry holds no more.
+    #[arg(long, env = "PULLCHECK_MAX_IN_FLIGHT_PER_REGISTRY", default_value_t = 16)]
+    max_in_flight_per_registry: usize,
+    /// Address of /healthz and /readyz (`off` for none).
+    #[arg(long, env = "PULLCHECK_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
+    health_addr: String,
+    /// Log lines on stderr as `text` or `json`.
+    #[arg(long, env = "PULLCHECK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// `k8s.cluster.name` on the resource (OTEL_RESOURCE_ATTRIBUTES can set it too).
+    #[arg(long, env = "PULLCHECK_CLUSTER_NAME")]
+    cluster_name: Option<String>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Args)]
@@ -147,6 +200,10 @@ enum Output {
 
 impl RegistryArgs {
     fn client(&self) -> anyhow::Result<RegistryClient> {
+        self.client_with(None)
+    }
+
+    fn client_with(&self, observer: Option<RequestObserver>) -> anyhow::Result<RegistryClient> {
         let config = match &self.registry_config {
             Some(path) => RegistryConfig::load(path)?,
             None => RegistryConfig::default(),
@@ -158,16 +215,13 @@ impl RegistryArgs {
             max_retry_wait: self.max_retry_wait,
             ..ClientSettings::default()
         };
-        Ok(RegistryClient::new(Arc::new(config), settings))
+        Ok(RegistryClient::with_observer(Arc::new(config), settings, observer))
     }
 }
 
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    let filter =
-        tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -175,18 +229,114 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let filter = || EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn"));
     match cli.command {
         Command::Version => {
             println!("pullcheck {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Check(args) => match runtime.block_on(check(*args)) {
-            Ok(code) => ExitCode::from(code),
-            Err(e) => {
-                eprintln!("pullcheck: {e:#}");
-                ExitCode::from(2)
+        Command::Check(args) => {
+            tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
+            match runtime.block_on(check(*args)) {
+                Ok(code) => ExitCode::from(code),
+                Err(e) => {
+                    eprintln!("pullcheck: {e:#}");
+                    ExitCode::from(2)
+                }
             }
+        }
+        Command::Run(args) => {
+            // `run` logs at info unless told otherwise.
+            let filter = if cli.log == "warn" { EnvFilter::new("info") } else { filter() };
+            match run(*args, filter, &runtime) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("pullcheck: {e:#}");
+                    ExitCode::from(2)
+                }
+            }
+        }
+    }
+}
+
+/// The controller: telemetry is built and flushed outside the runtime's context (see Telemetry::init).
+fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
+    let instance_id = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("pullcheck-{}", std::process::id()));
+    let resource = ResourceSettings { cluster_name: args.cluster_name.clone(), instance_id };
+    let telemetry = Telemetry::init(&ProcessEnv, &resource, runtime.handle())?;
+    let spans = tracing_opentelemetry::layer()
+        .with_tracer(telemetry.tracer())
+        .with_filter(Targets::new().with_target("pullcheck", tracing::Level::INFO));
+    let registry = tracing_subscriber::registry().with(spans);
+    match args.log_format {
+        LogFormat::Json => {
+            registry.with(fmt::layer().json().with_writer(std::io::stderr).with_filter(log_filter)).init()
+        }
+        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr).with_filter(log_filter)).init(),
+    }
+    let outcome = runtime.block_on(run_controller(args, &telemetry));
+    telemetry.shutdown();
+    outcome
+}
+
+async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<()> {
+    let filter = ImageFilter::new(&args.images.ignore, &args.images.allow)?;
+    let include = IncludeDisabled::parse(&args.include_disabled).map_err(anyhow::Error::msg)?;
+    let selection = args.cluster.selection(include)?;
+    let metrics = Arc::new(Metrics::new(&telemetry.meter()));
+    let observer_metrics = metrics.clone();
+    let observer: RequestObserver = Arc::new(move |host, status| observer_metrics.record_request(host, status));
+    let registry = args.registry.client_with(Some(observer))?;
+    let (kube_client, _) = args.cluster.client().await?;
+    let health_addr = match args.health_addr.as_str() {
+        "off" | "" => None,
+        addr => Some(addr.parse().map_err(|e| anyhow::anyhow!("--health-addr {addr}: {e}"))?),
+    };
+    let namespaces = (!args.cluster.namespaces.is_empty()).then(|| args.cluster.namespaces.clone());
+    let settings = ControllerSettings {
+        schedule: ScheduleSettings {
+            window: args.window,
+            tick: args.tick,
+            failure_retry: args.failure_retry,
+            max_in_flight_per_registry: args.max_in_flight_per_registry.max(1),
         },
+        namespaces,
+        selection,
+        filter,
+        health_addr,
+        secret_ttl: args.cluster.secret_ttl,
+    };
+    if !telemetry.exporting {
+        tracing::warn!("OTEL_SDK_DISABLED=true: probing, but exporting nothing");
+    }
+    tracing::info!(window = ?args.window, tick = ?args.tick, "pullcheck run starting");
+    controller::run(
+        kube_client,
+        registry,
+        metrics,
+        TransitionLog::new(telemetry.logger()),
+        settings,
+        shutdown_signal(),
+    )
+    .await;
+    Ok(())
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn shutdown_signal() {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
     }
 }
 

@@ -53,6 +53,9 @@ pub(crate) enum KnownScheme {
     Bearer { realm: String, service: Option<String> },
 }
 
+/// Told of every HTTP request: the host, and the status (`None` when no answer came).
+pub type RequestObserver = Arc<dyn Fn(&str, Option<u16>) + Send + Sync>;
+
 /// Cheap to clone; every clone shares hosts, tokens and counters.
 #[derive(Clone)]
 pub struct RegistryClient {
@@ -65,10 +68,19 @@ pub(crate) struct Inner {
     pub tokens: TokenCache,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     requests: AtomicU64,
+    observer: Option<RequestObserver>,
 }
 
 impl RegistryClient {
     pub fn new(config: Arc<RegistryConfig>, settings: ClientSettings) -> Self {
+        Self::with_observer(config, settings, None)
+    }
+
+    pub fn with_observer(
+        config: Arc<RegistryConfig>,
+        settings: ClientSettings,
+        observer: Option<RequestObserver>,
+    ) -> Self {
         // reqwest is built without a rustls provider; ring is the process's one (no-op if set).
         let _ = rustls::crypto::ring::default_provider().install_default();
         Self {
@@ -78,6 +90,7 @@ impl RegistryClient {
                 tokens: TokenCache::default(),
                 hosts: Mutex::new(HashMap::new()),
                 requests: AtomicU64::new(0),
+                observer,
             }),
         }
     }
@@ -93,6 +106,18 @@ impl RegistryClient {
 
     pub(crate) fn count_request(&self) {
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn observe_request(&self, host: &str, status: Option<u16>) {
+        if let Some(observer) = &self.inner.observer {
+            observer(host, status);
+        }
+    }
+
+    /// How long a registry (as named in references) still asked us to stay away.
+    pub fn pause_remaining(&self, registry: &str) -> Option<Duration> {
+        let hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
+        hosts.get(crate::image::api_host(registry)).and_then(|h| h.limits.pause_remaining())
     }
 
     /// The client for a host (`registry.example:5000`), built on first use from its config.

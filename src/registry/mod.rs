@@ -13,7 +13,7 @@ mod outcome;
 mod probe;
 
 pub use auth::{Challenge, Credential, TokenCache, parse_challenge, token_ttl};
-pub use client::{ClientSettings, RegistryClient};
+pub use client::{ClientSettings, RegistryClient, RequestObserver};
 pub use limits::parse_retry_after;
 pub use outcome::{State, classify_status};
 pub use probe::ProbeResult;

@@ -97,12 +97,23 @@ impl RegistryClient {
     /// Probes an image with the workload's credential (or, without one, the configured one).
     /// Mirrors are tried first, with their own configured credentials only.
     pub async fn probe(&self, image: &ImageRef, credential: Option<&Credential>) -> ProbeResult {
+        self.probe_for(image, credential, 0).await
+    }
+
+    /// A probe on behalf of `workloads` workload containers: the root span of its own trace.
+    pub async fn probe_for(&self, image: &ImageRef, credential: Option<&Credential>, workloads: usize) -> ProbeResult {
         let started = Instant::now();
         let span = tracing::info_span!(
+            parent: None,
             "probe",
             otel.name = %format!("probe {}", image.name()),
+            otel.kind = "internal",
+            otel.status_code = field::Empty,
+            otel.status_description = field::Empty,
             container.image.name = %image.name(),
+            container.image.tags = image.tag().unwrap_or_default(),
             server.address = %image.registry(),
+            pullcheck.workloads.count = workloads as i64,
             pullcheck.image.state = field::Empty,
             oci.manifest.digest = field::Empty,
             error.type = field::Empty,
@@ -131,8 +142,12 @@ impl RegistryClient {
         if let Some(d) = &attempt.digest {
             span.record("oci.manifest.digest", d.as_str());
         }
-        if attempt.state != State::Available {
+        if attempt.state == State::Available {
+            span.record("otel.status_code", "OK");
+        } else {
             span.record("error.type", attempt.state.as_str());
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", attempt.error.as_deref().unwrap_or(attempt.state.as_str()));
         }
         ProbeResult {
             state: attempt.state,
@@ -439,7 +454,9 @@ impl Exchange<'_> {
             request = request.header(AUTHORIZATION, auth);
         }
         let result = async {
-            let mut response = request.send().await.map_err(|e| transport_error(&host.name, &e))?;
+            let sent = request.send().await;
+            self.client.observe_request(&host.name, sent.as_ref().ok().map(|r| r.status().as_u16()));
+            let mut response = sent.map_err(|e| transport_error(&host.name, &e))?;
             let status = response.status();
             tracing::Span::current().record("http.response.status_code", status.as_u16());
             let headers = response.headers().clone();

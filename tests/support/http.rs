@@ -14,6 +14,7 @@ pub struct Request {
     /// Path and query, as sent.
     pub target: String,
     pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
 }
 
 impl Request {
@@ -129,18 +130,32 @@ where
         }
         buf.extend_from_slice(&chunk[..n]);
     }
-    let head = String::from_utf8_lossy(&buf);
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+    let mut body = buf[head_end..].to_vec();
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next().unwrap_or_default().split(' ');
     let method = request_line.next().unwrap_or_default().to_string();
     let target = request_line.next().unwrap_or_default().to_string();
-    let headers = lines
+    let headers: Vec<(String, String)> = lines
         .take_while(|l| !l.is_empty())
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
+    let declared: usize = headers
+        .iter()
+        .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case("content-length"))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    while body.len() < declared.min(64 << 20) {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            break;
+        }
+        body.extend_from_slice(&chunk[..n]);
+    }
     let is_head = method == "HEAD";
-    let reply = handler(Request { method, target, headers }).await;
+    let reply = handler(Request { method, target, headers, body }).await;
     let write_head = |status: u16, headers: &[(String, String)], len: Option<usize>| {
         let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
         if let Some(len) = len {

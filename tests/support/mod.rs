@@ -4,6 +4,7 @@
 
 pub mod apiserver;
 pub mod http;
+pub mod otlp;
 pub mod proxy;
 pub mod registry;
 pub mod tls;

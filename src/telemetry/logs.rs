@@ -1,0 +1,76 @@
+//! One log record per state transition of an image key, to OTLP and to stderr.
+
+use opentelemetry::logs::{AnyValue, LogRecord, Logger, Severity};
+use opentelemetry::{Key, KeyValue};
+use opentelemetry_sdk::logs::SdkLogger;
+
+use crate::registry::{ProbeResult, State};
+
+pub struct TransitionLog {
+    logger: SdkLogger,
+}
+
+impl TransitionLog {
+    pub fn new(logger: SdkLogger) -> Self {
+        Self { logger }
+    }
+
+    /// `previous` is `None` for a key's first probe.
+    pub fn transition(
+        &self,
+        image: &str,
+        attributes: &[KeyValue],
+        previous: Option<State>,
+        result: &ProbeResult,
+        workloads: &[String],
+    ) {
+        let was = previous.map_or("pending", State::as_str);
+        let message = format!("{image} is now {} (was {was})", result.state);
+        let (severity, text) =
+            if result.state == State::Available { (Severity::Info, "INFO") } else { (Severity::Warn, "WARN") };
+        match result.state {
+            State::Available => {
+                tracing::info!(image, state = %result.state, previous = was, workloads = workloads.len(), "{message}")
+            }
+            _ => tracing::warn!(
+                image, state = %result.state, previous = was, error = result.error.as_deref().unwrap_or_default(),
+                workloads = workloads.len(), "{message}"
+            ),
+        }
+        let mut record = self.logger.create_log_record();
+        record.set_timestamp(std::time::SystemTime::now());
+        record.set_severity_number(severity);
+        record.set_severity_text(text);
+        record.set_event_name("pullcheck.image.state_change");
+        record.set_body(AnyValue::from(message));
+        for kv in attributes {
+            record.add_attribute(kv.key.clone(), any_value(&kv.value));
+        }
+        record.add_attribute(Key::new("pullcheck.image.state"), AnyValue::from(result.state.as_str()));
+        record.add_attribute(Key::new("pullcheck.image.previous_state"), AnyValue::from(was));
+        if let Some(error) = &result.error {
+            record.add_attribute(Key::new("error.type"), AnyValue::from(result.state.as_str()));
+            record.add_attribute(Key::new("error.message"), AnyValue::from(error.clone()));
+        }
+        if let Some(digest) = &result.digest {
+            record.add_attribute(Key::new("oci.manifest.digest"), AnyValue::from(digest.clone()));
+        }
+        let users: Vec<AnyValue> = workloads.iter().map(|w| AnyValue::from(w.clone())).collect();
+        record.add_attribute(Key::new("pullcheck.workloads"), AnyValue::ListAny(Box::new(users)));
+        self.logger.emit(record);
+    }
+}
+
+fn any_value(value: &opentelemetry::Value) -> AnyValue {
+    use opentelemetry::{Array, Value};
+    match value {
+        Value::Bool(b) => AnyValue::from(*b),
+        Value::I64(i) => AnyValue::from(*i),
+        Value::F64(f) => AnyValue::from(*f),
+        Value::String(s) => AnyValue::from(s.to_string()),
+        Value::Array(Array::String(items)) => {
+            AnyValue::ListAny(Box::new(items.iter().map(|s| AnyValue::from(s.to_string())).collect()))
+        }
+        other => AnyValue::from(other.to_string()),
+    }
+}

@@ -1,0 +1,134 @@
+//! The metrics of DESIGN.md. Per-series gauges are observable: each collection reports exactly
+//! the series of the current inventory, so a deleted workload's series is simply gone and a
+//! recovered image flips back to 1 at once.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
+
+use crate::registry::State;
+
+/// What the observable gauges report at the next collection.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    /// Per (workload, container): its attributes and current state (never `pending`).
+    pub series: Vec<(Vec<KeyValue>, State)>,
+    /// Tracked image keys per state, `pending` included.
+    pub keys_by_state: Vec<(State, u64)>,
+    pub workloads: u64,
+    pub window_coverage: f64,
+    pub batch_size: u64,
+}
+
+pub struct Metrics {
+    probes: Counter<u64>,
+    probe_duration: Histogram<f64>,
+    registry_requests: Counter<u64>,
+    snapshot: Arc<RwLock<Snapshot>>,
+    _gauges: Vec<ObservableGauge<i64>>,
+    _ratios: Vec<ObservableGauge<f64>>,
+}
+
+pub const STATE_ATTRIBUTE: &str = "pullcheck.image.state";
+
+fn read(snapshot: &RwLock<Snapshot>) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+    snapshot.read().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Metrics {
+    pub fn new(meter: &Meter) -> Self {
+        let snapshot = Arc::new(RwLock::new(Snapshot::default()));
+        let s = snapshot.clone();
+        let available = meter
+            .i64_observable_gauge("pullcheck.image.available")
+            .with_description(
+                "1 when the image of a workload's container can be pulled now, 0 when not (no point while pending)",
+            )
+            .with_callback(move |observer| {
+                for (attributes, state) in &read(&s).series {
+                    observer.observe(i64::from(*state == State::Available), attributes);
+                }
+            })
+            .build();
+        let s = snapshot.clone();
+        let status = meter
+            .i64_observable_gauge("pullcheck.image.status")
+            .with_description(
+                "Always 1; pullcheck.image.state carries the current probe state of the workload's container",
+            )
+            .with_callback(move |observer| {
+                for (attributes, state) in &read(&s).series {
+                    let mut with_state = attributes.clone();
+                    with_state.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
+                    observer.observe(1, &with_state);
+                }
+            })
+            .build();
+        let s = snapshot.clone();
+        let images = meter
+            .i64_observable_gauge("pullcheck.images")
+            .with_description("Tracked image keys (image + credential) by current state")
+            .with_callback(move |observer| {
+                for (state, n) in &read(&s).keys_by_state {
+                    observer.observe(*n as i64, &[KeyValue::new(STATE_ATTRIBUTE, state.as_str())]);
+                }
+            })
+            .build();
+        let s = snapshot.clone();
+        let workloads = meter
+            .i64_observable_gauge("pullcheck.workloads")
+            .with_description("Tracked workloads")
+            .with_callback(move |observer| observer.observe(read(&s).workloads as i64, &[]))
+            .build();
+        let s = snapshot.clone();
+        let batch = meter
+            .i64_observable_gauge("pullcheck.schedule.batch.size")
+            .with_description("Keys probed in the last scheduler tick")
+            .with_callback(move |observer| observer.observe(read(&s).batch_size as i64, &[]))
+            .build();
+        let s = snapshot.clone();
+        let coverage = meter
+            .f64_observable_gauge("pullcheck.schedule.window.coverage")
+            .with_description("Fraction of image keys probed within the current window")
+            .with_callback(move |observer| observer.observe(read(&s).window_coverage, &[]))
+            .build();
+        Self {
+            probes: meter.u64_counter("pullcheck.probes").with_description("Registry probes by outcome").build(),
+            probe_duration: meter
+                .f64_histogram("pullcheck.probe.duration")
+                .with_unit("s")
+                .with_description("Duration of a registry probe, retries and token fetches included")
+                .with_boundaries(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0])
+                .build(),
+            registry_requests: meter
+                .u64_counter("pullcheck.registry.requests")
+                .with_description("HTTP requests to registries and token services")
+                .build(),
+            snapshot,
+            _gauges: vec![available, status, images, workloads, batch],
+            _ratios: vec![coverage],
+        }
+    }
+
+    pub fn publish(&self, snapshot: Snapshot) {
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = snapshot;
+    }
+
+    pub fn record_probe(&self, registry: &str, state: State, duration: Duration) {
+        let attributes =
+            [KeyValue::new("server.address", registry.to_string()), KeyValue::new(STATE_ATTRIBUTE, state.as_str())];
+        self.probes.add(1, &attributes);
+        self.probe_duration.record(duration.as_secs_f64(), &attributes);
+    }
+
+    /// `status` is `None` when no answer came (connect, TLS, timeout).
+    pub fn record_request(&self, host: &str, status: Option<u16>) {
+        let mut attributes = vec![KeyValue::new("server.address", host.to_string())];
+        if let Some(status) = status {
+            attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
+        }
+        self.registry_requests.add(1, &attributes);
+    }
+}

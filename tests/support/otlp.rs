@@ -1,0 +1,254 @@
+//! An in-process OTLP receiver over gRPC and HTTP/protobuf, built from opentelemetry-proto: it
+//! decodes what pullcheck pushes, so tests assert on names, attributes and values.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+
+use opentelemetry_proto::tonic::collector::logs::v1::logs_service_server::{LogsService, LogsServiceServer};
+use opentelemetry_proto::tonic::collector::logs::v1::{ExportLogsServiceRequest, ExportLogsServiceResponse};
+use opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_server::{
+    MetricsService, MetricsServiceServer,
+};
+use opentelemetry_proto::tonic::collector::metrics::v1::{ExportMetricsServiceRequest, ExportMetricsServiceResponse};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::common::v1::{AnyValue, KeyValue, any_value};
+use opentelemetry_proto::tonic::metrics::v1::{Metric, metric, number_data_point};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use prost::Message;
+
+use super::http::{Reply, Request, Server};
+
+#[derive(Default)]
+pub struct Received {
+    pub metrics: Vec<ExportMetricsServiceRequest>,
+    pub traces: Vec<ExportTraceServiceRequest>,
+    pub logs: Vec<ExportLogsServiceRequest>,
+    /// Request headers (gRPC metadata) of every export.
+    pub headers: Vec<Vec<(String, String)>>,
+}
+
+#[derive(Clone, Default)]
+pub struct Sink(pub Arc<Mutex<Received>>);
+
+impl Sink {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
+        self.0.lock().expect("otlp sink lock")
+    }
+
+    fn headers_of<T>(request: &tonic::Request<T>) -> Vec<(String, String)> {
+        request
+            .metadata()
+            .iter()
+            .filter_map(|kv| match kv {
+                tonic::metadata::KeyAndValueRef::Ascii(k, v) => {
+                    Some((k.to_string(), v.to_str().unwrap_or_default().to_string()))
+                }
+                tonic::metadata::KeyAndValueRef::Binary(..) => None,
+            })
+            .collect()
+    }
+}
+
+#[tonic::async_trait]
+impl MetricsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportMetricsServiceRequest>,
+    ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        let headers = Self::headers_of(&request);
+        let mut received = self.lock();
+        received.headers.push(headers);
+        received.metrics.push(request.into_inner());
+        Ok(tonic::Response::new(ExportMetricsServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl TraceService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let headers = Self::headers_of(&request);
+        let mut received = self.lock();
+        received.headers.push(headers);
+        received.traces.push(request.into_inner());
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+#[tonic::async_trait]
+impl LogsService for Sink {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportLogsServiceRequest>,
+    ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        let headers = Self::headers_of(&request);
+        let mut received = self.lock();
+        received.headers.push(headers);
+        received.logs.push(request.into_inner());
+        Ok(tonic::Response::new(ExportLogsServiceResponse::default()))
+    }
+}
+
+pub struct Receiver {
+    pub sink: Sink,
+    pub endpoint: String,
+    _http: Option<Server>,
+    _grpc: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn gunzip_if(request: &Request) -> Vec<u8> {
+    if request.header("content-encoding").is_some_and(|e| e.eq_ignore_ascii_case("gzip")) {
+        let mut out = Vec::new();
+        let _ = flate2::read::GzDecoder::new(&request.body[..]).read_to_end(&mut out);
+        out
+    } else {
+        request.body.clone()
+    }
+}
+
+impl Receiver {
+    /// OTLP/HTTP on `http://127.0.0.1:<port>` (paths /v1/metrics, /v1/traces, /v1/logs).
+    pub async fn http() -> Receiver {
+        let sink = Sink::default();
+        let shared = sink.clone();
+        let server = Server::start("127.0.0.1:0", move |request: Request| {
+            let sink = shared.clone();
+            async move {
+                let body = gunzip_if(&request);
+                let mut received = sink.lock();
+                received
+                    .headers
+                    .push(request.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect());
+                let ok = match request.target.as_str() {
+                    "/v1/metrics" => {
+                        ExportMetricsServiceRequest::decode(&body[..]).map(|m| received.metrics.push(m)).is_ok()
+                    }
+                    "/v1/traces" => {
+                        ExportTraceServiceRequest::decode(&body[..]).map(|t| received.traces.push(t)).is_ok()
+                    }
+                    "/v1/logs" => ExportLogsServiceRequest::decode(&body[..]).map(|l| received.logs.push(l)).is_ok(),
+                    _ => false,
+                };
+                let status = if ok { 200 } else { 400 };
+                Reply::Full {
+                    status,
+                    headers: vec![("Content-Type".into(), "application/x-protobuf".into())],
+                    body: vec![],
+                }
+            }
+        })
+        .await;
+        let endpoint = server.url();
+        Receiver { sink, endpoint, _http: Some(server), _grpc: None }
+    }
+
+    /// OTLP/gRPC on `http://127.0.0.1:<port>`, accepting gzip.
+    pub async fn grpc() -> Receiver {
+        let sink = Sink::default();
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let gzip = tonic::codec::CompressionEncoding::Gzip;
+        let router = tonic::transport::Server::builder()
+            .add_service(MetricsServiceServer::new(sink.clone()).accept_compressed(gzip))
+            .add_service(TraceServiceServer::new(sink.clone()).accept_compressed(gzip))
+            .add_service(LogsServiceServer::new(sink.clone()).accept_compressed(gzip));
+        let task = tokio::spawn(async move {
+            let _ = router.serve(addr).await;
+        });
+        for _ in 0..200 {
+            if tokio::net::TcpStream::connect(addr).await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        Receiver { sink, endpoint: format!("http://{addr}"), _http: None, _grpc: Some(task) }
+    }
+
+    pub fn received<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
+        f(&self.sink.lock())
+    }
+}
+
+pub fn value_string(value: &Option<AnyValue>) -> String {
+    match value.as_ref().and_then(|v| v.value.as_ref()) {
+        Some(any_value::Value::StringValue(s)) => s.clone(),
+        Some(any_value::Value::IntValue(i)) => i.to_string(),
+        Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+        Some(any_value::Value::BoolValue(b)) => b.to_string(),
+        Some(any_value::Value::ArrayValue(a)) => {
+            a.values.iter().map(|v| value_string(&Some(v.clone()))).collect::<Vec<_>>().join(",")
+        }
+        _ => String::new(),
+    }
+}
+
+pub fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter().map(|kv| (kv.key.clone(), value_string(&kv.value))).collect()
+}
+
+/// Every metric of every export, newest last, with its resource attributes.
+pub fn metrics(received: &Received) -> Vec<(BTreeMap<String, String>, Metric)> {
+    received
+        .metrics
+        .iter()
+        .flat_map(|r| r.resource_metrics.iter())
+        .flat_map(|rm| {
+            let resource = rm.resource.as_ref().map(|r| attributes(&r.attributes)).unwrap_or_default();
+            rm.scope_metrics.iter().flat_map(move |sm| {
+                sm.metrics.iter().map({
+                    let resource = resource.clone();
+                    move |m| (resource.clone(), m.clone())
+                })
+            })
+        })
+        .collect()
+}
+
+/// The points of the newest export of a gauge or sum: (attributes, value).
+pub fn latest_points(received: &Received, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let newest = metrics(received).into_iter().rev().find(|(_, m)| m.name == name);
+    let Some((_, metric)) = newest else { return Vec::new() };
+    let points = match metric.data {
+        Some(metric::Data::Gauge(g)) => g.data_points,
+        Some(metric::Data::Sum(s)) => s.data_points,
+        _ => Vec::new(),
+    };
+    points
+        .into_iter()
+        .map(|p| {
+            let value = match p.value {
+                Some(number_data_point::Value::AsInt(i)) => i as f64,
+                Some(number_data_point::Value::AsDouble(d)) => d,
+                None => f64::NAN,
+            };
+            (attributes(&p.attributes), value)
+        })
+        .collect()
+}
+
+pub fn spans(received: &Received) -> Vec<Span> {
+    received
+        .traces
+        .iter()
+        .flat_map(|r| r.resource_spans.iter())
+        .flat_map(|rs| rs.scope_spans.iter())
+        .flat_map(|ss| ss.spans.iter().cloned())
+        .collect()
+}
+
+/// Log records: (body, attributes).
+pub fn logs(received: &Received) -> Vec<(String, BTreeMap<String, String>)> {
+    received
+        .logs
+        .iter()
+        .flat_map(|r| r.resource_logs.iter())
+        .flat_map(|rl| rl.scope_logs.iter())
+        .flat_map(|sl| sl.log_records.iter())
+        .map(|l| (value_string(&l.body), attributes(&l.attributes)))
+        .collect()
+}
