@@ -27,6 +27,8 @@ pub struct Received {
     pub logs: Vec<ExportLogsServiceRequest>,
     /// Request headers (gRPC metadata) of every export.
     pub headers: Vec<Vec<(String, String)>>,
+    /// Body bytes as sent (compressed if it was) of every HTTP export: (path, bytes).
+    pub http_bytes: Vec<(String, usize)>,
 }
 
 #[derive(Clone, Default)]

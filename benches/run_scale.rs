@@ -1,0 +1,116 @@
+//! `pullcheck run` at scale: 20,000 image keys (20,000 workloads through the API-server harness,
+//! each its own tag in the local registry), a short window, OTLP over HTTP to the in-process
+//! receiver. Reports time to full window coverage, probes per second, CPU time per probe,
+//! resident memory, and OTLP bytes exported per series per interval.
+//!
+//! `cargo bench --bench run_scale` (env BENCH_KEYS, BENCH_WINDOW_SECS).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use support::apiserver::ApiServer;
+use support::otlp::{Receiver, latest_points};
+use support::{Env, workload};
+
+fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
+    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    ticks as f64 / 100.0
+}
+
+fn total(receiver: &Receiver, name: &str) -> f64 {
+    receiver.received(|r| latest_points(r, name).iter().map(|(_, v)| v).sum())
+}
+
+fn main() {
+    let keys: usize = std::env::var("BENCH_KEYS").ok().and_then(|v| v.parse().ok()).unwrap_or(20_000);
+    let window: u64 = std::env::var("BENCH_WINDOW_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(60);
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let env = Env::start().await;
+        let (_, _) = env.pusher.image("bench/app", "seed", "amd64").await;
+        let manifest = reqwest::get(format!("http://{}/v2/bench/app/manifests/seed", env.anon.addr)).await.expect("get");
+        let body = manifest.bytes().await.expect("body").to_vec();
+        let pusher = &env.pusher;
+        futures_util::stream::iter(0..keys)
+            .map(|i| {
+                let body = body.clone();
+                async move { pusher.manifest("bench/app", &format!("t{i}"), support::registry::OCI_MANIFEST, &body).await }
+            })
+            .buffer_unordered(16)
+            .count()
+            .await;
+        let api = ApiServer::start().await;
+        for i in 0..keys {
+            api.apply(workload("Deployment", &format!("ns-{}", i % 100), &format!("app-{i}"), &format!("{}/bench/app:t{i}", env.anon.addr)));
+        }
+        let receiver = Receiver::http().await;
+        let kubeconfig = api.kubeconfig(env.dir.path());
+        let export_interval_ms = 5_000u64;
+        let started = Instant::now();
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pullcheck"))
+            .args(["run", "--kubeconfig", &kubeconfig.display().to_string(), "--window", &format!("{window}s"), "--tick", "1s"])
+            .args(["--failure-retry", "10m", "--health-addr", "off"])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+            .env("OTEL_METRIC_EXPORT_INTERVAL", export_interval_ms.to_string())
+            .env("OTEL_TRACES_SAMPLER", "traceidratio")
+            .env("OTEL_TRACES_SAMPLER_ARG", "0.01")
+            .env_remove("KUBECONFIG")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("pullcheck run");
+        let pid = child.id().expect("pid");
+        // First window: every key is new, so all are probed as fast as the per-registry budget allows.
+        let mut covered_at = None;
+        while started.elapsed() < Duration::from_secs(window * 3) {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            if covered_at.is_none() && total(&receiver, "pullcheck.image.available") as usize == keys {
+                covered_at = Some(started.elapsed());
+                break;
+            }
+        }
+        let first_probes = total(&receiver, "pullcheck.probes");
+        let first_cpu = cpu_seconds(pid);
+        // Then one steady window.
+        let steady_start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(window)).await;
+        let steady_probes = total(&receiver, "pullcheck.probes") - first_probes;
+        let steady_cpu = cpu_seconds(pid) - first_cpu;
+        let steady_secs = steady_start.elapsed().as_secs_f64();
+        let coverage = receiver.received(|r| latest_points(r, "pullcheck.schedule.window.coverage").first().map(|(_, v)| *v));
+        let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
+        let (exports, bytes) = receiver.received(|r| {
+            let metrics: Vec<usize> = r.http_bytes.iter().filter(|(p, _)| p == "/v1/metrics").map(|(_, b)| *b).collect();
+            (metrics.len(), metrics.iter().sum::<usize>())
+        });
+        let _ = child.kill().await;
+        let series = keys * 2;
+        println!("pullcheck run, {keys} image keys, window {window}s, tick 1s, OTLP/HTTP every {}s:", export_interval_ms / 1000);
+        match covered_at {
+            Some(t) => println!("  first full coverage after       {:>8.1} s ({:.0} probes/s)", t.as_secs_f64(), keys as f64 / t.as_secs_f64()),
+            None => println!("  first full coverage             not reached in {}s", window * 3),
+        }
+        println!("  steady window: probes           {steady_probes:>8.0} in {steady_secs:.0}s ({:.0} probes/s)", steady_probes / steady_secs);
+        println!("  window coverage at its end      {:>8.3}", coverage.unwrap_or(f64::NAN));
+        println!("  CPU time per probe (steady)     {:>8.1} µs", steady_cpu / steady_probes.max(1.0) * 1e6);
+        println!("  CPU time per probe (first)      {:>8.1} µs", first_cpu / first_probes.max(1.0) * 1e6);
+        println!("  resident memory                 {:>8} KiB", rss);
+        println!(
+            "  OTLP metric bytes per series per interval {:>6.1} B ({exports} exports, {series} per-container series)",
+            bytes as f64 / exports.max(1) as f64 / series as f64
+        );
+    });
+}
