@@ -24,8 +24,10 @@ fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
 /// utime + stime of a process, in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
+    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
     ticks as f64 / 100.0
 }
 
@@ -40,7 +42,12 @@ fn main() {
     runtime.block_on(async {
         let env = Env::start().await;
         let (_, _) = env.pusher.image("bench/app", "seed", "amd64").await;
-        let manifest = reqwest::get(format!("http://{}/v2/bench/app/manifests/seed", env.anon.addr)).await.expect("get");
+        let manifest = reqwest::Client::new()
+            .get(format!("http://{}/v2/bench/app/manifests/seed", env.anon.addr))
+            .header("accept", support::registry::OCI_MANIFEST)
+            .send()
+            .await
+            .expect("get");
         let body = manifest.bytes().await.expect("body").to_vec();
         let pusher = &env.pusher;
         futures_util::stream::iter(0..keys)

@@ -137,23 +137,30 @@ async fn track(
     tracked
 }
 
+/// The per-container series with their current states (none while pending).
+fn series(tracked: &Tracked, states: &HashMap<Key, ProbeResult>) -> Arc<Vec<(Vec<KeyValue>, State)>> {
+    Arc::new(
+        tracked
+            .series
+            .iter()
+            .filter_map(|(attributes, key)| {
+                let state = match key {
+                    Ok(key) => states.get(key)?.state,
+                    Err(_) => State::BadImageFormat,
+                };
+                Some((attributes.clone(), state))
+            })
+            .collect(),
+    )
+}
+
 fn snapshot(
     tracked: &Tracked,
     states: &HashMap<Key, ProbeResult>,
+    series: Arc<Vec<(Vec<KeyValue>, State)>>,
     scheduler: &Scheduler<Key>,
     batch: usize,
 ) -> Snapshot {
-    let series = tracked
-        .series
-        .iter()
-        .filter_map(|(attributes, key)| {
-            let state = match key {
-                Ok(key) => states.get(key)?.state,
-                Err(_) => State::BadImageFormat,
-            };
-            Some((attributes.clone(), state))
-        })
-        .collect();
     let mut by_state: BTreeMap<State, u64> = BTreeMap::new();
     for key in tracked.keys.keys() {
         *by_state.entry(states.get(key).map_or(State::Pending, |r| r.state)).or_default() += 1;
@@ -207,12 +214,20 @@ pub async fn run(
     let mut tracked = Tracked::default();
     let mut states: HashMap<Key, ProbeResult> = HashMap::new();
     let mut seen_generation = None;
+    let mut tracked_at = Instant::now();
     let mut probes: JoinSet<(Key, ProbeResult)> = JoinSet::new();
     let mut last_batch = 0;
+    let mut published_series = Arc::new(Vec::new());
+    // Series are rebuilt only when a state or the inventory changed.
+    let mut series_stale = true;
     // Replicas started together do not tick together.
     tokio::time::sleep(jitter.below(tick)).await;
     let mut ticker = tokio::time::interval(tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Probes that finished free in-flight room; what the tick could not start then starts here.
+    let mut refill = tokio::time::interval(REFILL_INTERVAL.min(tick));
+    refill.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut room_freed = false;
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -228,8 +243,10 @@ pub async fn run(
                 if !ready.swap(true, Ordering::Relaxed) {
                     tracing::info!("inventory synced");
                 }
-                if seen_generation != Some(generation) {
+                // Pull secrets are read again after their TTL: a rotated secret changes the keys.
+                if seen_generation != Some(generation) || tracked_at.elapsed() >= settings.secret_ttl {
                     seen_generation = Some(generation);
+                    tracked_at = Instant::now();
                     let records = store.read().unwrap_or_else(|p| p.into_inner()).selected(&settings.selection);
                     let fresh = track(&records, &secrets, &registry, &settings.filter).await;
                     let removed = scheduler.sync(fresh.keys.keys().map(|k| (k.clone(), k.0.registry().to_string())));
@@ -242,27 +259,32 @@ pub async fn run(
                         }
                     }
                     tracked = fresh;
+                    series_stale = true;
                 }
                 let batch = scheduler.next_batch(Instant::now(), |r| registry.pause_remaining(r).is_none());
-                last_batch = batch.len();
-                for key in batch {
-                    let workloads = tracked.keys.get(&key).map_or(0, |u| u.workloads.len());
-                    let client = registry.clone();
-                    probes.spawn(async move {
-                        let result = client.probe_for(&key.0, key.1.as_ref(), workloads).await;
-                        (key, result)
-                    });
+                if std::mem::take(&mut series_stale) {
+                    published_series = series(&tracked, &states);
                 }
-                metrics.publish(snapshot(&tracked, &states, &scheduler, last_batch));
+                metrics.publish(snapshot(&tracked, &states, published_series.clone(), &scheduler, last_batch));
+                last_batch = batch.len();
+                start_probes(&mut probes, batch, &tracked, &registry);
+            }
+            _ = refill.tick(), if room_freed => {
+                room_freed = false;
+                let more = scheduler.take(Instant::now(), |r| registry.pause_remaining(r).is_none());
+                last_batch += more.len();
+                start_probes(&mut probes, more, &tracked, &registry);
             }
             Some(done) = probes.join_next(), if !probes.is_empty() => {
                 let Ok((key, result)) = done else { continue };
+                room_freed = true;
                 scheduler.complete(&key, Instant::now(), result.state != State::Available);
                 metrics.record_probe(&result.registry, result.state, result.duration);
                 let Some(users) = tracked.keys.get(&key) else { continue };
                 let previous = states.get(&key).map(|r| r.state);
                 if previous != Some(result.state) {
                     log.transition(&key.0.to_string(), &users.attributes, previous, &result, &users.workloads);
+                    series_stale = true;
                 }
                 states.insert(key, result);
             }
@@ -271,7 +293,25 @@ pub async fn run(
     tracing::info!("shutting down");
     probes.abort_all();
     background.abort_all();
-    metrics.publish(snapshot(&tracked, &states, &scheduler, last_batch));
+    metrics.publish(snapshot(&tracked, &states, series(&tracked, &states), &scheduler, last_batch));
+}
+
+const REFILL_INTERVAL: Duration = Duration::from_millis(10);
+
+fn start_probes(
+    probes: &mut JoinSet<(Key, ProbeResult)>,
+    keys: Vec<Key>,
+    tracked: &Tracked,
+    registry: &RegistryClient,
+) {
+    for key in keys {
+        let workloads = tracked.keys.get(&key).map_or(0, |u| u.workloads.len());
+        let client = registry.clone();
+        probes.spawn(async move {
+            let result = client.probe_for(&key.0, key.1.as_ref(), workloads).await;
+            (key, result)
+        });
+    }
 }
 
 /// `/healthz`: 200 while the process serves. `/readyz`: 200 once the inventory is synced.

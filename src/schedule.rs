@@ -57,13 +57,16 @@ pub struct Scheduler<K> {
     settings: ScheduleSettings,
     window_start: Instant,
     entries: HashMap<K, Entry>,
+    /// Regular keys this tick may still start: probes that could not start at the tick (a
+    /// registry at its in-flight cap) start as earlier ones finish.
+    budget: usize,
 }
 
 impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
     /// `phase` shifts the window start (jitter between replicas and clusters).
     pub fn new(settings: ScheduleSettings, now: Instant, phase: Duration) -> Self {
         let window_start = now.checked_sub(phase.min(settings.window)).unwrap_or(now);
-        Self { settings, window_start, entries: HashMap::new() }
+        Self { settings, window_start, entries: HashMap::new(), budget: 0 }
     }
 
     pub fn settings(&self) -> &ScheduleSettings {
@@ -118,40 +121,61 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         }
     }
 
-    /// The keys to probe now, marked in flight. `registry_open` says whether a registry may be
-    /// asked now (not paused by a `Retry-After`).
+    /// A tick: the batch's size is recomputed from the keys and ticks left, and the keys to probe
+    /// now are returned, marked in flight. `registry_open` says whether a registry may be asked
+    /// now (not paused by a `Retry-After`).
     pub fn next_batch(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<K> {
         self.roll_window(now);
         let window_end = self.window_start + self.settings.window;
         let keys_left = self.entries.values().filter(|e| !e.probed_this_window && !e.in_flight).count();
-        let quota = batch_size(keys_left, window_end.saturating_duration_since(now), self.settings.tick);
+        self.budget = batch_size(keys_left, window_end.saturating_duration_since(now), self.settings.tick);
+        self.take(now, registry_open)
+    }
 
+    /// Between ticks, as probes finish: what the tick's batch could not start for lack of
+    /// in-flight room, and urgent or failed keys, start now.
+    pub fn take(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<K> {
+        let quota = self.budget;
+        let cap = self.settings.max_in_flight_per_registry;
         let mut in_flight: HashMap<&str, usize> = HashMap::new();
         for e in self.entries.values().filter(|e| e.in_flight) {
             *in_flight.entry(e.registry.as_str()).or_default() += 1;
         }
         let mut open: HashMap<&str, bool> = HashMap::new();
-        // Failures due again first, then new or changed keys, then the least recently probed.
-        let mut candidates: Vec<(&K, &Entry)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| !e.in_flight)
-            .filter(|(_, e)| !e.probed_this_window || e.retry_at.is_some_and(|r| r <= now))
-            .collect();
-        candidates.sort_by(|(ka, a), (kb, b)| {
-            // Candidates already probed this window are failures due again.
-            let class = |e: &Entry| {
+        let has_room = |registry: &str, in_flight: &HashMap<&str, usize>| {
+            in_flight.get(registry).copied().unwrap_or(0) < cap && registry_open(registry)
+        };
+        // Failures due again first (already probed this window), then new or changed keys,
+        // then the least recently probed.
+        let rank = |e: &Entry| {
+            (
                 if e.probed_this_window {
                     0
                 } else if e.urgent {
                     1
                 } else {
                     2
-                }
-            };
-            let rank = |e: &Entry| (class(e), e.last_probe);
-            rank(a).cmp(&rank(b)).then_with(|| ka.cmp(kb))
-        });
+                },
+                e.last_probe,
+            )
+        };
+        let mut candidates: Vec<(&K, &Entry)> = Vec::new();
+        for (key, entry) in &self.entries {
+            let eligible = !entry.in_flight && (!entry.probed_this_window || entry.retry_at.is_some_and(|r| r <= now));
+            if eligible && *open.entry(entry.registry.as_str()).or_insert_with(|| has_room(&entry.registry, &in_flight))
+            {
+                candidates.push((key, entry));
+            }
+        }
+        // No more can start than there is room in flight: rank only those.
+        let room: usize =
+            open.iter().filter(|(_, ok)| **ok).map(|(r, _)| cap - in_flight.get(r).copied().unwrap_or(0)).sum();
+        let order = |a: &(&K, &Entry), b: &(&K, &Entry)| rank(a.1).cmp(&rank(b.1)).then_with(|| a.0.cmp(b.0));
+        if room < candidates.len() {
+            candidates.select_nth_unstable_by(room, order);
+            candidates.truncate(room);
+        }
+        candidates.sort_by(order);
         let mut batch = Vec::new();
         let mut regular = 0;
         for (key, entry) in candidates {
@@ -160,16 +184,12 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             if counts_against_quota && regular >= quota {
                 continue;
             }
-            let registry = entry.registry.as_str();
-            if !*open.entry(registry).or_insert_with(|| registry_open(registry)) {
-                continue;
-            }
-            let flying = in_flight.entry(registry).or_default();
-            if *flying >= self.settings.max_in_flight_per_registry {
+            let flying = in_flight.entry(entry.registry.as_str()).or_default();
+            if *flying >= cap {
                 continue;
             }
             *flying += 1;
-            if !retry {
+            if counts_against_quota {
                 regular += 1;
             }
             batch.push(key.clone());
@@ -179,6 +199,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
                 e.in_flight = true;
             }
         }
+        self.budget = quota.saturating_sub(regular);
         batch
     }
 

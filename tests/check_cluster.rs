@@ -109,6 +109,11 @@ async fn cluster() -> Cluster {
     Cluster { env, api, private, kubeconfig, registry_config }
 }
 
+async fn check_all_namespaces(c: &Cluster) -> Output {
+    pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "-A", "-o", "json", "--registry-config", &c.registry_config])
+        .await
+}
+
 /// The namespaces whose workloads a selection checks.
 async fn selected(c: &Cluster, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["check", "--kubeconfig", &c.kubeconfig, "-o", "json", "--registry-config", &c.registry_config];
@@ -122,17 +127,7 @@ async fn selected(c: &Cluster, extra: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn pull_secrets_service_accounts_and_namespace_isolation() {
     let c = cluster().await;
-    let out = pullcheck(&[
-        "check",
-        "--kubeconfig",
-        &c.kubeconfig,
-        "-A",
-        "-o",
-        "json",
-        "--registry-config",
-        &c.registry_config,
-    ])
-    .await;
+    let out = check_all_namespaces(&c).await;
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let r = report(&out);
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -176,17 +171,7 @@ async fn forbidden_secrets_and_kinds_degrade_with_one_clear_warning() {
     let c = cluster().await;
     c.api.forbid("Secret");
     c.api.forbid("StatefulSet");
-    let out = pullcheck(&[
-        "check",
-        "--kubeconfig",
-        &c.kubeconfig,
-        "-A",
-        "-o",
-        "json",
-        "--registry-config",
-        &c.registry_config,
-    ])
-    .await;
+    let out = check_all_namespaces(&c).await;
     let r = report(&out);
     let every: Vec<String> = states(&r).into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(every, ["authentication_failure"], "anonymous everywhere");

@@ -66,7 +66,11 @@ fn start(env: &Env, api: &ApiServer, otel: &[(&str, String)], extra: &[&str]) ->
 }
 
 fn pull_secret(namespace: &str, registry: &str) -> serde_json::Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", support::USER, support::PASSWORD));
+    pull_secret_with(namespace, registry, support::PASSWORD)
+}
+
+fn pull_secret_with(namespace: &str, registry: &str, password: &str) -> serde_json::Value {
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", support::USER));
     let config = json!({"auths": {registry: {"auth": auth}}}).to_string();
     json!({"kind": "Secret", "type": "kubernetes.io/dockerconfigjson", "metadata": {"name": "regcred", "namespace": namespace},
            "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}})
@@ -307,4 +311,31 @@ async fn a_collector_that_is_down_does_not_stop_probing() {
     );
     assert_eq!(http_get(&run.health, "/readyz").await, Some(200));
     assert_eq!(run.terminate().await, Some(0), "shutdown does not hang on the dead collector");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_pull_secret_is_picked_up() {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    let api = ApiServer::start().await;
+    api.apply(pull_secret_with("team-a", &env.basic.addr, "expired-password"));
+    let mut private = workload("Deployment", "team-a", "api", &format!("{}/private/app:v1", env.basic.addr));
+    private["spec"]["template"]["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
+    api.apply(private);
+    let receiver = Receiver::http().await;
+    let run =
+        start(&env, &api, &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone())], &["--secret-ttl", "500ms"]);
+    let state = |r: &support::otlp::Received| {
+        point_for(&latest_points(r, "pullcheck.image.status"), "main")
+            .and_then(|(a, _)| a.get("pullcheck.image.state").cloned())
+    };
+    assert!(
+        eventually(WAIT, || receiver.received(state).as_deref() == Some("authentication_failure")).await,
+        "{:?}\n{}",
+        receiver.received(state),
+        run.stderr()
+    );
+    api.apply(pull_secret("team-a", &env.basic.addr));
+    assert!(eventually(WAIT, || receiver.received(state).as_deref() == Some("available")).await, "{}", run.stderr());
+    assert_eq!(run.terminate().await, Some(0));
 }

@@ -124,3 +124,39 @@ async fn failures_are_retried_soon_and_slow_registries_hold_only_their_share() {
     let retry = scheduler.next_batch(Instant::now(), |_| true);
     assert!(retry.contains(&1), "the failed key is tried again after a minute: {retry:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_a_tick_could_not_start_starts_as_room_frees() {
+    let start = Instant::now();
+    let mut scheduler =
+        Scheduler::new(ScheduleSettings { max_in_flight_per_registry: 4, ..settings() }, start, Duration::ZERO);
+    scheduler.sync(keys(4_000, 1));
+    // Window one: every key is new; let it pass with everything probed.
+    let mut probed = 0;
+    while probed < 4_000 {
+        let batch = scheduler.next_batch(Instant::now(), |_| true);
+        let mut more = batch;
+        while !more.is_empty() {
+            for k in &more {
+                scheduler.complete(k, Instant::now(), false);
+                probed += 1;
+            }
+            more = scheduler.take(Instant::now(), |_| true);
+        }
+        tokio::time::advance(TICK).await;
+    }
+    tokio::time::advance((start + WINDOW).duration_since(Instant::now())).await;
+    // Window two, first tick: its share is 4,000 keys / 40 ticks = 100, but only 4 fit in flight.
+    let first = scheduler.next_batch(Instant::now(), |_| true);
+    assert_eq!(first.len(), 4);
+    let mut started = first.len();
+    let mut flying = first;
+    while let Some(k) = flying.pop() {
+        scheduler.complete(&k, Instant::now(), false);
+        let more = scheduler.take(Instant::now(), |_| true);
+        started += more.len();
+        flying.extend(more);
+    }
+    assert_eq!(started, 100, "the tick's whole share started, four at a time");
+    assert!(scheduler.take(Instant::now(), |_| true).is_empty(), "and no more before the next tick");
+}

@@ -13,17 +13,9 @@ use super::files::record_from_body;
 use super::store::{SharedStore, Update, WatchScope};
 use super::{WorkloadKind, WorkloadRecord, WorkloadRef};
 
-/// The kinds whose objects run pods. PodTemplates are not workloads in a cluster.
-pub const CLUSTER_KINDS: [WorkloadKind; 8] = [
-    WorkloadKind::Deployment,
-    WorkloadKind::StatefulSet,
-    WorkloadKind::DaemonSet,
-    WorkloadKind::ReplicaSet,
-    WorkloadKind::ReplicationController,
-    WorkloadKind::Job,
-    WorkloadKind::CronJob,
-    WorkloadKind::Pod,
-];
+/// The kinds whose objects run pods: all but PodTemplate (last in `ALL`), which is not a
+/// workload in a cluster.
+pub const CLUSTER_KINDS: &[WorkloadKind] = WorkloadKind::ALL.split_at(WorkloadKind::ALL.len() - 1).0;
 
 const PAGE_SIZE: u32 = 500;
 
@@ -46,7 +38,8 @@ pub fn api_resource(kind: WorkloadKind) -> ApiResource {
 /// grants namespaces one by one).
 pub fn scopes(namespaces: Option<&[String]>) -> Vec<WatchScope> {
     CLUSTER_KINDS
-        .into_iter()
+        .iter()
+        .copied()
         .flat_map(|kind| match namespaces {
             None => vec![WatchScope { kind, namespace: None }],
             Some(list) => list.iter().map(|ns| WatchScope { kind, namespace: Some(ns.clone()) }).collect(),

@@ -13,8 +13,9 @@ use crate::registry::State;
 /// What the observable gauges report at the next collection.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Per (workload, container): its attributes and current state (never `pending`).
-    pub series: Vec<(Vec<KeyValue>, State)>,
+    /// Per (workload, container): its attributes and current state (never `pending`). Shared:
+    /// rebuilt only when a state or the inventory changes, not every tick.
+    pub series: Arc<Vec<(Vec<KeyValue>, State)>>,
     /// Tracked image keys per state, `pending` included.
     pub keys_by_state: Vec<(State, u64)>,
     pub workloads: u64,
@@ -47,7 +48,7 @@ impl Metrics {
                 "1 when the image of a workload's container can be pulled now, 0 when not (no point while pending)",
             )
             .with_callback(move |observer| {
-                for (attributes, state) in &read(&s).series {
+                for (attributes, state) in read(&s).series.iter() {
                     observer.observe(i64::from(*state == State::Available), attributes);
                 }
             })
@@ -59,7 +60,7 @@ impl Metrics {
                 "Always 1; pullcheck.image.state carries the current probe state of the workload's container",
             )
             .with_callback(move |observer| {
-                for (attributes, state) in &read(&s).series {
+                for (attributes, state) in read(&s).series.iter() {
                     let mut with_state = attributes.clone();
                     with_state.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
                     observer.observe(1, &with_state);

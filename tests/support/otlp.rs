@@ -122,6 +122,7 @@ impl Receiver {
             async move {
                 let body = gunzip_if(&request);
                 let mut received = sink.lock();
+                received.http_bytes.push((request.target.clone(), request.body.len()));
                 received
                     .headers
                     .push(request.headers.iter().map(|(k, v)| (k.to_ascii_lowercase(), v.clone())).collect());

@@ -28,83 +28,16 @@ fn openssl(dir: &Path, args: &[&str]) {
 impl Pki {
     pub fn create(dir: &Path) -> Pki {
         std::fs::write(dir.join("san.cnf"), "subjectAltName=IP:127.0.0.1,IP:127.0.0.2,DNS:localhost\n").expect("write");
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "ca.key",
-                "-out",
-                "ca.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=pullcheck test CA",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                "server.key",
-                "-out",
-                "server.csr",
-                "-subj",
-                "/CN=localhost",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                "server.csr",
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-out",
-                "server.pem",
-                "-days",
-                "2",
-                "-extfile",
-                "san.cnf",
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                "signer.key",
-                "-out",
-                "signer.pem",
-                "-days",
-                "2",
-                "-subj",
-                "/CN=pullcheck test token signer",
-            ],
-        );
-        openssl(dir, &["x509", "-in", "signer.pem", "-outform", "DER", "-out", "signer.der"]);
-        openssl(dir, &["pkcs8", "-topk8", "-nocrypt", "-in", "signer.key", "-outform", "DER", "-out", "signer.pk8"]);
+        for command in [
+            "req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout ca.key -out ca.pem -days 2 -subj /CN=pullcheck-test-ca",
+            "req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout server.key -out server.csr -subj /CN=localhost",
+            "x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 -extfile san.cnf",
+            "req -x509 -newkey rsa:2048 -nodes -keyout signer.key -out signer.pem -days 2 -subj /CN=pullcheck-test-token-signer",
+            "x509 -in signer.pem -outform DER -out signer.der",
+            "pkcs8 -topk8 -nocrypt -in signer.key -outform DER -out signer.pk8",
+        ] {
+            openssl(dir, &command.split_whitespace().collect::<Vec<_>>());
+        }
         Pki {
             ca_cert: dir.join("ca.pem"),
             server_cert: dir.join("server.pem"),
