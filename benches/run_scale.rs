@@ -84,24 +84,40 @@ fn main() {
         let mut covered_at = None;
         while started.elapsed() < Duration::from_secs(window * 3) {
             tokio::time::sleep(Duration::from_millis(500)).await;
-            if covered_at.is_none() && total(&receiver, "pullcheck.image.available") as usize == keys {
+            let probed_once = receiver.received(|r| {
+                let by_state = latest_points(r, "pullcheck.images");
+                let tracked: f64 = by_state.iter().map(|(_, v)| v).sum();
+                let pending: f64 = by_state.iter().filter(|(a, _)| a.get("pullcheck.image.state").map(String::as_str) == Some("pending")).map(|(_, v)| v).sum();
+                tracked as usize == keys && pending == 0.0
+            });
+            if covered_at.is_none() && probed_once {
                 covered_at = Some(started.elapsed());
                 break;
             }
         }
+        // Then one steady window, from when the next one begins (coverage falls back).
+        let coverage_now = || receiver.received(|r| latest_points(r, "pullcheck.schedule.window.coverage").first().map_or(1.0, |(_, v)| *v));
+        while coverage_now() >= 0.5 && started.elapsed() < Duration::from_secs(window * 4) {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         let first_probes = total(&receiver, "pullcheck.probes");
         let first_cpu = cpu_seconds(pid);
-        // Then one steady window.
         let steady_start = Instant::now();
         tokio::time::sleep(Duration::from_secs(window)).await;
         let steady_probes = total(&receiver, "pullcheck.probes") - first_probes;
         let steady_cpu = cpu_seconds(pid) - first_cpu;
         let steady_secs = steady_start.elapsed().as_secs_f64();
-        let coverage = receiver.received(|r| latest_points(r, "pullcheck.schedule.window.coverage").first().map(|(_, v)| *v));
+        let coverage = Some(coverage_now());
         let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
         let (exports, bytes) = receiver.received(|r| {
             let metrics: Vec<usize> = r.http_bytes.iter().filter(|(p, _)| p == "/v1/metrics").map(|(_, b)| *b).collect();
             (metrics.len(), metrics.iter().sum::<usize>())
+        });
+        let states: Vec<String> = receiver.received(|r| {
+            latest_points(r, "pullcheck.images")
+                .iter()
+                .map(|(a, v)| format!("{} {v}", a.get("pullcheck.image.state").cloned().unwrap_or_default()))
+                .collect()
         });
         let _ = child.kill().await;
         let series = keys * 2;
@@ -115,6 +131,7 @@ fn main() {
         println!("  CPU time per probe (steady)     {:>8.1} µs", steady_cpu / steady_probes.max(1.0) * 1e6);
         println!("  CPU time per probe (first)      {:>8.1} µs", first_cpu / first_probes.max(1.0) * 1e6);
         println!("  resident memory                 {:>8} KiB", rss);
+        println!("  image keys by state             {}", states.join(", "));
         println!(
             "  OTLP metric bytes per series per interval {:>6.1} B ({exports} exports, {series} per-container series)",
             bytes as f64 / exports.max(1) as f64 / series as f64

@@ -277,7 +277,7 @@ pub async fn run(
             }
             Some(done) = probes.join_next(), if !probes.is_empty() => {
                 let Ok((key, result)) = done else { continue };
-                room_freed = true;
+                room_freed |= scheduler.wants_room();
                 scheduler.complete(&key, Instant::now(), result.state != State::Available);
                 metrics.record_probe(&result.registry, result.state, result.duration);
                 let Some(users) = tracked.keys.get(&key) else { continue };

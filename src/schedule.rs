@@ -60,13 +60,15 @@ pub struct Scheduler<K> {
     /// Regular keys this tick may still start: probes that could not start at the tick (a
     /// registry at its in-flight cap) start as earlier ones finish.
     budget: usize,
+    /// New or changed keys not started yet (counted at the tick).
+    urgent_waiting: usize,
 }
 
 impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
     /// `phase` shifts the window start (jitter between replicas and clusters).
     pub fn new(settings: ScheduleSettings, now: Instant, phase: Duration) -> Self {
         let window_start = now.checked_sub(phase.min(settings.window)).unwrap_or(now);
-        Self { settings, window_start, entries: HashMap::new(), budget: 0 }
+        Self { settings, window_start, entries: HashMap::new(), budget: 0, urgent_waiting: 0 }
     }
 
     pub fn settings(&self) -> &ScheduleSettings {
@@ -129,7 +131,14 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         let window_end = self.window_start + self.settings.window;
         let keys_left = self.entries.values().filter(|e| !e.probed_this_window && !e.in_flight).count();
         self.budget = batch_size(keys_left, window_end.saturating_duration_since(now), self.settings.tick);
+        self.urgent_waiting = self.entries.values().filter(|e| e.urgent && !e.in_flight).count();
         self.take(now, registry_open)
+    }
+
+    /// Whether finished probes' room should be filled before the next tick: the tick's share is
+    /// not all started, or new keys wait. (Failures due again wait for the next tick.)
+    pub fn wants_room(&self) -> bool {
+        self.budget > 0 || self.urgent_waiting > 0
     }
 
     /// Between ticks, as probes finish: what the tick's batch could not start for lack of
@@ -200,6 +209,8 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             }
         }
         self.budget = quota.saturating_sub(regular);
+        let urgent_taken = batch.iter().filter(|k| self.entries.get(*k).is_some_and(|e| e.urgent)).count();
+        self.urgent_waiting = self.urgent_waiting.saturating_sub(urgent_taken);
         batch
     }
 
