@@ -107,7 +107,7 @@ fn main() {
         let steady_probes = total(&receiver, "pullcheck.probes") - first_probes;
         let steady_cpu = cpu_seconds(pid) - first_cpu;
         let steady_secs = steady_start.elapsed().as_secs_f64();
-        let coverage = Some(coverage_now());
+        let coverage = coverage_now();
         let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
         let (exports, bytes) = receiver.received(|r| {
             let metrics: Vec<usize> = r.http_bytes.iter().filter(|(p, _)| p == "/v1/metrics").map(|(_, b)| *b).collect();
@@ -127,7 +127,7 @@ fn main() {
             None => println!("  first full coverage             not reached in {}s", window * 3),
         }
         println!("  steady window: probes           {steady_probes:>8.0} in {steady_secs:.0}s ({:.0} probes/s)", steady_probes / steady_secs);
-        println!("  window coverage at its end      {:>8.3}", coverage.unwrap_or(f64::NAN));
+        println!("  window coverage at its end      {:>8.3}", coverage);
         println!("  CPU time per probe (steady)     {:>8.1} µs", steady_cpu / steady_probes.max(1.0) * 1e6);
         println!("  CPU time per probe (first)      {:>8.1} µs", first_cpu / first_probes.max(1.0) * 1e6);
         println!("  resident memory                 {:>8} KiB", rss);
