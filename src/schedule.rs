@@ -177,8 +177,11 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             }
         }
         // No more can start than there is room in flight: rank only those.
-        let room: usize =
-            open.iter().filter(|(_, ok)| **ok).map(|(r, _)| cap - in_flight.get(r).copied().unwrap_or(0)).sum();
+        let room: usize = open
+            .iter()
+            .filter(|(_, ok)| **ok)
+            .map(|(r, _)| cap.saturating_sub(in_flight.get(r).copied().unwrap_or(0)))
+            .sum();
         let order = |a: &(&K, &Entry), b: &(&K, &Entry)| rank(a.1).cmp(&rank(b.1)).then_with(|| a.0.cmp(b.0));
         if room < candidates.len() {
             candidates.select_nth_unstable_by(room, order);
