@@ -339,3 +339,25 @@ async fn a_rotated_pull_secret_is_picked_up() {
     assert!(eventually(WAIT, || receiver.received(state).as_deref() == Some("available")).await, "{}", run.stderr());
     assert_eq!(run.terminate().await, Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_tls_with_the_collector_ca_from_otel_exporter_otlp_certificate() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let api = ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
+    let cert = std::fs::read(&env.pki.server_cert).expect("cert");
+    let key = std::fs::read(&env.pki.server_key).expect("key");
+    let receiver = Receiver::grpc_tls(&cert, &key).await;
+    assert!(receiver.endpoint.starts_with("https://"));
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string()),
+        ("OTEL_EXPORTER_OTLP_CERTIFICATE", env.pki.ca_cert.display().to_string()),
+    ];
+    let run = start(&env, &api, &otel, &[]);
+    let arrived =
+        |r: &support::otlp::Received| latest_points(r, "pullcheck.image.available").iter().any(|(_, v)| *v == 1.0);
+    assert!(eventually(WAIT, || receiver.received(arrived)).await, "metrics over TLS: {}", run.stderr());
+    assert_eq!(run.terminate().await, Some(0));
+}

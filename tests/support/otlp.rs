@@ -151,12 +151,27 @@ impl Receiver {
 
     /// OTLP/gRPC on `http://127.0.0.1:<port>`, accepting gzip.
     pub async fn grpc() -> Receiver {
+        Self::grpc_with_tls(None).await
+    }
+
+    /// OTLP/gRPC over TLS with this PEM certificate and key, on `https://127.0.0.1:<port>`.
+    pub async fn grpc_tls(cert_pem: &[u8], key_pem: &[u8]) -> Receiver {
+        let identity = tonic::transport::Identity::from_pem(cert_pem, key_pem);
+        Self::grpc_with_tls(Some(tonic::transport::ServerTlsConfig::new().identity(identity))).await
+    }
+
+    async fn grpc_with_tls(tls: Option<tonic::transport::ServerTlsConfig>) -> Receiver {
         let sink = Sink::default();
         let port =
             std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
         let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
         let gzip = tonic::codec::CompressionEncoding::Gzip;
-        let router = tonic::transport::Server::builder()
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder.tls_config(tls).expect("server TLS config");
+        }
+        let router = builder
             .add_service(MetricsServiceServer::new(sink.clone()).accept_compressed(gzip))
             .add_service(TraceServiceServer::new(sink.clone()).accept_compressed(gzip))
             .add_service(LogsServiceServer::new(sink.clone()).accept_compressed(gzip));
@@ -169,7 +184,7 @@ impl Receiver {
             }
             tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
-        Receiver { sink, endpoint: format!("http://{addr}"), _http: None, _grpc: Some(task) }
+        Receiver { sink, endpoint: format!("{scheme}://{addr}"), _http: None, _grpc: Some(task) }
     }
 
     pub fn received<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
