@@ -79,63 +79,70 @@ impl PullSecrets {
         out
     }
 
-    /// Forgets a secret, so the next probe reads it again (after an authentication failure).
-    pub fn invalidate(&self, namespace: &str, name: &str) {
-        lock(&self.secrets).remove(&(namespace.to_string(), name.to_string()));
+    /// The cached read of (namespace, name), or a fresh one once the cached one is `ttl` old.
+    async fn cached<T: Clone, F>(
+        &self,
+        cache: &Cache<T>,
+        namespace: &str,
+        name: &str,
+        read: impl FnOnce() -> F,
+    ) -> Result<T, String>
+    where
+        F: std::future::Future<Output = Result<T, String>>,
+    {
+        let key = (namespace.to_string(), name.to_string());
+        if let Some((at, cached)) = lock(cache).get(&key)
+            && at.elapsed() < self.ttl
+        {
+            return cached.clone();
+        }
+        let result = read().await;
+        lock(cache).insert(key, (Instant::now(), result.clone()));
+        result
     }
 
     async fn secret(&self, namespace: &str, name: &str) -> Result<DockerCredentials, String> {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some((at, cached)) = lock(&self.secrets).get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return cached.clone();
-        }
-        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
-        let result = match api.get(name).await {
-            Ok(secret) => parse_secret(namespace, name, &secret),
-            Err(kube::Error::Api(status)) if status.is_not_found() => {
-                Err(format!("pull secret {namespace}/{name} not found; probing without it"))
-            }
-            Err(kube::Error::Api(status)) if status.is_forbidden() => {
-                if !self.secrets_forbidden.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "pullcheck may not read secrets (RBAC: get secrets): images are probed anonymously, \
-                         private images will show authentication_failure"
-                    );
+        self.cached(&self.secrets, namespace, name, || async {
+            let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+            match api.get(name).await {
+                Ok(secret) => parse_secret(namespace, name, &secret),
+                Err(kube::Error::Api(status)) if status.is_not_found() => {
+                    Err(format!("pull secret {namespace}/{name} not found; probing without it"))
                 }
-                Err(format!("pull secret {namespace}/{name} is forbidden to pullcheck; probing anonymously"))
+                Err(kube::Error::Api(status)) if status.is_forbidden() => {
+                    if !self.secrets_forbidden.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "pullcheck may not read secrets (RBAC: get secrets): images are probed anonymously, \
+                             private images will show authentication_failure"
+                        );
+                    }
+                    Err(format!("pull secret {namespace}/{name} is forbidden to pullcheck; probing anonymously"))
+                }
+                Err(e) => Err(format!("pull secret {namespace}/{name}: {e}")),
             }
-            Err(e) => Err(format!("pull secret {namespace}/{name}: {e}")),
-        };
-        lock(&self.secrets).insert(key, (Instant::now(), result.clone()));
-        result
+        })
+        .await
     }
 
     async fn service_account_secrets(&self, namespace: &str, name: &str) -> Result<Vec<String>, String> {
-        let key = (namespace.to_string(), name.to_string());
-        if let Some((at, cached)) = lock(&self.service_accounts).get(&key)
-            && at.elapsed() < self.ttl
-        {
-            return cached.clone();
-        }
-        let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
-        let result = match api.get(name).await {
-            Ok(sa) => Ok(sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name).collect()),
-            // kubelet probes without credentials then too.
-            Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Vec::new()),
-            Err(kube::Error::Api(status)) if status.is_forbidden() => {
-                if !self.service_accounts_forbidden.swap(true, Ordering::Relaxed) {
-                    tracing::warn!(
-                        "pullcheck may not read service accounts (RBAC: get serviceaccounts): their pull secrets are not used"
-                    );
+        self.cached(&self.service_accounts, namespace, name, || async {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+            match api.get(name).await {
+                Ok(sa) => Ok(sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name).collect()),
+                // kubelet probes without credentials then too.
+                Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Vec::new()),
+                Err(kube::Error::Api(status)) if status.is_forbidden() => {
+                    if !self.service_accounts_forbidden.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(
+                            "pullcheck may not read service accounts (RBAC: get serviceaccounts): their pull secrets are not used"
+                        );
+                    }
+                    Err(format!("service account {namespace}/{name} is forbidden to pullcheck"))
                 }
-                Err(format!("service account {namespace}/{name} is forbidden to pullcheck"))
+                Err(e) => Err(format!("service account {namespace}/{name}: {e}")),
             }
-            Err(e) => Err(format!("service account {namespace}/{name}: {e}")),
-        };
-        lock(&self.service_accounts).insert(key, (Instant::now(), result.clone()));
-        result
+        })
+        .await
     }
 }
 
