@@ -65,6 +65,15 @@ fn start(env: &Env, api: &ApiServer, otel: &[(&str, String)], extra: &[&str]) ->
     Running { child: command.spawn().expect("start pullcheck run"), log, health }
 }
 
+/// The registries with team/app:v1, and a cluster with one Deployment using it.
+async fn one_deployment() -> (Env, ApiServer) {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let api = ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
+    (env, api)
+}
+
 fn pull_secret(namespace: &str, registry: &str) -> serde_json::Value {
     pull_secret_with(namespace, registry, support::PASSWORD)
 }
@@ -260,10 +269,7 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_gzip_and_delta_temporality() {
-    let env = Env::start().await;
-    env.pusher.image("team/app", "v1", "amd64").await;
-    let api = ApiServer::start().await;
-    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
+    let (env, api) = one_deployment().await;
     let receiver = Receiver::grpc().await;
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
@@ -298,10 +304,7 @@ async fn grpc_gzip_and_delta_temporality() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_does_not_stop_probing() {
-    let env = Env::start().await;
-    env.pusher.image("team/app", "v1", "amd64").await;
-    let api = ApiServer::start().await;
-    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
+    let (env, api) = one_deployment().await;
     let nobody = format!("http://127.0.0.1:{}", free_port());
     let run = start(&env, &api, &[("OTEL_EXPORTER_OTLP_ENDPOINT", nobody)], &[]);
     assert!(
@@ -342,10 +345,7 @@ async fn a_rotated_pull_secret_is_picked_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_over_tls_with_the_collector_ca_from_otel_exporter_otlp_certificate() {
-    let env = Env::start().await;
-    env.pusher.image("team/app", "v1", "amd64").await;
-    let api = ApiServer::start().await;
-    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
+    let (env, api) = one_deployment().await;
     let cert = std::fs::read(&env.pki.server_cert).expect("cert");
     let key = std::fs::read(&env.pki.server_key).expect("key");
     let receiver = Receiver::grpc_tls(&cert, &key).await;
