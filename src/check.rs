@@ -14,7 +14,7 @@ use crate::image::ImageRef;
 use crate::inventory::files::InputError;
 use crate::inventory::secrets::PullSecrets;
 use crate::inventory::{ContainerSpec, WorkloadRecord, WorkloadRef};
-use crate::registry::{Credential, ProbeResult, RegistryClient, State};
+use crate::registry::{Credential, Platform, ProbeResult, RegistryClient, State};
 
 /// `--ignore-images` / `--allow-images`, matched against the reference as written and its
 /// canonical form: an image is checked when no ignore pattern matches and, if allow patterns
@@ -113,11 +113,13 @@ impl<'a> Target<'a> {
     }
 }
 
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct CheckOptions {
     /// Probes in flight at once, over all registries (each registry has its own limit too).
     pub concurrency: usize,
     pub progress: bool,
+    /// Platforms every image index must cover (`platform_missing` otherwise).
+    pub platforms: Vec<Platform>,
 }
 
 /// Probes every image once per (canonical reference, credential) and reports per image as written.
@@ -156,9 +158,10 @@ pub async fn run_check(
     let total = keys.len();
     let mut done = 0;
     let mut results: HashMap<(ImageRef, Option<Credential>), ProbeResult> = HashMap::with_capacity(total);
+    let platforms = &options.platforms;
     let mut probes = futures_util::stream::iter(keys)
         .map(|(image, credential)| async move {
-            let result = client.probe(&image, credential.as_ref()).await;
+            let result = client.probe_for(&image, credential.as_ref(), platforms, 0).await;
             ((image, credential), result)
         })
         .buffer_unordered(options.concurrency.max(1));

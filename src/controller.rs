@@ -15,11 +15,11 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::check::ImageFilter;
 use crate::image::ImageRef;
-use crate::inventory::kube::{scopes, watch_namespaces, watch_scope};
+use crate::inventory::kube::{list_node_platforms, scopes, watch_namespaces, watch_scope};
 use crate::inventory::secrets::PullSecrets;
 use crate::inventory::store::{Selection, SharedStore, Store};
 use crate::inventory::{WorkloadKind, WorkloadRecord};
-use crate::registry::{Credential, ProbeResult, RegistryClient, State};
+use crate::registry::{Credential, Platform, ProbeResult, RegistryClient, State};
 use crate::schedule::{Jitter, ScheduleSettings, Scheduler};
 use crate::telemetry::logs::TransitionLog;
 use crate::telemetry::metrics::{Metrics, Snapshot};
@@ -32,6 +32,9 @@ pub struct ControllerSettings {
     pub filter: ImageFilter,
     pub health_addr: Option<SocketAddr>,
     pub secret_ttl: Duration,
+    /// Platforms every index must cover; `None`: those of the cluster's nodes, read again
+    /// with the pull secrets.
+    pub platforms: Option<Vec<Platform>>,
 }
 
 /// An image key: the canonical reference and the credential kubelet would use.
@@ -207,7 +210,9 @@ pub async fn run(
         }
     }
 
-    let secrets = PullSecrets::new(kube_client, settings.secret_ttl);
+    let mut platforms = Arc::new(settings.platforms.clone().unwrap_or_default());
+    let mut nodes_forbidden_said = false;
+    let secrets = PullSecrets::new(kube_client.clone(), settings.secret_ttl);
     let tick = settings.schedule.tick;
     let mut jitter = Jitter::from_entropy();
     let mut scheduler: Scheduler<Key> = Scheduler::new(settings.schedule.clone(), Instant::now(), jitter.below(tick));
@@ -247,6 +252,16 @@ pub async fn run(
                 if seen_generation != Some(generation) || tracked_at.elapsed() >= settings.secret_ttl {
                     seen_generation = Some(generation);
                     tracked_at = Instant::now();
+                    if settings.platforms.is_none() {
+                        match list_node_platforms(&kube_client).await {
+                            Ok(found) => platforms = Arc::new(found),
+                            Err(e) if !nodes_forbidden_said => {
+                                nodes_forbidden_said = true;
+                                tracing::warn!("{e}; indexes are not checked for the nodes' platforms");
+                            }
+                            Err(_) => {}
+                        }
+                    }
                     let records = store.read().unwrap_or_else(|p| p.into_inner()).selected(&settings.selection);
                     let fresh = track(&records, &secrets, &registry, &settings.filter).await;
                     let removed = scheduler.sync(fresh.keys.keys().map(|k| (k.clone(), k.0.registry().to_string())));
@@ -267,13 +282,13 @@ pub async fn run(
                 }
                 metrics.publish(snapshot(&tracked, &states, published_series.clone(), &scheduler, last_batch));
                 last_batch = batch.len();
-                start_probes(&mut probes, batch, &tracked, &registry);
+                start_probes(&mut probes, batch, &tracked, &registry, &platforms);
             }
             _ = refill.tick(), if room_freed => {
                 room_freed = false;
                 let more = scheduler.take(Instant::now(), |r| registry.pause_remaining(r).is_none());
                 last_batch += more.len();
-                start_probes(&mut probes, more, &tracked, &registry);
+                start_probes(&mut probes, more, &tracked, &registry, &platforms);
             }
             Some(done) = probes.join_next(), if !probes.is_empty() => {
                 let Ok((key, result)) = done else { continue };
@@ -303,12 +318,14 @@ fn start_probes(
     keys: Vec<Key>,
     tracked: &Tracked,
     registry: &RegistryClient,
+    platforms: &Arc<Vec<Platform>>,
 ) {
     for key in keys {
         let workloads = tracked.keys.get(&key).map_or(0, |u| u.workloads.len());
         let client = registry.clone();
+        let platforms = platforms.clone();
         probes.spawn(async move {
-            let result = client.probe_for(&key.0, key.1.as_ref(), workloads).await;
+            let result = client.probe_for(&key.0, key.1.as_ref(), &platforms, workloads).await;
             (key, result)
         });
     }

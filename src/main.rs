@@ -13,11 +13,11 @@ use pullcheck::config::RegistryConfig;
 use pullcheck::controller::{self, ControllerSettings};
 use pullcheck::inventory::IncludeDisabled;
 use pullcheck::inventory::files::load_paths;
-use pullcheck::inventory::kube::{list_namespaces, list_workloads};
+use pullcheck::inventory::kube::{list_namespaces, list_node_platforms, list_workloads};
 use pullcheck::inventory::secrets::PullSecrets;
 use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::inventory::store::Selection;
-use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
+use pullcheck::registry::{ClientSettings, Platform, RegistryClient, RequestObserver};
 use pullcheck::schedule::ScheduleSettings;
 use pullcheck::telemetry::ResourceSettings;
 use pullcheck::telemetry::Telemetry;
@@ -174,6 +174,20 @@ struct ImageSelection {
     /// Check only images matching one of these regexes; repeatable.
     #[arg(long = "allow-images", env = "PULLCHECK_ALLOW_IMAGES", value_name = "REGEX")]
     allow: Vec<String>,
+    /// Platforms every image index must cover (`linux/amd64,linux/arm64`); in a cluster, the
+    /// nodes' platforms are used when none is given.
+    #[arg(long = "platform", env = "PULLCHECK_PLATFORM", value_delimiter = ',', value_name = "OS/ARCH[/VARIANT]")]
+    platforms: Vec<String>,
+}
+
+impl ImageSelection {
+    fn platforms(&self) -> anyhow::Result<Option<Vec<Platform>>> {
+        if self.platforms.is_empty() {
+            return Ok(None);
+        }
+        let parsed = self.platforms.iter().map(|p| p.parse::<Platform>()).collect::<Result<Vec<_>, _>>();
+        parsed.map(Some).map_err(anyhow::Error::msg)
+    }
 }
 
 #[derive(Args)]
@@ -307,6 +321,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
         filter,
         health_addr,
         secret_ttl: args.cluster.secret_ttl,
+        platforms: args.images.platforms()?,
     };
     if !telemetry.exporting {
         tracing::warn!("OTEL_SDK_DISABLED=true: probing, but exporting nothing");
@@ -348,10 +363,14 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
     let client = args.registry.client()?;
     let include = IncludeDisabled::parse(&args.include_disabled).map_err(anyhow::Error::msg)?;
     let selection = args.cluster.selection(include)?;
-    let options =
-        CheckOptions { concurrency: args.concurrency, progress: !args.no_progress && std::io::stderr().is_terminal() };
+    let options = CheckOptions {
+        concurrency: args.concurrency,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        platforms: args.images.platforms()?.unwrap_or_default(),
+    };
+    let explicit_platforms = !args.images.platforms.is_empty();
     let report = if args.filenames.is_empty() {
-        check_cluster(&args.cluster, &selection, &filter, &client, options).await?
+        check_cluster(&args.cluster, &selection, &filter, &client, options, explicit_platforms).await?
     } else {
         let inventory = load_paths(&args.filenames);
         let records: Vec<_> = inventory
@@ -382,9 +401,17 @@ async fn check_cluster(
     selection: &Selection,
     filter: &ImageFilter,
     client: &RegistryClient,
-    options: CheckOptions,
+    mut options: CheckOptions,
+    explicit_platforms: bool,
 ) -> anyhow::Result<Report> {
     let (kube_client, default_namespace) = args.client().await?;
+    let mut platform_warning = None;
+    if !explicit_platforms {
+        match list_node_platforms(&kube_client).await {
+            Ok(found) => options.platforms = found,
+            Err(e) => platform_warning = Some(format!("{e}; indexes are not checked for the nodes' platforms")),
+        }
+    }
     let namespaces = if args.all_namespaces {
         None
     } else if args.namespaces.is_empty() {
@@ -411,5 +438,6 @@ async fn check_cluster(
     let mut report = run_check(targets, filter, client, options).await;
     report.warnings = snapshot.problems;
     report.warnings.extend(credential_warnings);
+    report.warnings.extend(platform_warning);
     Ok(report)
 }

@@ -211,3 +211,50 @@ async fn a_cluster_and_its_manifests_give_the_same_answer() {
     assert_eq!(comparable(&from_cluster), comparable(&from_files));
     assert_eq!(from_cluster["summary"], json!({"absent": 1, "bad_image_format": 1, "available": 1}));
 }
+
+#[tokio::test]
+async fn indexes_are_checked_for_the_platforms_of_the_nodes() {
+    let c = cluster().await;
+    c.env.pusher.index("multi/app", "v1", &["amd64", "arm64"]).await;
+    let anon = &c.env.anon.addr;
+    c.api.apply(workload("Deployment", "plain", "web", &format!("{anon}/multi/app:v1")));
+    for (name, arch) in [("node-a", "amd64"), ("node-b", "arm64")] {
+        c.api.apply(json!({"kind": "Node", "metadata": {"name": name, "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": arch}}}));
+    }
+    let state = |r: &Value| r["images"][0]["state"].as_str().unwrap_or_default().to_string();
+    let args = ["check", "--kubeconfig", &c.kubeconfig, "-n", "plain", "-o", "json"];
+    let out = pullcheck(&args).await;
+    assert_eq!(state(&report(&out)), "available", "{}", String::from_utf8_lossy(&out.stderr));
+
+    c.api.apply(json!({"kind": "Node", "metadata": {"name": "node-z", "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "s390x"}}}));
+    let out = pullcheck(&args).await;
+    assert_eq!(out.status.code(), Some(1));
+    let r = report(&out);
+    assert_eq!(state(&r), "platform_missing");
+    assert!(r["images"][0]["error"].as_str().is_some_and(|e| e.contains("linux/s390x")), "{r}");
+
+    // --platform overrides the nodes; manifests on disk can be checked the same way.
+    let out =
+        pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "-n", "plain", "-o", "json", "--platform", "linux/arm64"])
+            .await;
+    assert_eq!(state(&report(&out)), "available");
+    let path = c.env.dir.path().join("multi.yaml");
+    std::fs::write(&path, workload("Deployment", "plain", "web", &format!("{anon}/multi/app:v1")).to_string())
+        .expect("write");
+    let out = pullcheck(&[
+        "check",
+        "-f",
+        &path.display().to_string(),
+        "-o",
+        "json",
+        "--platform",
+        "linux/amd64,windows/amd64",
+    ])
+    .await;
+    assert_eq!(state(&report(&out)), "platform_missing");
+
+    c.api.forbid("Node");
+    let out = pullcheck(&args).await;
+    assert_eq!(state(&report(&out)), "available", "no node list, no platform check");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot list nodes: forbidden by RBAC"));
+}

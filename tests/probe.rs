@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use pullcheck::config::RegistryConfig;
 use pullcheck::image::ImageRef;
-use pullcheck::registry::{ClientSettings, Credential, ProbeResult, RegistryClient, State};
+use pullcheck::registry::{ClientSettings, Credential, Platform, ProbeResult, RegistryClient, State};
 use support::proxy::{Fault, FaultProxy};
 use support::{Env, NO_PULL_PASSWORD, NO_PULL_USER, PASSWORD, USER};
 
@@ -307,4 +307,47 @@ async fn mirrors_are_tried_in_order_then_the_registry() {
     let r = probe(&client, "upstream.example/team/other:v1", None).await;
     assert_eq!(r.state, State::RegistryUnavailable, "falls back to the (unresolvable) upstream: {r:?}");
     assert_eq!(r.registry, "upstream.example");
+}
+
+#[tokio::test]
+async fn an_index_must_cover_the_platforms_the_nodes_need() {
+    let env = Env::start().await;
+    let index = env.pusher.index("multi/app", "v1", &["amd64", "arm64"]).await;
+    let (single, _) = env.pusher.image("single/app", "v1", "amd64").await;
+    let client = client_with(None, fast());
+    let platforms = |list: &[&str]| list.iter().map(|p| p.parse::<Platform>().expect("platform")).collect::<Vec<_>>();
+    let multi = image(&format!("{}/multi/app:v1", env.anon.addr));
+
+    let both = client.probe_for(&multi, None, &platforms(&["linux/amd64", "linux/arm64/v8"]), 1).await;
+    assert_eq!((both.state, both.digest.as_deref()), (State::Available, Some(index.as_str())), "{both:?}");
+    assert_eq!(both.http_requests, 1, "one GET reads the index");
+
+    let s390x = client.probe_for(&multi, None, &platforms(&["linux/amd64", "linux/s390x"]), 1).await;
+    assert_eq!(s390x.state, State::PlatformMissing, "{s390x:?}");
+    let error = s390x.error.unwrap_or_default();
+    assert!(error.contains("lacks linux/s390x") && error.contains("has linux/amd64, linux/arm64"), "{error}");
+
+    // A single manifest is pulled on any node (its architecture only matters when it runs).
+    let one = client
+        .probe_for(&image(&format!("{}/single/app:v1", env.anon.addr)), None, &platforms(&["linux/s390x"]), 1)
+        .await;
+    assert_eq!((one.state, one.digest.as_deref()), (State::Available, Some(single.as_str())), "{one:?}");
+
+    // Through token auth, the GET goes through the same challenge.
+    env.pusher.index("private/multi", "v1", &["amd64"]).await;
+    let config = env.registry_config("", "");
+    let token_client = client_with(Some(&config), fast());
+    let alice = Credential::basic(USER, PASSWORD);
+    let private = image(&format!("{}/private/multi:v1", env.token.addr));
+    let r = token_client.probe_for(&private, Some(&alice), &platforms(&["linux/arm64"]), 1).await;
+    assert_eq!(r.state, State::PlatformMissing, "{r:?}");
+    let gone = token_client
+        .probe_for(
+            &image(&format!("{}/private/none:v1", env.token.addr)),
+            Some(&alice),
+            &platforms(&["linux/arm64"]),
+            1,
+        )
+        .await;
+    assert_eq!(gone.state, State::Absent, "{gone:?}");
 }

@@ -224,3 +224,35 @@ pub async fn watch_namespaces(client: kube::Client, store: SharedStore) {
         }
     }
 }
+
+/// The os/arch of the cluster's nodes (labels `kubernetes.io/os`, `kubernetes.io/arch`, else the
+/// node's reported ones): what an image index must cover to be pulled on any of them.
+pub async fn list_node_platforms(client: &kube::Client) -> Result<Vec<crate::registry::Platform>, String> {
+    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
+    let mut platforms = std::collections::BTreeSet::new();
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    loop {
+        let page = api.list(&params).await.map_err(|e| {
+            if is_forbidden(&e) {
+                "cannot list nodes: forbidden by RBAC".to_string()
+            } else {
+                format!("cannot list nodes: {e}")
+            }
+        })?;
+        for node in page.items {
+            let labels = node.metadata.labels.unwrap_or_default();
+            let info = node.status.and_then(|s| s.node_info);
+            let os =
+                labels.get("kubernetes.io/os").cloned().or_else(|| info.as_ref().map(|i| i.operating_system.clone()));
+            let arch =
+                labels.get("kubernetes.io/arch").cloned().or_else(|| info.as_ref().map(|i| i.architecture.clone()));
+            if let (Some(os), Some(arch)) = (os, arch) {
+                platforms.insert(crate::registry::Platform::new(&os, &arch, None));
+            }
+        }
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(platforms.into_iter().collect()),
+        }
+    }
+}

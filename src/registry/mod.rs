@@ -10,10 +10,12 @@ mod auth;
 mod client;
 mod limits;
 mod outcome;
+mod platform;
 mod probe;
 
 pub use auth::{Challenge, Credential, TokenCache, parse_challenge, token_ttl};
 pub use client::{ClientSettings, RegistryClient, RequestObserver};
 pub use limits::parse_retry_after;
 pub use outcome::{State, classify_status};
+pub use platform::{Platform, missing as missing_platforms};
 pub use probe::ProbeResult;

@@ -15,6 +15,7 @@ use crate::registry::auth::{Challenge, Credential, parse_challenge, token_ttl};
 use crate::registry::client::{Host, KnownScheme, RegistryClient};
 use crate::registry::limits::parse_retry_after;
 use crate::registry::outcome::{State, classify_status};
+use crate::registry::platform::{Platform, missing as missing_platforms};
 
 const MANIFEST_ACCEPT: &str = const_format_accept();
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
@@ -64,6 +65,8 @@ struct Response {
 struct Exchange<'a> {
     client: &'a RegistryClient,
     requests: u32,
+    /// Platforms an index must cover; none: any manifest will do, and HEAD is enough.
+    platforms: &'a [Platform],
 }
 
 #[derive(Deserialize)]
@@ -91,17 +94,39 @@ struct ErrorEntry {
 struct ManifestHead {
     schema_version: Option<u32>,
     media_type: Option<String>,
+    /// Present in image indexes (and Docker manifest lists).
+    manifests: Option<Vec<IndexEntry>>,
+}
+
+#[derive(Deserialize)]
+struct IndexEntry {
+    platform: Option<IndexPlatform>,
+}
+
+#[derive(Deserialize)]
+struct IndexPlatform {
+    os: String,
+    architecture: String,
+    variant: Option<String>,
 }
 
 impl RegistryClient {
     /// Probes an image with the workload's credential (or, without one, the configured one).
     /// Mirrors are tried first, with their own configured credentials only.
     pub async fn probe(&self, image: &ImageRef, credential: Option<&Credential>) -> ProbeResult {
-        self.probe_for(image, credential, 0).await
+        self.probe_for(image, credential, &[], 0).await
     }
 
-    /// A probe on behalf of `workloads` workload containers: the root span of its own trace.
-    pub async fn probe_for(&self, image: &ImageRef, credential: Option<&Credential>, workloads: usize) -> ProbeResult {
+    /// A probe on behalf of `workloads` workload containers, whose nodes need `platforms`
+    /// (an index must cover each; a single manifest is not checked, as the runtime pulls it
+    /// anywhere): the root span of its own trace.
+    pub async fn probe_for(
+        &self,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+        platforms: &[Platform],
+        workloads: usize,
+    ) -> ProbeResult {
         let started = Instant::now();
         let span = tracing::info_span!(
             parent: None,
@@ -118,7 +143,7 @@ impl RegistryClient {
             oci.manifest.digest = field::Empty,
             error.type = field::Empty,
         );
-        let mut exchange = Exchange { client: self, requests: 0 };
+        let mut exchange = Exchange { client: self, requests: 0, platforms };
         let result = async {
             let config = self.config();
             for mirror in config.host(image.registry()).mirrors {
@@ -232,10 +257,14 @@ impl Exchange<'_> {
             Ok(a) => a,
             Err(attempt) => return attempt,
         };
-        let mut response = match self.send(host, Method::HEAD, &url, authorization.as_deref()).await {
-            Ok(r) => r,
-            Err(a) => return a,
-        };
+        // With platforms to check, the body is needed: GET at once rather than HEAD then GET.
+        let method = if self.platforms.is_empty() { Method::HEAD } else { Method::GET };
+        let limit = if method == Method::GET { self.client.inner.settings.max_body_bytes } else { 0 };
+        let (mut response, mut body) =
+            match self.send_with_body(host, method.clone(), &url, authorization.as_deref(), limit).await {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
         if response.status == StatusCode::UNAUTHORIZED {
             let challenge = header(&response.headers, WWW_AUTHENTICATE.as_str()).and_then(|h| parse_challenge(&h));
             let retry_with = match challenge {
@@ -255,11 +284,15 @@ impl Exchange<'_> {
             };
             if let Some(auth) = retry_with {
                 authorization = Some(auth);
-                response = match self.send(host, Method::HEAD, &url, authorization.as_deref()).await {
-                    Ok(r) => r,
-                    Err(a) => return a,
-                };
+                (response, body) =
+                    match self.send_with_body(host, method.clone(), &url, authorization.as_deref(), limit).await {
+                        Ok(r) => r,
+                        Err(a) => return a,
+                    };
             }
+        }
+        if method == Method::GET {
+            return self.manifest_answer(host, image, &response, &body);
         }
         let digest = header(&response.headers, DOCKER_CONTENT_DIGEST).filter(|d| is_digest(d));
         let needs_get = response.status == StatusCode::METHOD_NOT_ALLOWED
@@ -288,31 +321,50 @@ impl Exchange<'_> {
             Ok(r) => r,
             Err(a) => return a,
         };
+        self.manifest_answer(host, image, &response, &body)
+    }
+
+    /// A GET's answer: the error it is, or the manifest, its digest, and whether an index
+    /// covers the platforms needed.
+    fn manifest_answer(&self, host: &Host, image: &ImageRef, response: &Response, body: &[u8]) -> Attempt {
         let insufficient_scope = insufficient_scope(&response.headers);
         let retry_after = retry_after(&response.headers);
         if !response.status.is_success() {
-            let codes = error_codes(&body);
+            let codes = error_codes(body);
             let state = classify_status(response.status.as_u16(), &codes, insufficient_scope);
             let error = status_error(&host.name, response.status, insufficient_scope, &codes);
             return Attempt { retry_after, ..Attempt::failed(state, error) };
         }
-        let head: ManifestHead = match serde_json::from_slice(&body) {
+        let head: ManifestHead = match serde_json::from_slice(body) {
             Ok(h) => h,
             Err(e) => return Attempt::failed(State::UnknownError, format!("{}: manifest is not JSON: {e}", host.name)),
         };
         if head.schema_version.is_none() && head.media_type.is_none() {
             return Attempt::failed(State::UnknownError, format!("{}: answer is not an image manifest", host.name));
         }
-        let computed = format!("sha256:{}", hex(&sha2::Sha256::digest(&body)));
+        let computed = format!("sha256:{}", hex(&sha2::Sha256::digest(body)));
         let digest = header(&response.headers, DOCKER_CONTENT_DIGEST).filter(|d| is_digest(d)).unwrap_or(computed);
         let media_type = head.media_type.or_else(|| header(&response.headers, "content-type"));
-        Attempt {
-            state: State::Available,
-            digest: Some(image.digest().map_or(digest, str::to_string)),
-            media_type,
-            error: None,
-            retry_after: None,
+        let digest = Some(image.digest().map_or(digest, str::to_string));
+        if let Some(entries) = head.manifests.filter(|_| !self.platforms.is_empty()) {
+            let offered: Vec<Platform> = entries
+                .iter()
+                .filter_map(|e| e.platform.as_ref())
+                .map(|p| Platform::new(&p.os, &p.architecture, p.variant.as_deref()))
+                .collect();
+            let missing = missing_platforms(self.platforms, &offered);
+            if !missing.is_empty() {
+                let list = |ps: Vec<String>| ps.join(", ");
+                let error = format!(
+                    "{}: the index lacks {} (it has {})",
+                    host.name,
+                    list(missing.iter().map(|p| p.to_string()).collect()),
+                    list(offered.iter().map(|p| p.to_string()).collect())
+                );
+                return Attempt { digest, media_type, ..Attempt::failed(State::PlatformMissing, error) };
+            }
         }
+        Attempt { state: State::Available, digest, media_type, error: None, retry_after: None }
     }
 
     /// What to send up front: a cached token, a token fetched because the host is known to
@@ -400,18 +452,6 @@ impl Exchange<'_> {
             token_ttl(parsed.expires_in),
         );
         Ok(token)
-    }
-
-    async fn send(
-        &mut self,
-        host: &Host,
-        method: Method,
-        url: &str,
-        authorization: Option<&str>,
-    ) -> Result<Response, Attempt> {
-        let url =
-            reqwest::Url::parse(url).map_err(|e| Attempt::failed(State::UnknownError, format!("bad URL: {e}")))?;
-        self.send_url_with_body(host, method, url, authorization, 0).await.map(|(r, _)| r)
     }
 
     async fn send_with_body(

@@ -66,6 +66,7 @@ pub fn resource_of(kind: &str) -> (&'static str, &'static str) {
         "Secret" => ("v1", "secrets"),
         "ServiceAccount" => ("v1", "serviceaccounts"),
         "Namespace" => ("v1", "namespaces"),
+        "Node" => ("v1", "nodes"),
         other => panic!("the API-server harness has no resource for kind {other}"),
     }
 }
