@@ -368,16 +368,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         platforms: args.images.platforms()?.unwrap_or_default(),
     };
-    let explicit_platforms = !args.images.platforms.is_empty();
     let report = if args.filenames.is_empty() {
-        check_cluster(&args.cluster, &selection, &filter, &client, options, explicit_platforms).await?
+        check_cluster(&args.cluster, &selection, &filter, &client, options).await?
     } else {
         let inventory = load_paths(&args.filenames);
-        let records: Vec<_> = inventory
-            .records
-            .into_iter()
-            .filter(|r| selection.admits_namespace(&r.workload.namespace, None) && selection.include_disabled.admits(r))
-            .collect();
+        let records: Vec<_> = inventory.records.into_iter().filter(|r| selection.admits(r, None)).collect();
         let mut report = run_check(Target::anonymous(&records), &filter, &client, options).await;
         report.input_errors = inventory.errors;
         report
@@ -402,11 +397,11 @@ async fn check_cluster(
     filter: &ImageFilter,
     client: &RegistryClient,
     mut options: CheckOptions,
-    explicit_platforms: bool,
 ) -> anyhow::Result<Report> {
     let (kube_client, default_namespace) = args.client().await?;
     let mut platform_warning = None;
-    if !explicit_platforms {
+    // No --platform: the nodes' platforms.
+    if options.platforms.is_empty() {
         match list_node_platforms(&kube_client).await {
             Ok(found) => options.platforms = found,
             Err(e) => platform_warning = Some(format!("{e}; indexes are not checked for the nodes' platforms")),
@@ -425,14 +420,8 @@ async fn check_cluster(
     } else {
         list_namespaces(&kube_client).await.map_err(anyhow::Error::msg)?
     };
-    let records: Vec<_> = snapshot
-        .records
-        .into_iter()
-        .filter(|r| {
-            let ns = &r.workload.namespace;
-            selection.admits_namespace(ns, labels.get(ns)) && selection.include_disabled.admits(r)
-        })
-        .collect();
+    let records: Vec<_> =
+        snapshot.records.into_iter().filter(|r| selection.admits(r, labels.get(&r.workload.namespace))).collect();
     let secrets = PullSecrets::new(kube_client, args.secret_ttl);
     let (targets, credential_warnings) = Target::with_pull_secrets(&records, &secrets, client.config()).await;
     let mut report = run_check(targets, filter, client, options).await;

@@ -46,7 +46,12 @@ pub struct Selection {
 }
 
 impl Selection {
-    pub fn admits_namespace(&self, namespace: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
+    /// Whether a workload is checked, given its namespace's labels (`None`: not known).
+    pub fn admits(&self, record: &WorkloadRecord, namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
+        self.admits_namespace(&record.workload.namespace, namespace_labels) && self.include_disabled.admits(record)
+    }
+
+    fn admits_namespace(&self, namespace: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
         let empty = BTreeMap::new();
         (self.include_namespaces.is_empty() || self.include_namespaces.iter().any(|n| n == namespace))
             && !self.exclude_namespaces.iter().any(|n| n == namespace)
@@ -118,10 +123,7 @@ impl Store {
         let mut records: Vec<WorkloadRecord> = self
             .records
             .values()
-            .filter(|r| {
-                let ns = &r.workload.namespace;
-                selection.admits_namespace(ns, self.namespaces.get(ns)) && selection.include_disabled.admits(r)
-            })
+            .filter(|r| selection.admits(r, self.namespaces.get(&r.workload.namespace)))
             .cloned()
             .collect();
         records.sort_by(|a, b| a.workload.cmp(&b.workload));
