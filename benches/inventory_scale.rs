@@ -14,8 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use pullcheck::inventory::kube::{list_workloads, scopes, watch_scope};
-use pullcheck::inventory::store::{Selection, SharedStore, Store};
+use pullcheck::inventory::selection::Selection;
+use pullcheck::inventory::store::{SharedStore, Store};
+use pullcheck::sources::cluster::{list_workloads, scopes, watch_scope};
 use support::apiserver::ApiServer;
 
 struct Counting;

@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use pullcheck::config::RegistryConfig;
+use pullcheck::credentials::Credential;
 use pullcheck::image::ImageRef;
-use pullcheck::registry::{ClientSettings, Credential, RegistryClient, State};
+use pullcheck::registry::{ClientSettings, RegistryClient, State};
 use support::Env;
 use support::proxy::FaultProxy;
 

@@ -1,188 +1,105 @@
-//! `pullcheck check`: one pass — every image of a set of workloads probed once per key, then a
-//! report as a table or the JSON document of DESIGN.md.
+//! `pullcheck check`: one pass — the workloads of manifests on disk or of a live cluster,
+//! resolved to image keys, each key probed once, then a [`Report`].
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use futures_util::StreamExt;
-use regex::Regex;
-use serde::Serialize;
 
-use crate::config::RegistryConfig;
-use crate::error::{Error, Result};
-use crate::image::ImageRef;
-use crate::inventory::files::InputError;
-use crate::inventory::secrets::PullSecrets;
-use crate::inventory::{ContainerSpec, WorkloadRecord, WorkloadRef};
-use crate::registry::{Credential, Platform, ProbeResult, RegistryClient, State};
-
-/// `--ignore-images` / `--allow-images`, matched against the reference as written and its
-/// canonical form: an image is checked when no ignore pattern matches and, if allow patterns
-/// are given, one of them does.
-#[derive(Clone, Debug, Default)]
-pub struct ImageFilter {
-    ignore: Vec<Regex>,
-    allow: Vec<Regex>,
-}
-
-impl ImageFilter {
-    pub fn new(ignore: &[String], allow: &[String]) -> Result<Self> {
-        let compile = |patterns: &[String]| -> Result<Vec<Regex>> {
-            patterns
-                .iter()
-                .map(|p| Regex::new(p).map_err(|source| Error::Regex { pattern: p.clone(), source }))
-                .collect()
-        };
-        Ok(Self { ignore: compile(ignore)?, allow: compile(allow)? })
-    }
-
-    pub fn admits(&self, as_written: &str, canonical: Option<&str>) -> bool {
-        let matches = |r: &Regex| r.is_match(as_written) || canonical.is_some_and(|c| r.is_match(c));
-        !self.ignore.iter().any(matches) && (self.allow.is_empty() || self.allow.iter().any(matches))
-    }
-}
-
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
-pub struct WorkloadUse {
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub container: String,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct ImageReport {
-    pub image: String,
-    pub canonical: Option<String>,
-    pub state: State,
-    pub digest: Option<String>,
-    pub registry: Option<String>,
-    pub duration_ms: u64,
-    pub error: Option<String>,
-    pub workloads: Vec<WorkloadUse>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    pub images: Vec<ImageReport>,
-    pub summary: BTreeMap<State, usize>,
-    /// Inputs that could not be read; present only when there are some.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub input_errors: Vec<InputError>,
-    /// What limits the answer without stopping it: kinds RBAC hides, pull secrets missing.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub warnings: Vec<String>,
-}
-
-/// A container's image with the credential kubelet would use for it.
-pub struct Target<'a> {
-    pub workload: &'a WorkloadRef,
-    pub container: &'a ContainerSpec,
-    pub credential: Option<Credential>,
-}
-
-impl<'a> Target<'a> {
-    /// Every container of the records with the credential kubelet would use for its image,
-    /// from the workload's own namespace; problems finding credentials are returned as warnings.
-    pub async fn with_pull_secrets(
-        records: &'a [WorkloadRecord],
-        secrets: &PullSecrets,
-        config: &RegistryConfig,
-    ) -> (Vec<Target<'a>>, Vec<String>) {
-        let mut targets = Vec::new();
-        let mut warnings = Vec::new();
-        for record in records {
-            let credentials = secrets.for_workload(record).await;
-            let w = &record.workload;
-            warnings.extend(credentials.problems.iter().map(|p| format!("{} {}/{}: {p}", w.kind, w.namespace, w.name)));
-            for container in &record.containers {
-                let credential =
-                    config.parse_image(&container.image).ok().and_then(|image| credentials.lookup(&image).cloned());
-                targets.push(Target { workload: w, container, credential });
-            }
-        }
-        (targets, warnings)
-    }
-
-    /// Every container of the records, with no credential of their own (configured ones apply).
-    pub fn anonymous(records: &'a [WorkloadRecord]) -> Vec<Target<'a>> {
-        records
-            .iter()
-            .flat_map(|r| r.containers.iter().map(|c| Target { workload: &r.workload, container: c, credential: None }))
-            .collect()
-    }
-}
+use crate::credentials::{Credential, WorkloadCredentials};
+use crate::error::Result;
+use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
+use crate::inventory::selection::Selection;
+use crate::inventory::{ContainerRef, WorkloadRef};
+use crate::platform::Platform;
+use crate::registry::{ProbeResult, RegistryClient, State};
+use crate::report::{ImageReport, Report};
+use crate::sources::cluster::{list_namespaces, list_workloads};
+use crate::sources::manifests::load_paths;
+use crate::sources::nodes::required_platforms;
+use crate::sources::secrets::PullSecrets;
 
 #[derive(Clone, Debug)]
-pub struct CheckOptions {
+pub struct CheckSettings {
     /// Probes in flight at once, over all registries (each registry has its own limit too).
     pub concurrency: usize,
+    /// A progress line on stderr.
     pub progress: bool,
-    /// Platforms every image index must cover (`platform_missing` otherwise).
-    pub platforms: Vec<Platform>,
+    /// Platforms every image index must cover; `None`: in a cluster, the nodes' platforms;
+    /// for manifests, none.
+    pub platforms: Option<Vec<Platform>>,
 }
 
-/// Probes every image once per (canonical reference, credential) and reports per image as written.
-pub async fn run_check(
-    targets: Vec<Target<'_>>,
-    filter: &ImageFilter,
+/// `check -f`: the workloads of manifest files, directories or stdin (`-`).
+pub async fn check_files(
+    paths: &[PathBuf],
+    selection: &Selection,
     client: &RegistryClient,
-    options: CheckOptions,
+    settings: &CheckSettings,
 ) -> Report {
-    // Entries: one per (reference as written, credential); probes: one per (canonical, credential).
-    let mut entries: BTreeMap<(String, Option<Credential>), Vec<WorkloadUse>> = BTreeMap::new();
-    for target in targets {
-        let use_ = WorkloadUse {
-            kind: target.workload.kind.as_str().into(),
-            namespace: target.workload.namespace.clone(),
-            name: target.workload.name.clone(),
-            container: target.container.name.clone(),
-        };
-        entries.entry((target.container.image.clone(), target.credential)).or_default().push(use_);
-    }
-    let parsed: Vec<_> = entries
-        .into_iter()
-        .map(|((image, credential), workloads)| {
-            let reference = client.config().parse_image(&image);
-            (image, credential, reference, workloads)
-        })
-        .filter(|(image, _, reference, _)| {
-            filter.admits(image, reference.as_ref().ok().map(|r| r.to_string()).as_deref())
-        })
-        .collect();
-    let mut keys: Vec<(ImageRef, Option<Credential>)> =
-        parsed.iter().filter_map(|(_, cred, r, _)| r.as_ref().ok().map(|r| (r.clone(), cred.clone()))).collect();
-    keys.sort_by(|a, b| a.0.cmp(&b.0));
-    keys.dedup();
+    let inventory = load_paths(paths);
+    let records: Vec<_> = inventory.records.iter().filter(|r| selection.admits(r, None)).collect();
+    let uses = resolve(records, |_| None, client.config(), &selection.images);
+    let platforms = settings.platforms.clone().unwrap_or_default();
+    let mut report = probe_uses(uses, client, &platforms, settings).await;
+    report.input_errors = inventory.errors;
+    report
+}
 
-    let total = keys.len();
-    let mut done = 0;
-    let mut results: HashMap<(ImageRef, Option<Credential>), ProbeResult> = HashMap::with_capacity(total);
-    let platforms = &options.platforms;
-    let mut probes = futures_util::stream::iter(keys)
-        .map(|(image, credential)| async move {
-            let result = client.probe_for(&image, credential.as_ref(), platforms, 0).await;
-            ((image, credential), result)
-        })
-        .buffer_unordered(options.concurrency.max(1));
-    while let Some((key, result)) = probes.next().await {
-        done += 1;
-        if options.progress {
-            eprint!("\rprobed {done}/{total} images");
-            let _ = std::io::stderr().flush();
-        }
-        results.insert(key, result);
+/// `check` on a cluster: list every kind (in `namespaces`, or all), read the pull secrets the
+/// workloads name in their own namespaces, probe.
+pub async fn check_cluster(
+    kube_client: &kube::Client,
+    namespaces: Option<&[String]>,
+    selection: &Selection,
+    secret_ttl: Duration,
+    client: &RegistryClient,
+    settings: &CheckSettings,
+) -> Result<Report> {
+    let (platforms, platform_warning) = required_platforms(settings.platforms.as_deref(), kube_client).await;
+    let snapshot = list_workloads(kube_client, namespaces).await;
+    let labels = if selection.needs_namespace_labels() { list_namespaces(kube_client).await? } else { BTreeMap::new() };
+    let records: Vec<_> =
+        snapshot.records.iter().filter(|r| selection.admits(r, labels.get(&r.workload.namespace))).collect();
+    let secrets = PullSecrets::new(kube_client.clone(), secret_ttl);
+    let mut credentials: HashMap<&WorkloadRef, WorkloadCredentials> = HashMap::new();
+    let mut warnings = snapshot.warnings.clone();
+    for record in &records {
+        let (found, problems) = secrets.for_workload(record).await;
+        warnings.extend(problems.iter().map(|p| p.warning_for(&record.workload)));
+        credentials.insert(&record.workload, found);
     }
-    if options.progress && total > 0 {
-        eprintln!();
-    }
+    let uses = resolve(records.iter().copied(), |r| credentials.get(&r.workload), client.config(), &selection.images);
+    let mut report = probe_uses(uses, client, &platforms, settings).await;
+    warnings.extend(platform_warning);
+    report.warnings = warnings;
+    Ok(report)
+}
 
-    let mut images: Vec<ImageReport> = parsed
+/// Probes every key once, and reports one entry per (reference as written, credential).
+async fn probe_uses(
+    uses: Vec<ImageUse>,
+    client: &RegistryClient,
+    platforms: &[Platform],
+    settings: &CheckSettings,
+) -> Report {
+    let keys: Vec<ImageKey> = by_key(&uses).into_keys().cloned().collect();
+    let results = probe_keys(keys, client, platforms, settings).await;
+    let mut entries: BTreeMap<(&str, Option<&Credential>), Vec<&ImageUse>> = BTreeMap::new();
+    for image_use in &uses {
+        let credential = image_use.key.as_ref().ok().and_then(|k| k.credential.as_ref());
+        entries.entry((image_use.written.as_str(), credential)).or_default().push(image_use);
+    }
+    let images = entries
         .into_iter()
-        .map(|(image, credential, reference, mut workloads)| {
-            workloads.sort();
+        .map(|((written, _), users)| {
+            let mut workloads: Vec<_> = users.iter().map(|u| u.user.clone()).collect();
+            workloads.sort_by(|a, b| as_written_order(a).cmp(&as_written_order(b)));
             workloads.dedup();
-            match reference {
+            let image = written.to_string();
+            match &users[0].key {
                 Err(e) => ImageReport {
                     image,
                     canonical: None,
@@ -193,14 +110,14 @@ pub async fn run_check(
                     error: Some(e.to_string()),
                     workloads,
                 },
-                Ok(reference) => {
-                    let result = results.get(&(reference.clone(), credential));
+                Ok(key) => {
+                    let result = results.get(key);
                     ImageReport {
-                        canonical: Some(reference.to_string()),
+                        canonical: Some(key.image.to_string()),
                         state: result.map_or(State::Pending, |r| r.state),
                         digest: result.and_then(|r| r.digest.clone()),
-                        registry: Some(result.map_or_else(|| reference.registry().to_string(), |r| r.registry.clone())),
-                        duration_ms: result.map_or(0, |r| r.duration.as_millis() as u64),
+                        registry: Some(result.map_or_else(|| key.registry().to_string(), |r| r.registry.clone())),
+                        duration_ms: result.map_or(0, |r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
                         error: result.and_then(|r| r.error.clone()),
                         image,
                         workloads,
@@ -209,88 +126,38 @@ pub async fn run_check(
             }
         })
         .collect();
-    images.sort_by(|a, b| a.state.cmp(&b.state).then_with(|| a.image.cmp(&b.image)));
-    let mut summary = BTreeMap::new();
-    for image in &images {
-        *summary.entry(image.state).or_insert(0) += 1;
-    }
-    Report { images, summary, input_errors: Vec::new(), warnings: Vec::new() }
+    Report::new(images)
 }
 
-impl Report {
-    /// 0 every image available, 1 some image not, 2 some input could not be read.
-    pub fn exit_code(&self) -> i32 {
-        if !self.input_errors.is_empty() {
-            2
-        } else if self.images.iter().any(|i| i.state != State::Available) {
-            1
-        } else {
-            0
+async fn probe_keys(
+    keys: Vec<ImageKey>,
+    client: &RegistryClient,
+    platforms: &[Platform],
+    settings: &CheckSettings,
+) -> HashMap<ImageKey, ProbeResult> {
+    let total = keys.len();
+    let mut results = HashMap::with_capacity(total);
+    let mut probes = futures_util::stream::iter(keys)
+        .map(|key| async move {
+            let result = client.probe_for(&key.image, key.credential.as_ref(), platforms, 0).await;
+            (key, result)
+        })
+        .buffer_unordered(settings.concurrency.max(1));
+    while let Some((key, result)) = probes.next().await {
+        results.insert(key, result);
+        if settings.progress {
+            eprint!("\rprobed {}/{total} images", results.len());
+            let _ = std::io::stderr().flush();
         }
     }
-
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    if settings.progress && total > 0 {
+        eprintln!();
     }
-
-    /// Problems first; one line per image, with where it is used and why it failed.
-    pub fn to_table(&self) -> String {
-        let rows: Vec<[String; 4]> =
-            self.images
-                .iter()
-                .map(|i| {
-                    let first = i.workloads.first().map_or_else(String::new, |w| {
-                        format!("{} {}/{} ({})", w.kind, w.namespace, w.name, w.container)
-                    });
-                    let more =
-                        if i.workloads.len() > 1 { format!(" +{} more", i.workloads.len() - 1) } else { String::new() };
-                    let detail = match (&i.error, &i.digest) {
-                        (Some(e), _) => e.clone(),
-                        (None, Some(d)) => d.clone(),
-                        (None, None) => String::new(),
-                    };
-                    [i.state.to_string(), i.canonical.clone().unwrap_or_else(|| i.image.clone()), first + &more, detail]
-                })
-                .collect();
-        let header = ["STATE", "IMAGE", "USED BY", "DETAIL"].map(String::from);
-        let mut widths = [0usize; 3];
-        for row in std::iter::once(&header).chain(&rows) {
-            for (w, cell) in widths.iter_mut().zip(row) {
-                *w = (*w).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        for row in std::iter::once(&header).chain(&rows) {
-            for (cell, w) in row.iter().zip(widths) {
-                out.push_str(&format!("{cell:<w$}  "));
-            }
-            out.push_str(&row[3]);
-            out.push('\n');
-        }
-        let counts: Vec<String> = self.summary.iter().map(|(s, n)| format!("{n} {s}")).collect();
-        out.push_str(&format!("\n{} images: {}\n", self.images.len(), counts.join(", ")));
-        for e in &self.input_errors {
-            out.push_str(&format!("input error: {e}\n"));
-        }
-        for w in &self.warnings {
-            out.push_str(&format!("warning: {w}\n"));
-        }
-        out
-    }
+    results
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn filters() {
-        let f = ImageFilter::new(&["^docker.io/library/".into()], &[]).expect("valid");
-        assert!(!f.admits("nginx", Some("docker.io/library/nginx:latest")));
-        assert!(f.admits("quay.io/a/b", Some("quay.io/a/b:latest")));
-        let f = ImageFilter::new(&[], &["quay\\.io".into()]).expect("valid");
-        assert!(f.admits("quay.io/a/b", None));
-        assert!(!f.admits("nginx", Some("docker.io/library/nginx:latest")));
-        assert!(matches!(ImageFilter::new(&["(".into()], &[]), Err(Error::Regex { .. })));
-    }
+/// By kind name as written in manifests (`CronJob` before `Deployment`), then namespace, name
+/// and container.
+fn as_written_order(c: &ContainerRef) -> (&str, &str, &str, &str) {
+    (c.workload.kind.as_str(), &c.workload.namespace, &c.workload.name, &c.container)
 }

@@ -6,9 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::credentials::{Credential, DockerCredentials};
 use crate::image::{DOCKER_HUB, ImageRef};
-use crate::inventory::credentials::DockerCredentials;
-use crate::registry::Credential;
 
 /// Default limit of requests in flight to one registry host.
 pub const DEFAULT_MAX_CONCURRENT: usize = 16;

@@ -1,6 +1,5 @@
 //! `pullcheck run`: watchers → store → image keys → scheduler → probes → telemetry, every tick,
-//! until shutdown. Health on a small HTTP port: `/healthz` while the loop runs, `/readyz` once
-//! the inventory is synced.
+//! until shutdown.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -8,19 +7,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use opentelemetry::{Array, KeyValue, StringValue, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use opentelemetry::KeyValue;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use crate::check::ImageFilter;
-use crate::image::ImageRef;
-use crate::inventory::kube::{list_node_platforms, scopes, watch_namespaces, watch_scope};
-use crate::inventory::secrets::PullSecrets;
-use crate::inventory::store::{Selection, SharedStore, Store};
-use crate::inventory::{WorkloadKind, WorkloadRecord};
-use crate::registry::{Credential, Platform, ProbeResult, RegistryClient, State};
+use crate::health::serve_health;
+use crate::inventory::keys::{ImageKey, by_key, resolve};
+use crate::inventory::selection::Selection;
+use crate::inventory::store::{SharedStore, Store};
+use crate::inventory::{WorkloadRecord, WorkloadRef};
+use crate::platform::Platform;
+use crate::registry::{ProbeResult, RegistryClient, State};
 use crate::schedule::{Jitter, ScheduleSettings, Scheduler};
+use crate::sources::cluster::{scopes, watch_namespaces, watch_scope};
+use crate::sources::nodes::required_platforms;
+use crate::sources::secrets::PullSecrets;
+use crate::telemetry::attributes::{image_attributes, use_attributes};
 use crate::telemetry::logs::TransitionLog;
 use crate::telemetry::metrics::{Metrics, Snapshot};
 
@@ -29,7 +31,6 @@ pub struct ControllerSettings {
     /// `None`: every namespace.
     pub namespaces: Option<Vec<String>>,
     pub selection: Selection,
-    pub filter: ImageFilter,
     pub health_addr: Option<SocketAddr>,
     pub secret_ttl: Duration,
     /// Platforms every index must cover; `None`: those of the cluster's nodes, read again
@@ -37,8 +38,7 @@ pub struct ControllerSettings {
     pub platforms: Option<Vec<Platform>>,
 }
 
-/// An image key: the canonical reference and the credential kubelet would use.
-type Key = (ImageRef, Option<Credential>);
+type Key = ImageKey;
 
 /// What is known of one key's users.
 struct KeyUsers {
@@ -52,92 +52,42 @@ struct KeyUsers {
 #[derive(Default)]
 struct Tracked {
     keys: HashMap<Key, KeyUsers>,
-    /// One per (workload, container): attributes and the key (or the parse error) behind it.
-    series: Vec<(Vec<KeyValue>, Result<Key, String>)>,
+    /// One per (workload, container): attributes and the key behind it (`None`: the reference
+    /// does not parse, `bad_image_format`).
+    series: Vec<(Vec<KeyValue>, Option<Key>)>,
     workloads: usize,
-}
-
-/// `k8s.<kind>.name`, as the semantic conventions name each workload kind.
-pub fn workload_name_attribute(kind: WorkloadKind) -> &'static str {
-    match kind {
-        WorkloadKind::Deployment => "k8s.deployment.name",
-        WorkloadKind::StatefulSet => "k8s.statefulset.name",
-        WorkloadKind::DaemonSet => "k8s.daemonset.name",
-        WorkloadKind::ReplicaSet => "k8s.replicaset.name",
-        WorkloadKind::ReplicationController => "k8s.replicationcontroller.name",
-        WorkloadKind::Job => "k8s.job.name",
-        WorkloadKind::CronJob => "k8s.cronjob.name",
-        WorkloadKind::Pod => "k8s.pod.name",
-        WorkloadKind::PodTemplate => "k8s.podtemplate.name",
-    }
-}
-
-/// `container.image.name`, `container.image.tags`, `server.address` of a reference.
-pub fn image_attributes(image: &ImageRef) -> Vec<KeyValue> {
-    let mut attributes = vec![
-        KeyValue::new("container.image.name", image.name()),
-        KeyValue::new("server.address", image.registry().to_string()),
-    ];
-    if let Some(tag) = image.tag() {
-        let tags = Array::String(vec![StringValue::from(tag.to_string())]);
-        attributes.push(KeyValue::new("container.image.tags", Value::Array(tags)));
-    }
-    attributes
 }
 
 async fn track(
     records: &[WorkloadRecord],
     secrets: &PullSecrets,
     registry: &RegistryClient,
-    filter: &ImageFilter,
+    selection: &Selection,
 ) -> Tracked {
-    let mut tracked = Tracked { workloads: records.len(), ..Tracked::default() };
-    let mut users: BTreeMap<Key, Vec<String>> = BTreeMap::new();
+    let mut credentials = HashMap::new();
     for record in records {
-        let credentials = secrets.for_workload(record).await;
-        let w = &record.workload;
-        for problem in &credentials.problems {
-            tracing::debug!(workload = %format!("{} {}/{}", w.kind, w.namespace, w.name), "{problem}");
+        let (found, problems) = secrets.for_workload(record).await;
+        for problem in &problems {
+            tracing::debug!(workload = %record.workload, "{problem}");
         }
-        for container in &record.containers {
-            let parsed = registry.config().parse_image(&container.image);
-            if !filter.admits(&container.image, parsed.as_ref().ok().map(|r| r.to_string()).as_deref()) {
-                continue;
-            }
-            let mut attributes = vec![
-                KeyValue::new("k8s.namespace.name", w.namespace.clone()),
-                KeyValue::new(workload_name_attribute(w.kind), w.name.clone()),
-                KeyValue::new("pullcheck.workload.kind", w.kind.as_str()),
-                KeyValue::new("k8s.container.name", container.name.clone()),
-            ];
-            let key = match parsed {
-                Ok(image) => {
-                    attributes.extend(image_attributes(&image));
-                    let credential = credentials.lookup(&image).cloned();
-                    let key = (image, credential);
-                    users
-                        .entry(key.clone())
-                        .or_default()
-                        .push(format!("{} {}/{} ({})", w.kind, w.namespace, w.name, container.name));
-                    Ok(key)
-                }
-                Err(e) => {
-                    attributes.push(KeyValue::new("container.image.name", container.image.clone()));
-                    Err(e.to_string())
-                }
-            };
-            tracked.series.push((attributes, key));
-        }
+        credentials.insert(&record.workload, found);
     }
-    tracked.keys = users
+    let uses = resolve(
+        records,
+        |r: &WorkloadRecord| credentials.get::<WorkloadRef>(&r.workload),
+        registry.config(),
+        &selection.images,
+    );
+    let keys = by_key(&uses)
         .into_iter()
-        .map(|(key, mut workloads)| {
+        .map(|(key, users)| {
+            let mut workloads: Vec<String> = users.iter().map(|u| u.user.to_string()).collect();
             workloads.sort();
-            let attributes = image_attributes(&key.0);
-            (key, KeyUsers { workloads, attributes })
+            (key.clone(), KeyUsers { workloads, attributes: image_attributes(&key.image) })
         })
         .collect();
-    tracked
+    let series = uses.iter().map(|u| (use_attributes(u), u.key.as_ref().ok().cloned())).collect();
+    Tracked { keys, series, workloads: records.len() }
 }
 
 /// The per-container series with their current states (none while pending).
@@ -148,8 +98,8 @@ fn series(tracked: &Tracked, states: &HashMap<Key, ProbeResult>) -> Arc<Vec<(Vec
             .iter()
             .filter_map(|(attributes, key)| {
                 let state = match key {
-                    Ok(key) => states.get(key)?.state,
-                    Err(_) => State::BadImageFormat,
+                    Some(key) => states.get(key)?.state,
+                    None => State::BadImageFormat,
                 };
                 Some((attributes.clone(), state))
             })
@@ -168,7 +118,7 @@ fn snapshot(
     for key in tracked.keys.keys() {
         *by_state.entry(states.get(key).map_or(State::Pending, |r| r.state)).or_default() += 1;
     }
-    let bad = tracked.series.iter().filter(|(_, k)| k.is_err()).count() as u64;
+    let bad = tracked.series.iter().filter(|(_, k)| k.is_none()).count() as u64;
     if bad > 0 {
         *by_state.entry(State::BadImageFormat).or_default() += bad;
     }
@@ -192,7 +142,7 @@ pub async fn run(
 ) {
     let store: SharedStore = Arc::new(RwLock::new(Store::default()));
     let watch_scopes = scopes(settings.namespaces.as_deref());
-    let needs_namespaces = !settings.selection.namespace_selector.is_empty();
+    let needs_namespaces = settings.selection.needs_namespace_labels();
     let mut background = JoinSet::new();
     for scope in watch_scopes.iter().cloned() {
         background.spawn(watch_scope(kube_client.clone(), scope, store.clone()));
@@ -211,7 +161,7 @@ pub async fn run(
     }
 
     let mut platforms = Arc::new(settings.platforms.clone().unwrap_or_default());
-    let mut nodes_forbidden_said = false;
+    let mut nodes_warning_said = false;
     let secrets = PullSecrets::new(kube_client.clone(), settings.secret_ttl);
     let tick = settings.schedule.tick;
     let mut jitter = Jitter::from_entropy();
@@ -253,18 +203,18 @@ pub async fn run(
                     seen_generation = Some(generation);
                     tracked_at = Instant::now();
                     if settings.platforms.is_none() {
-                        match list_node_platforms(&kube_client).await {
-                            Ok(found) => platforms = Arc::new(found),
-                            Err(e) if !nodes_forbidden_said => {
-                                nodes_forbidden_said = true;
-                                tracing::warn!("{e}; indexes are not checked for the nodes' platforms");
+                        match required_platforms(None, &kube_client).await {
+                            (found, None) => platforms = Arc::new(found),
+                            (_, Some(warning)) if !nodes_warning_said => {
+                                nodes_warning_said = true;
+                                tracing::warn!("{warning}");
                             }
-                            Err(_) => {}
+                            (_, Some(_)) => {}
                         }
                     }
                     let records = store.read().unwrap_or_else(|p| p.into_inner()).selected(&settings.selection);
-                    let fresh = track(&records, &secrets, &registry, &settings.filter).await;
-                    let removed = scheduler.sync(fresh.keys.keys().map(|k| (k.clone(), k.0.registry().to_string())));
+                    let fresh = track(&records, &secrets, &registry, &settings.selection).await;
+                    let removed = scheduler.sync(fresh.keys.keys().map(|k| (k.clone(), k.registry().to_string())));
                     for key in removed {
                         states.remove(&key);
                     }
@@ -298,7 +248,7 @@ pub async fn run(
                 let Some(users) = tracked.keys.get(&key) else { continue };
                 let previous = states.get(&key).map(|r| r.state);
                 if previous != Some(result.state) {
-                    log.transition(&key.0.to_string(), &users.attributes, previous, &result, &users.workloads);
+                    log.transition(&key.to_string(), &users.attributes, previous, &result, &users.workloads);
                     series_stale = true;
                 }
                 states.insert(key, result);
@@ -325,34 +275,8 @@ fn start_probes(
         let client = registry.clone();
         let platforms = platforms.clone();
         probes.spawn(async move {
-            let result = client.probe_for(&key.0, key.1.as_ref(), &platforms, workloads).await;
+            let result = client.probe_for(&key.image, key.credential.as_ref(), &platforms, workloads).await;
             (key, result)
-        });
-    }
-}
-
-/// `/healthz`: 200 while the process serves. `/readyz`: 200 once the inventory is synced.
-async fn serve_health(listener: tokio::net::TcpListener, ready: Arc<AtomicBool>) {
-    while let Ok((mut stream, _)) = listener.accept().await {
-        let ready = ready.clone();
-        tokio::spawn(async move {
-            let mut buf = [0u8; 1024];
-            let read = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut buf)).await;
-            let Ok(Ok(n)) = read else { return };
-            let request = String::from_utf8_lossy(&buf[..n]);
-            let path = request.split_whitespace().nth(1).unwrap_or_default();
-            let (status, body) = match path {
-                "/healthz" | "/livez" => ("200 OK", "ok\n"),
-                "/readyz" if ready.load(Ordering::Relaxed) => ("200 OK", "ready\n"),
-                "/readyz" => ("503 Service Unavailable", "inventory not synced yet\n"),
-                _ => ("404 Not Found", "not found\n"),
-            };
-            let response = format!(
-                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = stream.write_all(response.as_bytes()).await;
-            let _ = stream.shutdown().await;
         });
     }
 }

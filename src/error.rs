@@ -1,17 +1,64 @@
-//! The library's one error type.
+//! The library's one error type, and the warnings that limit an answer without stopping it.
 
 use std::path::PathBuf;
+
+use serde::Serialize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(transparent)]
     RegistryConfig(#[from] crate::config::ConfigError),
-    #[error("configuration: {0}")]
-    Config(String),
+    /// An OpenTelemetry environment variable pullcheck cannot honour.
+    #[error("{variable}: {problem}")]
+    TelemetryEnv { variable: String, problem: String },
+    #[error("OTLP {signal} exporter: {source}")]
+    Exporter { signal: &'static str, source: opentelemetry_otlp::ExporterBuildError },
+    /// An HTTP client could not be built from its TLS material (CA bundle, client certificate).
+    #[error("{what}: {source}")]
+    HttpClient { what: String, source: reqwest::Error },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
-    #[error("invalid regular expression {pattern:?}: {source}")]
-    Regex { pattern: String, source: regex::Error },
+    #[error("kubeconfig: {0}")]
+    Kubeconfig(String),
+    #[error(transparent)]
+    Kube(#[from] kube::Error),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What limited an answer without stopping it; `check -o json` lists them with their kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Warning {
+    pub kind: WarningKind,
+    pub message: String,
+}
+
+/// The kinds of [`Warning`], so scripts can tell a 403 from a missing secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WarningKind {
+    /// RBAC refused pullcheck a read: a kind, secrets, service accounts, nodes, namespaces.
+    Forbidden,
+    /// A list or read failed for another reason (API server error, unreachable).
+    ApiError,
+    /// An object that could not be reduced to a workload record.
+    InvalidObject,
+    /// A pull secret named by a workload does not exist.
+    SecretNotFound,
+    /// A pull secret that is not a readable docker config.
+    InvalidSecret,
+    /// The nodes' platforms are not known: indexes are not checked for them.
+    PlatformsUnknown,
+}
+
+impl Warning {
+    pub fn new(kind: WarningKind, message: impl Into<String>) -> Self {
+        Self { kind, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Warning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}

@@ -157,6 +157,24 @@ pub fn api_host(registry: &str) -> &str {
     if registry == DOCKER_HUB { DOCKER_HUB_API } else { registry }
 }
 
+/// A registry name's host and port, as the semantic conventions' `server.address` (the host
+/// alone, IPv6 without brackets) and `server.port` want them.
+pub fn host_and_port(registry: &str) -> (&str, Option<u16>) {
+    if let Some(rest) = registry.strip_prefix('[') {
+        return match rest.split_once(']') {
+            Some((host, tail)) => (host, tail.strip_prefix(':').and_then(|p| p.parse().ok())),
+            None => (registry, None),
+        };
+    }
+    match registry.rsplit_once(':') {
+        Some((host, port)) => match port.parse() {
+            Ok(port) => (host, Some(port)),
+            Err(_) => (registry, None),
+        },
+        None => (registry, None),
+    }
+}
+
 /// distribution/reference's `splitDockerDomain`: the first component is a registry only when it
 /// looks like a host (has `.` or `:`, is `localhost`, or has uppercase letters, which a path may not).
 fn split_registry<'a>(name: &'a str, default_registry: &'a str) -> (&'a str, &'a str) {
@@ -280,6 +298,15 @@ mod tests {
     }
 
     const SHA: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    #[test]
+    fn host_and_port_split_as_semconv_wants() {
+        assert_eq!(host_and_port("127.0.0.1:5443"), ("127.0.0.1", Some(5443)));
+        assert_eq!(host_and_port("[::1]:5000"), ("::1", Some(5000)));
+        assert_eq!(host_and_port("[::1]"), ("::1", None));
+        assert_eq!(host_and_port("docker.io"), ("docker.io", None));
+        assert_eq!(host_and_port("localhost"), ("localhost", None));
+    }
 
     #[test]
     fn docker_hub_normalisation() {

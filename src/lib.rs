@@ -1,16 +1,23 @@
 //! pullcheck: can every image your workloads reference still be pulled?
 //!
-//! Data flow (DESIGN.md): sources → [`inventory`] → schedule → [`registry`] probe → telemetry.
-//! [`check`] is one pass over that flow.
+//! Data flow (docs/architecture.md): [`sources`] → [`inventory`] → [`schedule`] → [`registry`]
+//! probe → [`telemetry`]. [`check`] is one pass over that flow, [`controller`] the loop of `run`.
+//! Under them, the vocabulary every layer shares: [`image`] references, [`platform`]s,
+//! [`credentials`] and the registry [`config`].
 
 pub mod check;
 pub mod config;
 pub mod controller;
+pub mod credentials;
 pub mod error;
+pub mod health;
 pub mod image;
 pub mod inventory;
+pub mod platform;
 pub mod registry;
+pub mod report;
 pub mod schedule;
+pub mod sources;
 pub mod telemetry;
 
-pub use error::{Error, Result};
+pub use error::{Error, Result, Warning, WarningKind};

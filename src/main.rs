@@ -1,33 +1,33 @@
-//! The `pullcheck` command line: parses flags, calls the library, maps exit codes.
+//! The `pullcheck` command line: flags parsed to typed values, converted once to the library's
+//! settings, exit codes mapped. Everything else is in the library.
 
 use std::io::IsTerminal;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-
-use pullcheck::check::{CheckOptions, ImageFilter, Report, Target, run_check};
-use pullcheck::config::RegistryConfig;
-use pullcheck::controller::{self, ControllerSettings};
-use pullcheck::inventory::IncludeDisabled;
-use pullcheck::inventory::files::load_paths;
-use pullcheck::inventory::kube::{list_namespaces, list_node_platforms, list_workloads};
-use pullcheck::inventory::secrets::PullSecrets;
-use pullcheck::inventory::selector::LabelSelector;
-use pullcheck::inventory::store::Selection;
-use pullcheck::registry::{ClientSettings, Platform, RegistryClient, RequestObserver};
-use pullcheck::schedule::ScheduleSettings;
-use pullcheck::telemetry::ResourceSettings;
-use pullcheck::telemetry::Telemetry;
-use pullcheck::telemetry::logs::TransitionLog;
-use pullcheck::telemetry::metrics::Metrics;
-use pullcheck::telemetry::otlp::ProcessEnv;
+use regex::Regex;
 use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
+
+use pullcheck::check::{CheckSettings, check_cluster, check_files};
+use pullcheck::config::RegistryConfig;
+use pullcheck::controller::{self, ControllerSettings};
+use pullcheck::inventory::selection::{DisabledKind, ImageFilter, IncludeDisabled, Selection};
+use pullcheck::inventory::selector::LabelSelector;
+use pullcheck::platform::Platform;
+use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
+use pullcheck::schedule::ScheduleSettings;
+use pullcheck::sources::cluster::connect;
+use pullcheck::telemetry::logs::TransitionLog;
+use pullcheck::telemetry::metrics::Metrics;
+use pullcheck::telemetry::otlp::ProcessEnv;
+use pullcheck::telemetry::{ResourceSettings, Telemetry};
 
 /// Can every image your Kubernetes workloads reference still be pulled?
 #[derive(Parser)]
@@ -35,9 +35,10 @@ use tracing_subscriber::{EnvFilter, Layer, fmt};
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter for stderr (tracing syntax: `info`, `pullcheck=debug`).
-    #[arg(long, env = "PULLCHECK_LOG", default_value = "warn", global = true)]
-    log: String,
+    /// Log filter for stderr (tracing syntax: `info`, `pullcheck=debug`); default `warn` for
+    /// `check`, `info` for `run`.
+    #[arg(long, env = "PULLCHECK_LOG", global = true, value_parser = parse_log_filter)]
+    log: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -56,20 +57,23 @@ struct CheckArgs {
     /// Without it, the workloads of the cluster of the kubeconfig are checked.
     #[arg(short = 'f', long = "filename", env = "PULLCHECK_FILENAME", value_delimiter = ',', conflicts_with_all = ["all_namespaces", "namespaces"])]
     filenames: Vec<PathBuf>,
+    /// Every namespace.
+    #[arg(short = 'A', long, env = "PULLCHECK_ALL_NAMESPACES", conflicts_with = "namespaces")]
+    all_namespaces: bool,
+    /// These namespaces (repeatable); default: the kubeconfig context's namespace, as kubectl.
+    #[arg(short = 'n', long = "namespace", env = "PULLCHECK_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[arg(short = 'o', long, env = "PULLCHECK_OUTPUT", value_enum, default_value_t = Output::Table)]
     output: Output,
     #[command(flatten)]
-    images: ImageSelection,
+    selection: SelectionArgs,
     #[command(flatten)]
     registry: RegistryArgs,
     /// Probes in flight at once over all registries.
     #[arg(long, env = "PULLCHECK_CONCURRENCY", default_value_t = 32)]
     concurrency: usize,
-    /// Also check workloads scaled to zero or suspended, of these kinds (`Deployment,CronJob`) or `all`.
-    #[arg(long, env = "PULLCHECK_INCLUDE_DISABLED", value_delimiter = ',', value_name = "KIND")]
-    include_disabled: Vec<String>,
     /// No progress line on stderr, even on a terminal.
     #[arg(long, env = "PULLCHECK_NO_PROGRESS")]
     no_progress: bool,
@@ -77,15 +81,19 @@ struct CheckArgs {
 
 #[derive(Args)]
 struct RunArgs {
+    /// Every namespace: what `run` watches unless `-n` names some.
+    #[arg(short = 'A', long, env = "PULLCHECK_ALL_NAMESPACES", conflicts_with = "namespaces")]
+    all_namespaces: bool,
+    /// Watch only these namespaces (repeatable; for RBAC granted namespace by namespace);
+    /// default: every namespace.
+    #[arg(short = 'n', long = "namespace", env = "PULLCHECK_NAMESPACE", value_delimiter = ',')]
+    namespaces: Vec<String>,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
-    images: ImageSelection,
+    selection: SelectionArgs,
     #[command(flatten)]
     registry: RegistryArgs,
-    /// Also check workloads scaled to zero or suspended, of these kinds (`Deployment,CronJob`) or `all`.
-    #[arg(long, env = "PULLCHECK_INCLUDE_DISABLED", value_delimiter = ',', value_name = "KIND")]
-    include_disabled: Vec<String>,
     /// Every image is probed once per window.
     #[arg(long, env = "PULLCHECK_WINDOW", default_value = "10m", value_parser = humantime::parse_duration)]
     window: Duration,
@@ -99,8 +107,8 @@ struct RunArgs {
     #[arg(long, env = "PULLCHECK_MAX_IN_FLIGHT_PER_REGISTRY", default_value_t = 16)]
     max_in_flight_per_registry: usize,
     /// Address of /healthz and /readyz (`off` for none).
-    #[arg(long, env = "PULLCHECK_HEALTH_ADDR", default_value = "0.0.0.0:8080")]
-    health_addr: String,
+    #[arg(long, env = "PULLCHECK_HEALTH_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_health_addr)]
+    health_addr: HealthAddr,
     /// Log lines on stderr as `text` or `json`.
     #[arg(long, env = "PULLCHECK_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
@@ -115,6 +123,31 @@ enum LogFormat {
     Json,
 }
 
+#[derive(Clone, Copy, ValueEnum)]
+enum Output {
+    Table,
+    Json,
+}
+
+/// `--health-addr`: an address, or `off`.
+#[derive(Clone, Copy, Debug)]
+struct HealthAddr(Option<SocketAddr>);
+
+fn parse_health_addr(value: &str) -> Result<HealthAddr, String> {
+    match value.trim() {
+        "off" | "" => Ok(HealthAddr(None)),
+        addr => {
+            addr.parse().map(|a| HealthAddr(Some(a))).map_err(|e| format!("{e} (an address like 0.0.0.0:8080, or off)"))
+        }
+    }
+}
+
+/// Checked here so that a typo is an error at start, not a silently ignored filter.
+fn parse_log_filter(value: &str) -> Result<String, String> {
+    EnvFilter::try_new(value).map(|_| value.to_string()).map_err(|e| e.to_string())
+}
+
+/// How the cluster is reached.
 #[derive(Args)]
 struct ClusterArgs {
     /// Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, then the in-cluster service account).
@@ -123,73 +156,59 @@ struct ClusterArgs {
     /// Kubeconfig context (default: the current context).
     #[arg(long, env = "PULLCHECK_CONTEXT")]
     context: Option<String>,
-    /// Every namespace.
-    #[arg(short = 'A', long, env = "PULLCHECK_ALL_NAMESPACES", conflicts_with = "namespaces")]
-    all_namespaces: bool,
-    /// These namespaces (repeatable); default: the context's namespace.
-    #[arg(short = 'n', long = "namespace", env = "PULLCHECK_NAMESPACE", value_delimiter = ',')]
-    namespaces: Vec<String>,
-    /// Only namespaces whose labels match (Kubernetes selector syntax: `team in (a,b),!skip`).
-    #[arg(long, env = "PULLCHECK_NAMESPACE_SELECTOR", default_value = "")]
-    namespace_selector: String,
-    /// Leave these namespaces out (repeatable).
-    #[arg(long = "exclude-namespace", env = "PULLCHECK_EXCLUDE_NAMESPACE", value_delimiter = ',')]
-    exclude_namespaces: Vec<String>,
     /// How long a pull secret read is used before it is read again.
     #[arg(long, env = "PULLCHECK_SECRET_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
     secret_ttl: Duration,
 }
 
 impl ClusterArgs {
-    async fn client(&self) -> anyhow::Result<(kube::Client, String)> {
-        let options = kube::config::KubeConfigOptions { context: self.context.clone(), ..Default::default() };
-        let config = match &self.kubeconfig {
-            Some(path) => {
-                let kubeconfig = kube::config::Kubeconfig::read_from(path)
-                    .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                kube::Config::from_custom_kubeconfig(kubeconfig, &options).await?
-            }
-            None if self.context.is_some() => kube::Config::from_kubeconfig(&options).await?,
-            None => kube::Config::infer().await?,
-        };
-        let namespace = config.default_namespace.clone();
-        Ok((kube::Client::try_from(config)?, namespace))
-    }
-
-    fn selection(&self, include_disabled: IncludeDisabled) -> anyhow::Result<Selection> {
-        Ok(Selection {
-            include_namespaces: Vec::new(),
-            exclude_namespaces: self.exclude_namespaces.clone(),
-            namespace_selector: LabelSelector::parse(&self.namespace_selector)?,
-            include_disabled,
-        })
+    async fn connect(&self) -> anyhow::Result<(kube::Client, String)> {
+        Ok(connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
     }
 }
 
+/// Which workloads and images are checked.
 #[derive(Args)]
-struct ImageSelection {
+struct SelectionArgs {
+    /// Only namespaces whose labels match (Kubernetes selector syntax: `team in (a,b),!skip`).
+    #[arg(long, env = "PULLCHECK_NAMESPACE_SELECTOR", default_value = "", value_parser = LabelSelector::parse)]
+    namespace_selector: LabelSelector,
+    /// Leave these namespaces out (repeatable).
+    #[arg(long = "exclude-namespace", env = "PULLCHECK_EXCLUDE_NAMESPACE", value_delimiter = ',')]
+    exclude_namespaces: Vec<String>,
+    /// Also check workloads scaled to zero or suspended, of these kinds (`Deployment,CronJob`) or `all`.
+    #[arg(long, env = "PULLCHECK_INCLUDE_DISABLED", value_delimiter = ',', value_name = "KIND")]
+    include_disabled: Vec<DisabledKind>,
     /// Skip images matching this regex (reference as written or canonical); repeatable.
     #[arg(long = "ignore-images", env = "PULLCHECK_IGNORE_IMAGES", value_name = "REGEX")]
-    ignore: Vec<String>,
+    ignore: Vec<Regex>,
     /// Check only images matching one of these regexes; repeatable.
     #[arg(long = "allow-images", env = "PULLCHECK_ALLOW_IMAGES", value_name = "REGEX")]
-    allow: Vec<String>,
+    allow: Vec<Regex>,
     /// Platforms every image index must cover (`linux/amd64,linux/arm64`); in a cluster, the
     /// nodes' platforms are used when none is given.
     #[arg(long = "platform", env = "PULLCHECK_PLATFORM", value_delimiter = ',', value_name = "OS/ARCH[/VARIANT]")]
-    platforms: Vec<String>,
+    platforms: Vec<Platform>,
 }
 
-impl ImageSelection {
-    fn platforms(&self) -> anyhow::Result<Option<Vec<Platform>>> {
-        if self.platforms.is_empty() {
-            return Ok(None);
+impl SelectionArgs {
+    fn selection(&self) -> Selection {
+        Selection {
+            include_namespaces: Vec::new(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            namespace_selector: self.namespace_selector.clone(),
+            include_disabled: IncludeDisabled::new(&self.include_disabled),
+            images: ImageFilter::new(self.ignore.clone(), self.allow.clone()),
         }
-        let parsed = self.platforms.iter().map(|p| p.parse::<Platform>()).collect::<Result<Vec<_>, _>>();
-        parsed.map(Some).map_err(anyhow::Error::msg)
+    }
+
+    /// `None` when no `--platform` was given.
+    fn platforms(&self) -> Option<Vec<Platform>> {
+        (!self.platforms.is_empty()).then(|| self.platforms.clone())
     }
 }
 
+/// How registries are reached.
 #[derive(Args)]
 struct RegistryArgs {
     /// Registry configuration file (YAML): TLS, credentials, mirrors, budgets per host.
@@ -206,18 +225,8 @@ struct RegistryArgs {
     max_retry_wait: Duration,
 }
 
-#[derive(Clone, Copy, ValueEnum)]
-enum Output {
-    Table,
-    Json,
-}
-
 impl RegistryArgs {
-    fn client(&self) -> anyhow::Result<RegistryClient> {
-        self.client_with(None)
-    }
-
-    fn client_with(&self, observer: Option<RequestObserver>) -> anyhow::Result<RegistryClient> {
+    fn client(&self, observer: Option<RequestObserver>) -> anyhow::Result<RegistryClient> {
         let config = match &self.registry_config {
             Some(path) => RegistryConfig::load(path)?,
             None => RegistryConfig::default(),
@@ -243,34 +252,74 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let filter = || EnvFilter::try_new(&cli.log).unwrap_or_else(|_| EnvFilter::new("warn"));
-    match cli.command {
+    let outcome = match cli.command {
         Command::Version => {
             println!("pullcheck {}", env!("CARGO_PKG_VERSION"));
-            ExitCode::SUCCESS
+            Ok(0)
         }
         Command::Check(args) => {
-            tracing_subscriber::fmt().with_env_filter(filter()).with_writer(std::io::stderr).init();
-            match runtime.block_on(check(*args)) {
-                Ok(code) => ExitCode::from(code),
-                Err(e) => {
-                    eprintln!("pullcheck: {e:#}");
-                    ExitCode::from(2)
-                }
-            }
+            let filter = log_filter(cli.log.as_deref(), "warn");
+            tracing_subscriber::registry().with(stderr_layer(LogFormat::Text).with_filter(filter)).init();
+            runtime.block_on(check(*args))
         }
-        Command::Run(args) => {
-            // `run` logs at info unless told otherwise.
-            let filter = if cli.log == "warn" { EnvFilter::new("info") } else { filter() };
-            match run(*args, filter, &runtime) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("pullcheck: {e:#}");
-                    ExitCode::from(2)
-                }
-            }
+        Command::Run(args) => run(*args, log_filter(cli.log.as_deref(), "info"), &runtime).map(|()| 0),
+    };
+    match outcome {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("pullcheck: {e:#}");
+            ExitCode::from(2)
         }
     }
+}
+
+fn log_filter(given: Option<&str>, default: &str) -> EnvFilter {
+    EnvFilter::try_new(given.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default))
+}
+
+/// Log lines on stderr; colour only on a terminal, and never with `NO_COLOR` set (no-color.org).
+fn stderr_layer<S>(format: LogFormat) -> Box<dyn Layer<S> + Send + Sync>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    match format {
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        LogFormat::Text => fmt::layer().with_ansi(colour).with_writer(std::io::stderr).boxed(),
+    }
+}
+
+async fn check(args: CheckArgs) -> anyhow::Result<u8> {
+    let client = args.registry.client(None)?;
+    let selection = args.selection.selection();
+    let settings = CheckSettings {
+        concurrency: args.concurrency,
+        progress: !args.no_progress && std::io::stderr().is_terminal(),
+        platforms: args.selection.platforms(),
+    };
+    let report = if args.filenames.is_empty() {
+        let (kube_client, context_namespace) = args.cluster.connect().await?;
+        let namespaces = match (args.all_namespaces, args.namespaces) {
+            (true, _) => None,
+            (false, listed) if listed.is_empty() => Some(vec![context_namespace]),
+            (false, listed) => Some(listed),
+        };
+        check_cluster(&kube_client, namespaces.as_deref(), &selection, args.cluster.secret_ttl, &client, &settings)
+            .await?
+    } else {
+        check_files(&args.filenames, &selection, &client, &settings).await
+    };
+    for error in &report.input_errors {
+        eprintln!("pullcheck: {error}");
+    }
+    for warning in &report.warnings {
+        eprintln!("pullcheck: warning: {warning}");
+    }
+    match args.output {
+        Output::Json => println!("{}", report.to_json()),
+        Output::Table => print!("{}", report.to_table()),
+    }
+    Ok(report.exit_code())
 }
 
 /// The controller: telemetry is built and flushed outside the runtime's context (see Telemetry::init).
@@ -280,35 +329,27 @@ fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) 
         .unwrap_or_else(|_| format!("pullcheck-{}", std::process::id()));
     let resource = ResourceSettings { cluster_name: args.cluster_name.clone(), instance_id };
     let telemetry = Telemetry::init(&ProcessEnv, &resource, runtime.handle())?;
+    // Spans carry what the semantic conventions name, not the bridge's bookkeeping (source
+    // location, thread, target, busy/idle times): each is paid for on every probe at the backend.
     let spans = tracing_opentelemetry::layer()
         .with_tracer(telemetry.tracer())
+        .with_location(false)
+        .with_threads(false)
+        .with_target(false)
+        .with_tracked_inactivity(false)
         .with_filter(Targets::new().with_target("pullcheck", tracing::Level::INFO));
-    let registry = tracing_subscriber::registry().with(spans);
-    match args.log_format {
-        LogFormat::Json => {
-            registry.with(fmt::layer().json().with_writer(std::io::stderr).with_filter(log_filter)).init()
-        }
-        LogFormat::Text => registry.with(fmt::layer().with_writer(std::io::stderr).with_filter(log_filter)).init(),
-    }
+    tracing_subscriber::registry().with(spans).with(stderr_layer(args.log_format).with_filter(log_filter)).init();
     let outcome = runtime.block_on(run_controller(args, &telemetry));
     telemetry.shutdown();
     outcome
 }
 
 async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<()> {
-    let filter = ImageFilter::new(&args.images.ignore, &args.images.allow)?;
-    let include = IncludeDisabled::parse(&args.include_disabled).map_err(anyhow::Error::msg)?;
-    let selection = args.cluster.selection(include)?;
     let metrics = Arc::new(Metrics::new(&telemetry.meter()));
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |host, status| observer_metrics.record_request(host, status));
-    let registry = args.registry.client_with(Some(observer))?;
-    let (kube_client, _) = args.cluster.client().await?;
-    let health_addr = match args.health_addr.as_str() {
-        "off" | "" => None,
-        addr => Some(addr.parse().map_err(|e| anyhow::anyhow!("--health-addr {addr}: {e}"))?),
-    };
-    let namespaces = (!args.cluster.namespaces.is_empty()).then(|| args.cluster.namespaces.clone());
+    let registry = args.registry.client(Some(observer))?;
+    let (kube_client, _) = args.cluster.connect().await?;
     let settings = ControllerSettings {
         schedule: ScheduleSettings {
             window: args.window,
@@ -316,12 +357,12 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
             failure_retry: args.failure_retry,
             max_in_flight_per_registry: args.max_in_flight_per_registry.max(1),
         },
-        namespaces,
-        selection,
-        filter,
-        health_addr,
+        // `-A` is the default of `run`; it is accepted so that flags copied from `check` work.
+        namespaces: (!args.namespaces.is_empty()).then(|| args.namespaces.clone()),
+        selection: args.selection.selection(),
+        health_addr: args.health_addr.0,
         secret_ttl: args.cluster.secret_ttl,
-        platforms: args.images.platforms()?,
+        platforms: args.selection.platforms(),
     };
     if !telemetry.exporting {
         tracing::warn!("OTEL_SDK_DISABLED=true: probing, but exporting nothing");
@@ -356,77 +397,4 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         () = terminate => {}
     }
-}
-
-async fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let filter = ImageFilter::new(&args.images.ignore, &args.images.allow)?;
-    let client = args.registry.client()?;
-    let include = IncludeDisabled::parse(&args.include_disabled).map_err(anyhow::Error::msg)?;
-    let selection = args.cluster.selection(include)?;
-    let options = CheckOptions {
-        concurrency: args.concurrency,
-        progress: !args.no_progress && std::io::stderr().is_terminal(),
-        platforms: args.images.platforms()?.unwrap_or_default(),
-    };
-    let report = if args.filenames.is_empty() {
-        check_cluster(&args.cluster, &selection, &filter, &client, options).await?
-    } else {
-        let inventory = load_paths(&args.filenames);
-        let records: Vec<_> = inventory.records.into_iter().filter(|r| selection.admits(r, None)).collect();
-        let mut report = run_check(Target::anonymous(&records), &filter, &client, options).await;
-        report.input_errors = inventory.errors;
-        report
-    };
-    for error in &report.input_errors {
-        eprintln!("pullcheck: {error}");
-    }
-    for warning in &report.warnings {
-        eprintln!("pullcheck: warning: {warning}");
-    }
-    match args.output {
-        Output::Json => println!("{}", report.to_json()),
-        Output::Table => print!("{}", report.to_table()),
-    }
-    Ok(report.exit_code() as u8)
-}
-
-/// One pass over a live cluster: list every kind, resolve pull secrets, probe.
-async fn check_cluster(
-    args: &ClusterArgs,
-    selection: &Selection,
-    filter: &ImageFilter,
-    client: &RegistryClient,
-    mut options: CheckOptions,
-) -> anyhow::Result<Report> {
-    let (kube_client, default_namespace) = args.client().await?;
-    let mut platform_warning = None;
-    // No --platform: the nodes' platforms.
-    if options.platforms.is_empty() {
-        match list_node_platforms(&kube_client).await {
-            Ok(found) => options.platforms = found,
-            Err(e) => platform_warning = Some(format!("{e}; indexes are not checked for the nodes' platforms")),
-        }
-    }
-    let namespaces = if args.all_namespaces {
-        None
-    } else if args.namespaces.is_empty() {
-        Some(vec![default_namespace])
-    } else {
-        Some(args.namespaces.clone())
-    };
-    let snapshot = list_workloads(&kube_client, namespaces.as_deref()).await;
-    let labels = if selection.namespace_selector.is_empty() {
-        Default::default()
-    } else {
-        list_namespaces(&kube_client).await.map_err(anyhow::Error::msg)?
-    };
-    let records: Vec<_> =
-        snapshot.records.into_iter().filter(|r| selection.admits(r, labels.get(&r.workload.namespace))).collect();
-    let secrets = PullSecrets::new(kube_client, args.secret_ttl);
-    let (targets, credential_warnings) = Target::with_pull_secrets(&records, &secrets, client.config()).await;
-    let mut report = run_check(targets, filter, client, options).await;
-    report.warnings = snapshot.problems;
-    report.warnings.extend(credential_warnings);
-    report.warnings.extend(platform_warning);
-    Ok(report)
 }

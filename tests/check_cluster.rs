@@ -139,8 +139,16 @@ async fn pull_secrets_service_accounts_and_namespace_isolation() {
         ],
         "one probe per credential; team-e does not get team-a's secret"
     );
-    let warnings =
-        r["warnings"].as_array().expect("warnings").iter().map(|w| w.as_str().unwrap_or_default()).collect::<Vec<_>>();
+    let warnings = r["warnings"]
+        .as_array()
+        .expect("warnings")
+        .iter()
+        .map(|w| w["message"].as_str().unwrap_or_default())
+        .collect::<Vec<_>>();
+    let missing = r["warnings"].as_array().and_then(|ws| {
+        ws.iter().find(|w| w["message"].as_str().is_some_and(|m| m.contains("pull secret team-d/missing not found")))
+    });
+    assert_eq!(missing.map(|w| w["kind"].clone()), Some(json!("secret_not_found")), "warnings carry their kind: {r}");
     assert!(
         warnings.iter().any(|w| w.contains("team-d/web") && w.contains("pull secret team-d/missing not found")),
         "{warnings:?}"

@@ -8,8 +8,9 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use pullcheck::inventory::WorkloadKind;
-use pullcheck::inventory::kube::{scopes, watch_scope};
-use pullcheck::inventory::store::{Selection, SharedStore, Store};
+use pullcheck::inventory::selection::Selection;
+use pullcheck::inventory::store::{SharedStore, Store};
+use pullcheck::sources::cluster::{scopes, watch_scope};
 use serde_json::json;
 use support::apiserver::ApiServer;
 use support::{eventually, workload};
@@ -91,7 +92,7 @@ async fn watch_scenarios_keep_the_inventory_exact() {
     api.apply(scaled);
     assert!(eventually(WAIT, || !inventory(&store, &everything).contains("StatefulSet/db/pg=postgres:16")).await);
     let with_disabled =
-        Selection { include_disabled: pullcheck::inventory::IncludeDisabled::all(), ..Selection::default() };
+        Selection { include_disabled: pullcheck::inventory::selection::IncludeDisabled::all(), ..Selection::default() };
     assert!(inventory(&store, &with_disabled).contains("StatefulSet/db/pg=postgres:16"));
 
     // Deleted.

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pullcheck::config::RegistryConfig;
+use pullcheck::credentials::Credential;
 use pullcheck::image::ImageRef;
-use pullcheck::registry::{ClientSettings, Credential, Platform, ProbeResult, RegistryClient, State};
+use pullcheck::platform::Platform;
+use pullcheck::registry::{ClientSettings, ProbeResult, RegistryClient, State};
 use support::proxy::{Fault, FaultProxy};
 use support::{Env, NO_PULL_PASSWORD, NO_PULL_USER, PASSWORD, USER};
 

@@ -8,6 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use base64::Engine;
+use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
 use support::apiserver::ApiServer;
 use support::otlp::{Receiver, latest_points, logs, metrics, spans};
@@ -152,7 +153,9 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
     assert_eq!(attrs.get("pullcheck.workload.kind").map(String::as_str), Some("Deployment"));
     assert_eq!(attrs.get("container.image.name"), Some(&format!("{anon}/team/sidecar")));
     assert_eq!(attrs.get("container.image.tags").map(String::as_str), Some("v2"));
-    assert_eq!(attrs.get("server.address"), Some(&anon));
+    let (anon_host, anon_port) = anon.rsplit_once(':').expect("host:port");
+    assert_eq!(attrs.get("server.address").map(String::as_str), Some(anon_host), "the host alone");
+    assert_eq!(attrs.get("server.port").map(String::as_str), Some(anon_port));
     let bad =
         points.iter().find(|(a, _)| a.get("k8s.pod.name").map(String::as_str) == Some("debug")).expect("bad series");
     assert_eq!(bad.1, 0.0);
@@ -231,6 +234,37 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
         ],
         "HEAD 401, token fetch, HEAD"
     );
+    // Semantic conventions to the letter: ints where they are ints, the host and port apart,
+    // and nothing of the tracing bridge's bookkeeping (code.*, thread.*, target, busy/idle).
+    let (token_host, token_port) = token_registry.rsplit_once(':').expect("host:port");
+    for span in children.iter().chain([&root]) {
+        let value = |key: &str| span.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone());
+        let int = |key: &str| match value(key).and_then(|v| v.value) {
+            Some(any_value::Value::IntValue(i)) => Some(i),
+            _ => None,
+        };
+        // The probe and its registry requests name the registry; the token fetch its issuer.
+        let url = support::otlp::value_string(&value("url.full"));
+        let (host, port) = match reqwest::Url::parse(&url) {
+            Ok(u) => (u.host_str().unwrap_or_default().to_string(), u.port().map(|p| p.to_string())),
+            Err(_) => (token_host.to_string(), Some(token_port.to_string())),
+        };
+        assert_eq!(int("server.port").map(|p| p.to_string()), port, "{}", span.name);
+        assert_eq!(support::otlp::value_string(&value("server.address")), host, "{}", span.name);
+        if span.parent_span_id.is_empty() {
+            continue;
+        }
+        assert!(int("http.response.status_code").is_some(), "status code is an int: {:?}", span.attributes);
+        let internals: Vec<&str> = span
+            .attributes
+            .iter()
+            .map(|kv| kv.key.as_str())
+            .filter(|k| {
+                k.starts_with("code.") || k.starts_with("thread.") || ["target", "busy_ns", "idle_ns"].contains(k)
+            })
+            .collect();
+        assert!(internals.is_empty(), "bridge internals exported: {internals:?}");
+    }
     let token_url = support::otlp::attributes(&children[1].attributes).get("url.full").cloned().unwrap_or_default();
     assert!(token_url.contains("/token?") && token_url.contains("scope=repository"), "{token_url}");
     let all_span_text = receiver.received(|r| format!("{:?}", spans(r)));

@@ -2,7 +2,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use pullcheck::inventory::files::{FileInventory, parse_stream};
+use pullcheck::sources::manifests::{FileInventory, parse_stream};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

@@ -1,9 +1,10 @@
-//! The inventory: which images the workloads use, in slim records (never whole objects).
+//! The inventory: which images the workloads use, in slim records (never whole objects), kept
+//! current in a [`store`], narrowed by a [`selection`], and resolved to the image [`keys`] that
+//! are probed.
 
-pub mod credentials;
-pub mod files;
-pub mod kube;
-pub mod secrets;
+pub mod keys;
+pub mod record;
+pub mod selection;
 pub mod selector;
 pub mod store;
 
@@ -56,6 +57,11 @@ impl WorkloadKind {
         Self::ALL.into_iter().find(|k| k.as_str() == kind)
     }
 
+    /// `deployment`, `Deployment` and `DEPLOYMENT` alike, as users type kinds in flags.
+    pub fn from_kind_ignoring_case(kind: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.as_str().eq_ignore_ascii_case(kind))
+    }
+
     /// Where the pod spec sits inside an object of this kind.
     pub fn pod_spec_path(self) -> &'static [&'static str] {
         match self {
@@ -81,12 +87,33 @@ pub enum ContainerRole {
     Ephemeral,
 }
 
-/// A workload, by identity.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A workload, by identity. Shown as `Kind namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct WorkloadRef {
     pub kind: WorkloadKind,
     pub namespace: String,
     pub name: String,
+}
+
+impl fmt::Display for WorkloadRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
+    }
+}
+
+/// One container of a workload, by identity: who uses an image. Shown as
+/// `Kind namespace/name (container)`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+pub struct ContainerRef {
+    #[serde(flatten)]
+    pub workload: WorkloadRef,
+    pub container: String,
+}
+
+impl fmt::Display for ContainerRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} ({})", self.workload, self.container)
+    }
 }
 
 /// One container of a workload's pod template.
@@ -117,68 +144,5 @@ impl WorkloadRecord {
     /// Scaled to zero or suspended: such workloads are left out unless asked for.
     pub fn is_disabled(&self) -> bool {
         self.replicas == Some(0) || self.suspended
-    }
-}
-
-/// `--include-disabled KIND,...|all`: which disabled workloads are still checked.
-#[derive(Clone, Debug, Default)]
-pub struct IncludeDisabled {
-    all: bool,
-    kinds: Vec<WorkloadKind>,
-}
-
-impl IncludeDisabled {
-    pub fn parse(values: &[String]) -> Result<Self, String> {
-        let mut include = IncludeDisabled::default();
-        for value in values.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|v| !v.is_empty()) {
-            if value.eq_ignore_ascii_case("all") {
-                include.all = true;
-            } else {
-                let kind = WorkloadKind::ALL
-                    .into_iter()
-                    .find(|k| k.as_str().eq_ignore_ascii_case(value))
-                    .ok_or_else(|| format!("--include-disabled: unknown kind {value:?}"))?;
-                include.kinds.push(kind);
-            }
-        }
-        Ok(include)
-    }
-
-    pub fn all() -> Self {
-        IncludeDisabled { all: true, kinds: Vec::new() }
-    }
-
-    pub fn admits(&self, record: &WorkloadRecord) -> bool {
-        !record.is_disabled() || self.all || self.kinds.contains(&record.workload.kind)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn record(kind: WorkloadKind, replicas: Option<i32>, suspended: bool) -> WorkloadRecord {
-        WorkloadRecord {
-            workload: WorkloadRef { kind, namespace: "ns".into(), name: "w".into() },
-            containers: vec![],
-            pull_secrets: vec![],
-            service_account: "default".into(),
-            replicas,
-            suspended,
-        }
-    }
-
-    #[test]
-    fn disabled_workloads_are_left_out_unless_asked_for() {
-        let scaled_down = record(WorkloadKind::Deployment, Some(0), false);
-        let suspended = record(WorkloadKind::CronJob, None, true);
-        let running = record(WorkloadKind::Deployment, Some(2), false);
-        let none = IncludeDisabled::default();
-        assert!(!none.admits(&scaled_down) && !none.admits(&suspended) && none.admits(&running));
-        let some = IncludeDisabled::parse(&["cronjob".into()]).expect("valid");
-        assert!(!some.admits(&scaled_down) && some.admits(&suspended));
-        let all = IncludeDisabled::parse(&["Deployment,all".into()]).expect("valid");
-        assert!(all.admits(&scaled_down) && all.admits(&suspended));
-        assert!(IncludeDisabled::parse(&["Service".into()]).is_err());
     }
 }

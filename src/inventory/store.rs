@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use super::selector::LabelSelector;
-use super::{IncludeDisabled, WorkloadKind, WorkloadRecord, WorkloadRef};
+use super::selection::Selection;
+use super::{WorkloadKind, WorkloadRecord, WorkloadRef};
 
 /// What one watcher covers: a kind, in one namespace or all.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -34,29 +34,6 @@ pub enum Update {
     /// A namespace's labels (`None`: deleted).
     Namespace(String, Option<BTreeMap<String, String>>),
     NamespacesSynced,
-}
-
-/// Which workloads are checked: namespaces by name and labels, disabled workloads.
-#[derive(Clone, Debug, Default)]
-pub struct Selection {
-    pub include_namespaces: Vec<String>,
-    pub exclude_namespaces: Vec<String>,
-    pub namespace_selector: LabelSelector,
-    pub include_disabled: IncludeDisabled,
-}
-
-impl Selection {
-    /// Whether a workload is checked, given its namespace's labels (`None`: not known).
-    pub fn admits(&self, record: &WorkloadRecord, namespace_labels: Option<&BTreeMap<String, String>>) -> bool {
-        self.admits_namespace(&record.workload.namespace, namespace_labels) && self.include_disabled.admits(record)
-    }
-
-    fn admits_namespace(&self, namespace: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
-        let empty = BTreeMap::new();
-        (self.include_namespaces.is_empty() || self.include_namespaces.iter().any(|n| n == namespace))
-            && !self.exclude_namespaces.iter().any(|n| n == namespace)
-            && (self.namespace_selector.is_empty() || self.namespace_selector.matches(labels.unwrap_or(&empty)))
-    }
 }
 
 #[derive(Debug, Default)]
@@ -134,6 +111,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::selector::LabelSelector;
     use crate::inventory::{ContainerRole, ContainerSpec};
 
     fn record(kind: WorkloadKind, ns: &str, name: &str, image: &str) -> WorkloadRecord {

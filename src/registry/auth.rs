@@ -1,48 +1,10 @@
-//! Registry authentication: credentials, `WWW-Authenticate` challenges, and the token cache.
+//! Registry authentication: `WWW-Authenticate` challenges and the token cache.
 
 use std::collections::HashMap;
-use std::fmt;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-
-/// A credential for one registry host. `Debug` never shows the secret.
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Credential {
-    Basic {
-        username: String,
-        password: String,
-    },
-    /// docker config's `registrytoken`: a bearer token sent as is.
-    Bearer(String),
-}
-
-impl Credential {
-    pub fn basic(username: impl Into<String>, password: impl Into<String>) -> Self {
-        Credential::Basic { username: username.into(), password: password.into() }
-    }
-
-    /// The `Authorization` header value for Basic, if this is a username and password.
-    pub fn basic_header(&self) -> Option<String> {
-        match self {
-            Credential::Basic { username, password } => {
-                let raw = format!("{username}:{password}");
-                Some(format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(raw)))
-            }
-            Credential::Bearer(_) => None,
-        }
-    }
-}
-
-impl fmt::Debug for Credential {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Credential::Basic { username, .. } => write!(f, "Basic({username}, password redacted)"),
-            Credential::Bearer(_) => f.write_str("Bearer(redacted)"),
-        }
-    }
-}
+use crate::credentials::Credential;
 
 /// A parsed `WWW-Authenticate` challenge.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,12 +145,6 @@ mod tests {
         assert_eq!(parse_challenge("Negotiate abc"), None);
         assert_eq!(parse_challenge(""), None);
         assert_eq!(parse_challenge("Bearer =,=,\"\"\\"), None);
-    }
-
-    #[test]
-    fn credentials_never_debug_their_secret() {
-        let shown = format!("{:?} {:?}", Credential::basic("alice", "s3cret"), Credential::Bearer("tok3n".into()));
-        assert!(!shown.contains("s3cret") && !shown.contains("tok3n"), "{shown}");
     }
 
     #[test]

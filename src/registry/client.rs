@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::config::{DEFAULT_MAX_CONCURRENT, RegistryConfig};
 use crate::error::{Error, Result};
+use crate::image::host_and_port;
 use crate::registry::auth::TokenCache;
 use crate::registry::limits::HostLimits;
 
@@ -44,7 +45,24 @@ pub(crate) struct Host {
     pub plain_http: bool,
     pub limits: HostLimits,
     /// What the host asked for last time, so later probes authenticate up front.
-    pub scheme: Mutex<Option<KnownScheme>>,
+    scheme: Mutex<Option<KnownScheme>>,
+}
+
+impl Host {
+    pub fn known_scheme(&self) -> Option<KnownScheme> {
+        self.scheme.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub fn remember_scheme(&self, scheme: KnownScheme) {
+        *self.scheme.lock().unwrap_or_else(|p| p.into_inner()) = Some(scheme);
+    }
+
+    /// `server.address` and `server.port`: the port given, else the scheme's.
+    pub fn address(&self) -> (&str, i64) {
+        let (address, port) = host_and_port(&self.name);
+        let default = if self.plain_http { 80 } else { 443 };
+        (address, port.map_or(default, i64::from))
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -59,13 +77,13 @@ pub type RequestObserver = Arc<dyn Fn(&str, Option<u16>) + Send + Sync>;
 /// Cheap to clone; every clone shares hosts, tokens and counters.
 #[derive(Clone)]
 pub struct RegistryClient {
-    pub(crate) inner: Arc<Inner>,
+    inner: Arc<Inner>,
 }
 
-pub(crate) struct Inner {
-    pub config: Arc<RegistryConfig>,
-    pub settings: ClientSettings,
-    pub tokens: TokenCache,
+struct Inner {
+    config: Arc<RegistryConfig>,
+    settings: ClientSettings,
+    tokens: TokenCache,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     requests: AtomicU64,
     observer: Option<RequestObserver>,
@@ -97,6 +115,14 @@ impl RegistryClient {
 
     pub fn config(&self) -> &RegistryConfig {
         &self.inner.config
+    }
+
+    pub fn settings(&self) -> &ClientSettings {
+        &self.inner.settings
+    }
+
+    pub(crate) fn tokens(&self) -> &TokenCache {
+        &self.inner.tokens
     }
 
     /// HTTP requests sent since the client was made (token fetches included).
@@ -144,10 +170,11 @@ impl RegistryClient {
             .tls_danger_accept_invalid_certs(config.skip_tls_verify);
         if let Some(pem) = &config.ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|e| Error::Config(format!("CA bundle for {name}: {e}")))?;
+                .map_err(|source| Error::HttpClient { what: format!("CA bundle for {name}"), source })?;
             builder = builder.tls_certs_merge(certs);
         }
-        let http = builder.build().map_err(|e| Error::Config(format!("HTTP client for {name}: {e}")))?;
+        let http =
+            builder.build().map_err(|source| Error::HttpClient { what: format!("HTTP client for {name}"), source })?;
         Ok(Host {
             name: name.to_string(),
             http,

@@ -5,17 +5,24 @@
 //! serve another's), pings `/v2/` before authenticating, and hides the HTTP status, `Retry-After`
 //! and per-request timings that the probe states and spans are made of. oci-client's media types
 //! are used as they are. docs/architecture.md has the measured comparison.
+//!
+//! A probe, top down: [`probe`] tries the mirrors then the registry, [`retry`] retries one host,
+//! [`resolve`] runs HEAD/GET with the authentication flow, [`token`] fetches bearer tokens,
+//! [`http`] sends each request in its span with a bounded body, and [`manifest`] reads the answer.
 
 mod auth;
 mod client;
+mod http;
 mod limits;
+mod manifest;
 mod outcome;
-mod platform;
 mod probe;
+mod resolve;
+mod retry;
+mod token;
 
-pub use auth::{Challenge, Credential, TokenCache, parse_challenge, token_ttl};
+pub use auth::{Challenge, TokenCache, parse_challenge, token_ttl};
 pub use client::{ClientSettings, RegistryClient, RequestObserver};
 pub use limits::parse_retry_after;
 pub use outcome::{State, classify_status};
-pub use platform::{Platform, missing as missing_platforms};
 pub use probe::ProbeResult;

@@ -1,7 +1,9 @@
-//! The probe states of DESIGN.md and the pure classification of registry answers into them.
+//! The probe states (docs/states.md), the pure classification of registry answers into them,
+//! and one host's answer before mirrors and retries are settled.
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Serialize;
 
@@ -68,6 +70,24 @@ impl FromStr for State {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         State::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| format!("unknown state {s:?}"))
+    }
+}
+
+/// One host's answer, before mirrors and retries are settled.
+#[derive(Clone, Debug)]
+pub(crate) struct Attempt {
+    pub state: State,
+    pub digest: Option<String>,
+    pub media_type: Option<String>,
+    /// The cause, for every state but `available`; never contains a credential.
+    pub error: Option<String>,
+    /// What the host's `Retry-After` asked for.
+    pub retry_after: Option<Duration>,
+}
+
+impl Attempt {
+    pub fn failed(state: State, error: impl Into<String>) -> Self {
+        Self { state, digest: None, media_type: None, error: Some(error.into()), retry_after: None }
     }
 }
 

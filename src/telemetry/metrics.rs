@@ -1,4 +1,4 @@
-//! The metrics of DESIGN.md. Per-series gauges are observable: each collection reports exactly
+//! The metrics of docs/telemetry.md. Per-series gauges are observable: each collection reports exactly
 //! the series of the current inventory, so a deleted workload's series is simply gone and a
 //! recovered image flips back to 1 at once.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
+use super::attributes::server_attributes;
 use crate::registry::State;
 
 /// What the observable gauges report at the next collection.
@@ -118,15 +119,15 @@ impl Metrics {
     }
 
     pub fn record_probe(&self, registry: &str, state: State, duration: Duration) {
-        let attributes =
-            [KeyValue::new("server.address", registry.to_string()), KeyValue::new(STATE_ATTRIBUTE, state.as_str())];
+        let mut attributes = server_attributes(registry);
+        attributes.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
         self.probes.add(1, &attributes);
         self.probe_duration.record(duration.as_secs_f64(), &attributes);
     }
 
     /// `status` is `None` when no answer came (connect, TLS, timeout).
     pub fn record_request(&self, host: &str, status: Option<u16>) {
-        let mut attributes = vec![KeyValue::new("server.address", host.to_string())];
+        let mut attributes = server_attributes(host);
         if let Some(status) = status {
             attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
         }

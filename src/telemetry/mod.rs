@@ -2,6 +2,7 @@
 //! Exporters run on the SDK's own threads with bounded queues: a collector that is down or slow
 //! never blocks probing and never grows memory without bound.
 
+pub mod attributes;
 pub mod logs;
 pub mod metrics;
 pub mod otlp;

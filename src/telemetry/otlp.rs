@@ -37,6 +37,14 @@ pub enum Signal {
 }
 
 impl Signal {
+    pub fn name(self) -> &'static str {
+        match self {
+            Signal::Traces => "traces",
+            Signal::Metrics => "metrics",
+            Signal::Logs => "logs",
+        }
+    }
+
     fn env_name(self) -> &'static str {
         match self {
             Signal::Traces => "TRACES",
@@ -63,9 +71,10 @@ pub fn protocol(env: &dyn Env, signal: Signal) -> Result<Protocol> {
     match signal_var(env, signal, "PROTOCOL").as_deref().map(str::trim) {
         None | Some("http/protobuf") => Ok(Protocol::HttpProtobuf),
         Some("grpc") => Ok(Protocol::Grpc),
-        Some(other) => {
-            Err(Error::Config(format!("OTEL_EXPORTER_OTLP_PROTOCOL={other}: pullcheck speaks grpc and http/protobuf")))
-        }
+        Some(other) => Err(Error::TelemetryEnv {
+            variable: format!("OTEL_EXPORTER_OTLP_PROTOCOL={other}"),
+            problem: "pullcheck speaks grpc and http/protobuf".into(),
+        }),
     }
 }
 
@@ -80,9 +89,10 @@ pub fn temporality(env: &dyn Env) -> Result<Temporality> {
         None | Some("cumulative") => Ok(Temporality::Cumulative),
         Some("delta") => Ok(Temporality::Delta),
         Some("lowmemory") => Ok(Temporality::LowMemory),
-        Some(other) => Err(Error::Config(format!(
-            "OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE={other}: cumulative, delta or lowmemory"
-        ))),
+        Some(other) => Err(Error::TelemetryEnv {
+            variable: format!("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE={other}"),
+            problem: "cumulative, delta or lowmemory".into(),
+        }),
     }
 }
 
@@ -109,7 +119,10 @@ pub fn tls_files(env: &dyn Env, signal: Signal) -> Result<TlsFiles> {
         client_key: read("CLIENT_KEY")?,
     };
     if files.client_cert.is_some() != files.client_key.is_some() {
-        return Err(Error::Config("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and _CLIENT_KEY go together".into()));
+        return Err(Error::TelemetryEnv {
+            variable: "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE".into(),
+            problem: "goes together with OTEL_EXPORTER_OTLP_CLIENT_KEY".into(),
+        });
     }
     Ok(files)
 }
@@ -128,17 +141,17 @@ fn http_client(env: &dyn Env, signal: Signal) -> Result<reqwest::blocking::Clien
         reqwest::blocking::Client::builder().timeout(timeout(env, signal)).connect_timeout(Duration::from_secs(5));
     if let Some(ca) = &tls.ca {
         let certs = reqwest::Certificate::from_pem_bundle(ca)
-            .map_err(|e| Error::Config(format!("OTLP CA certificate: {e}")))?;
+            .map_err(|source| Error::HttpClient { what: "OTLP CA certificate".into(), source })?;
         builder = builder.tls_certs_merge(certs);
     }
     if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
         let mut pem = cert.clone();
         pem.extend_from_slice(key);
-        let identity =
-            reqwest::Identity::from_pem(&pem).map_err(|e| Error::Config(format!("OTLP client certificate: {e}")))?;
+        let identity = reqwest::Identity::from_pem(&pem)
+            .map_err(|source| Error::HttpClient { what: "OTLP client certificate".into(), source })?;
         builder = builder.identity(identity);
     }
-    builder.build().map_err(|e| Error::Config(format!("OTLP HTTP client: {e}")))
+    builder.build().map_err(|source| Error::HttpClient { what: "OTLP HTTP client".into(), source })
 }
 
 fn tonic_tls(env: &dyn Env, signal: Signal) -> Result<Option<tonic::transport::ClientTlsConfig>> {
@@ -174,7 +187,7 @@ macro_rules! build_exporter {
                 }
             }
         }
-        .map_err(|e| Error::Config(format!("OTLP {:?} exporter: {e}", $signal)))
+        .map_err(|source| Error::Exporter { signal: $signal.name(), source })
     }};
 }
 

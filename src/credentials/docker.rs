@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 use base64::Engine;
 use serde::Deserialize;
 
+use super::Credential;
 use crate::image::{DOCKER_HUB, ImageRef};
-use crate::registry::Credential;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum CredentialError {
     #[error("not a docker config: {0}")]
     Malformed(String),

@@ -9,15 +9,16 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
-use super::files::record_from_body;
-use super::store::{SharedStore, Update, WatchScope};
-use super::{WorkloadKind, WorkloadRecord, WorkloadRef};
+use crate::error::{Warning, WarningKind};
+use crate::inventory::record::{RecordError, record_from_body};
+use crate::inventory::store::{SharedStore, Update, WatchScope};
+use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
 
 /// The kinds whose objects run pods: all but PodTemplate (last in `ALL`), which is not a
 /// workload in a cluster.
 pub const CLUSTER_KINDS: &[WorkloadKind] = WorkloadKind::ALL.split_at(WorkloadKind::ALL.len() - 1).0;
 
-const PAGE_SIZE: u32 = 500;
+pub(crate) const PAGE_SIZE: u32 = 500;
 
 pub fn api_resource(kind: WorkloadKind) -> ApiResource {
     use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
@@ -64,7 +65,7 @@ fn identity(kind: WorkloadKind, object: &DynamicObject) -> WorkloadRef {
 }
 
 /// The slim record of an object; `Ok(None)` when another workload manages it.
-pub fn record_of(kind: WorkloadKind, object: &DynamicObject) -> Result<Option<WorkloadRecord>, String> {
+pub fn record_of(kind: WorkloadKind, object: &DynamicObject) -> Result<Option<WorkloadRecord>, RecordError> {
     let owners = object.metadata.owner_references.as_ref().and_then(|o| serde_json::to_value(o).ok());
     record_from_body(
         kind,
@@ -75,7 +76,7 @@ pub fn record_of(kind: WorkloadKind, object: &DynamicObject) -> Result<Option<Wo
     )
 }
 
-fn is_forbidden(error: &kube::Error) -> bool {
+pub(crate) fn is_forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.is_forbidden())
 }
 
@@ -94,9 +95,7 @@ fn watcher_forbidden(error: &watcher::Error) -> bool {
 pub struct ClusterSnapshot {
     pub records: Vec<WorkloadRecord>,
     /// Kinds that could not be listed (403 and others), objects that could not be read.
-    pub problems: Vec<String>,
-    /// Labels of every namespace, when they were asked for.
-    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    pub warnings: Vec<Warning>,
 }
 
 /// Lists every kind in pages. A kind that fails (403 included) is reported and skipped.
@@ -112,7 +111,10 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
                         match record_of(scope.kind, object) {
                             Ok(Some(record)) => snapshot.records.push(record),
                             Ok(None) => {}
-                            Err(e) => snapshot.problems.push(describe(&identity(scope.kind, object), &e)),
+                            Err(e) => snapshot.warnings.push(Warning::new(
+                                WarningKind::InvalidObject,
+                                describe(&identity(scope.kind, object), &e),
+                            )),
                         }
                     }
                     match page.metadata.continue_.filter(|c| !c.is_empty()) {
@@ -121,7 +123,7 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
                     }
                 }
                 Err(e) => {
-                    snapshot.problems.push(list_problem(&scope, &e));
+                    snapshot.warnings.push(list_problem(&scope, &e));
                     break;
                 }
             }
@@ -131,12 +133,12 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
 }
 
 /// Labels of every namespace (for `--namespace-selector`).
-pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, BTreeMap<String, String>>, String> {
+pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, BTreeMap<String, String>>, kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let mut out = BTreeMap::new();
     let mut params = ListParams::default().limit(PAGE_SIZE);
     loop {
-        let page = api.list(&params).await.map_err(|e| format!("cannot list namespaces: {e}"))?;
+        let page = api.list(&params).await?;
         for ns in page.items {
             out.insert(ns.metadata.name.unwrap_or_default(), ns.metadata.labels.unwrap_or_default());
         }
@@ -147,18 +149,21 @@ pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, B
     }
 }
 
-fn list_problem(scope: &WatchScope, error: &kube::Error) -> String {
+fn list_problem(scope: &WatchScope, error: &kube::Error) -> Warning {
     let kind = scope.kind;
     let place = scope.namespace.as_deref().map_or_else(|| "cluster-wide".to_string(), |ns| format!("in {ns}"));
     if is_forbidden(error) {
-        format!("cannot list {kind}s {place}: forbidden by RBAC; {kind}s are skipped")
+        Warning::new(
+            WarningKind::Forbidden,
+            format!("cannot list {kind}s {place}: forbidden by RBAC; {kind}s are skipped"),
+        )
     } else {
-        format!("cannot list {kind}s {place}: {error}")
+        Warning::new(WarningKind::ApiError, format!("cannot list {kind}s {place}: {error}"))
     }
 }
 
-fn describe(workload: &WorkloadRef, problem: &str) -> String {
-    format!("{} {}/{}: {problem}", workload.kind, workload.namespace, workload.name)
+fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
+    format!("{workload}: {problem}")
 }
 
 /// Keeps the store current for one scope until the stream ends. A 403 is reported once and the
@@ -225,34 +230,27 @@ pub async fn watch_namespaces(client: kube::Client, store: SharedStore) {
     }
 }
 
-/// The os/arch of the cluster's nodes (labels `kubernetes.io/os`, `kubernetes.io/arch`, else the
-/// node's reported ones): what an image index must cover to be pulled on any of them.
-pub async fn list_node_platforms(client: &kube::Client) -> Result<Vec<crate::registry::Platform>, String> {
-    let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
-    let mut platforms = std::collections::BTreeSet::new();
-    let mut params = ListParams::default().limit(PAGE_SIZE);
-    loop {
-        let page = api.list(&params).await.map_err(|e| {
-            if is_forbidden(&e) {
-                "cannot list nodes: forbidden by RBAC".to_string()
-            } else {
-                format!("cannot list nodes: {e}")
-            }
-        })?;
-        for node in page.items {
-            let labels = node.metadata.labels.unwrap_or_default();
-            let info = node.status.and_then(|s| s.node_info);
-            let os =
-                labels.get("kubernetes.io/os").cloned().or_else(|| info.as_ref().map(|i| i.operating_system.clone()));
-            let arch =
-                labels.get("kubernetes.io/arch").cloned().or_else(|| info.as_ref().map(|i| i.architecture.clone()));
-            if let (Some(os), Some(arch)) = (os, arch) {
-                platforms.insert(crate::registry::Platform::new(&os, &arch, None));
-            }
+/// A client for the cluster of a kubeconfig (`kubeconfig`, else $KUBECONFIG or ~/.kube/config,
+/// else the in-cluster service account) and context, with that context's namespace.
+pub async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+) -> crate::Result<(kube::Client, String)> {
+    use crate::Error;
+    let options = kube::config::KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
+    let config = match kubeconfig {
+        Some(path) => {
+            let kubeconfig = kube::config::Kubeconfig::read_from(path)
+                .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
+            kube::Config::from_custom_kubeconfig(kubeconfig, &options)
+                .await
+                .map_err(|e| Error::Kubeconfig(e.to_string()))?
         }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(platforms.into_iter().collect()),
+        None if context.is_some() => {
+            kube::Config::from_kubeconfig(&options).await.map_err(|e| Error::Kubeconfig(e.to_string()))?
         }
-    }
+        None => kube::Config::infer().await.map_err(|e| Error::Kubeconfig(e.to_string()))?,
+    };
+    let namespace = config.default_namespace.clone();
+    Ok((kube::Client::try_from(config)?, namespace))
 }

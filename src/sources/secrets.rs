@@ -3,36 +3,57 @@
 //! cluster-wide list of every secret in memory. A namespace's secrets serve only its workloads.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
 use tokio::time::Instant;
 
-use super::WorkloadRecord;
-use super::credentials::DockerCredentials;
-use crate::image::ImageRef;
-use crate::registry::Credential;
+use crate::credentials::{CredentialError, DockerCredentials, WorkloadCredentials};
+use crate::error::{Warning, WarningKind};
+use crate::inventory::WorkloadRecord;
 
-/// The credentials one workload brings, and why some of them are missing.
-#[derive(Clone, Debug, Default)]
-pub struct WorkloadCredentials {
-    /// In kubelet's order.
-    pub secrets: Vec<(String, DockerCredentials)>,
-    pub problems: Vec<String>,
+/// Why a pull secret did not contribute credentials. Cloned out of the cache, hence the `Arc`.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("pull secret {namespace}/{name} not found; probing without it")]
+    NotFound { namespace: String, name: String },
+    #[error("pull secret {namespace}/{name} is forbidden to pullcheck; probing anonymously")]
+    SecretForbidden { namespace: String, name: String },
+    #[error("secret {namespace}/{name} has type {kind}, not a pull secret; probing without it")]
+    NotAPullSecret { namespace: String, name: String, kind: String },
+    #[error("pull secret {namespace}/{name} has no {field}; probing without it")]
+    MissingField { namespace: String, name: String, field: &'static str },
+    #[error("pull secret {namespace}/{name}: {source}; probing without it")]
+    Malformed { namespace: String, name: String, source: CredentialError },
+    #[error("service account {namespace}/{name} is forbidden to pullcheck")]
+    ServiceAccountForbidden { namespace: String, name: String },
+    #[error("{what} {namespace}/{name}: {source}")]
+    Api { what: &'static str, namespace: String, name: String, source: Arc<kube::Error> },
 }
 
-impl WorkloadCredentials {
-    /// The first secret with an entry for the image's registry, as kubelet tries them.
-    pub fn lookup(&self, image: &ImageRef) -> Option<&Credential> {
-        self.secrets.iter().find_map(|(_, creds)| creds.lookup(image))
+impl SecretError {
+    pub fn kind(&self) -> WarningKind {
+        match self {
+            SecretError::NotFound { .. } => WarningKind::SecretNotFound,
+            SecretError::SecretForbidden { .. } | SecretError::ServiceAccountForbidden { .. } => WarningKind::Forbidden,
+            SecretError::NotAPullSecret { .. } | SecretError::MissingField { .. } | SecretError::Malformed { .. } => {
+                WarningKind::InvalidSecret
+            }
+            SecretError::Api { .. } => WarningKind::ApiError,
+        }
+    }
+
+    /// The warning for a workload that named this secret.
+    pub fn warning_for(&self, workload: &impl std::fmt::Display) -> Warning {
+        Warning::new(self.kind(), format!("{workload}: {self}"))
     }
 }
 
 /// Reads of one object per (namespace, name), with when they were made.
-type Cache<T> = Mutex<HashMap<(String, String), (Instant, Result<T, String>)>>;
+type Cache<T> = Mutex<HashMap<(String, String), (Instant, Result<T, SecretError>)>>;
 
 pub struct PullSecrets {
     client: kube::Client,
@@ -56,14 +77,16 @@ impl PullSecrets {
         }
     }
 
-    pub async fn for_workload(&self, record: &WorkloadRecord) -> WorkloadCredentials {
+    /// The workload's pull secrets in kubelet's order, and why some of them are missing.
+    pub async fn for_workload(&self, record: &WorkloadRecord) -> (WorkloadCredentials, Vec<SecretError>) {
         let namespace = &record.workload.namespace;
-        let mut out = WorkloadCredentials::default();
+        let mut credentials = WorkloadCredentials::default();
+        let mut problems = Vec::new();
         let names = if record.pull_secrets.is_empty() {
             match self.service_account_secrets(namespace, &record.service_account).await {
                 Ok(names) => names,
                 Err(problem) => {
-                    out.problems.push(problem);
+                    problems.push(problem);
                     Vec::new()
                 }
             }
@@ -72,11 +95,11 @@ impl PullSecrets {
         };
         for name in names {
             match self.secret(namespace, &name).await {
-                Ok(creds) => out.secrets.push((name, creds)),
-                Err(problem) => out.problems.push(problem),
+                Ok(creds) => credentials.secrets.push((name, creds)),
+                Err(problem) => problems.push(problem),
             }
         }
-        out
+        (credentials, problems)
     }
 
     /// The cached read of (namespace, name), or a fresh one once the cached one is `ttl` old.
@@ -86,9 +109,9 @@ impl PullSecrets {
         namespace: &str,
         name: &str,
         read: impl FnOnce() -> F,
-    ) -> Result<T, String>
+    ) -> Result<T, SecretError>
     where
-        F: std::future::Future<Output = Result<T, String>>,
+        F: std::future::Future<Output = Result<T, SecretError>>,
     {
         let key = (namespace.to_string(), name.to_string());
         if let Some((at, cached)) = lock(cache).get(&key)
@@ -101,13 +124,14 @@ impl PullSecrets {
         result
     }
 
-    async fn secret(&self, namespace: &str, name: &str) -> Result<DockerCredentials, String> {
+    async fn secret(&self, namespace: &str, name: &str) -> Result<DockerCredentials, SecretError> {
+        let (ns, n) = (namespace.to_string(), name.to_string());
         self.cached(&self.secrets, namespace, name, || async {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             match api.get(name).await {
                 Ok(secret) => parse_secret(namespace, name, &secret),
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
-                    Err(format!("pull secret {namespace}/{name} not found; probing without it"))
+                    Err(SecretError::NotFound { namespace: ns, name: n })
                 }
                 Err(kube::Error::Api(status)) if status.is_forbidden() => {
                     if !self.secrets_forbidden.swap(true, Ordering::Relaxed) {
@@ -116,20 +140,21 @@ impl PullSecrets {
                              private images will show authentication_failure"
                         );
                     }
-                    Err(format!("pull secret {namespace}/{name} is forbidden to pullcheck; probing anonymously"))
+                    Err(SecretError::SecretForbidden { namespace: ns, name: n })
                 }
-                Err(e) => Err(format!("pull secret {namespace}/{name}: {e}")),
+                Err(e) => Err(SecretError::Api { what: "pull secret", namespace: ns, name: n, source: Arc::new(e) }),
             }
         })
         .await
     }
 
-    async fn service_account_secrets(&self, namespace: &str, name: &str) -> Result<Vec<String>, String> {
+    async fn service_account_secrets(&self, namespace: &str, name: &str) -> Result<Vec<String>, SecretError> {
+        let (ns, n) = (namespace.to_string(), name.to_string());
         self.cached(&self.service_accounts, namespace, name, || async {
             let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
             match api.get(name).await {
                 Ok(sa) => Ok(sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name).collect()),
-                // kubelet probes without credentials then too.
+                // kubelet pulls without credentials then too.
                 Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Vec::new()),
                 Err(kube::Error::Api(status)) if status.is_forbidden() => {
                     if !self.service_accounts_forbidden.swap(true, Ordering::Relaxed) {
@@ -137,9 +162,9 @@ impl PullSecrets {
                             "pullcheck may not read service accounts (RBAC: get serviceaccounts): their pull secrets are not used"
                         );
                     }
-                    Err(format!("service account {namespace}/{name} is forbidden to pullcheck"))
+                    Err(SecretError::ServiceAccountForbidden { namespace: ns, name: n })
                 }
-                Err(e) => Err(format!("service account {namespace}/{name}: {e}")),
+                Err(e) => Err(SecretError::Api { what: "service account", namespace: ns, name: n, source: Arc::new(e) }),
             }
         })
         .await
@@ -147,21 +172,18 @@ impl PullSecrets {
 }
 
 /// `kubernetes.io/dockerconfigjson` or `kubernetes.io/dockercfg`.
-fn parse_secret(namespace: &str, name: &str, secret: &Secret) -> Result<DockerCredentials, String> {
+fn parse_secret(namespace: &str, name: &str, secret: &Secret) -> Result<DockerCredentials, SecretError> {
+    let (namespace, name) = (namespace.to_string(), name.to_string());
     let kind = secret.type_.as_deref().unwrap_or("Opaque");
     let field = match kind {
         "kubernetes.io/dockerconfigjson" => ".dockerconfigjson",
         "kubernetes.io/dockercfg" => ".dockercfg",
-        other => {
-            return Err(format!("secret {namespace}/{name} has type {other}, not a pull secret; probing without it"));
-        }
+        other => return Err(SecretError::NotAPullSecret { namespace, name, kind: other.to_string() }),
     };
-    let data = secret
-        .data
-        .as_ref()
-        .and_then(|d| d.get(field))
-        .ok_or_else(|| format!("pull secret {namespace}/{name} has no {field}; probing without it"))?;
-    DockerCredentials::parse(&data.0).map_err(|e| format!("pull secret {namespace}/{name}: {e}; probing without it"))
+    let Some(data) = secret.data.as_ref().and_then(|d| d.get(field)) else {
+        return Err(SecretError::MissingField { namespace, name, field });
+    };
+    DockerCredentials::parse(&data.0).map_err(|source| SecretError::Malformed { namespace, name, source })
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -7,12 +7,12 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
+use crate::inventory::record::{RecordError, record_from_body};
+use crate::inventory::{WorkloadKind, WorkloadRecord};
 
 /// Larger inputs are refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 64 << 20;
 const MANIFEST_EXTENSIONS: [&str; 3] = ["yaml", "yml", "json"];
-const DEFAULT_NAMESPACE: &str = "default";
 
 /// A file or document that could not be read; `document` is 1-based within its file.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
@@ -171,8 +171,9 @@ fn split_yaml_documents(text: &str) -> Vec<&str> {
 
 fn add_document(value: &Value, file: &str, index: usize, inventory: &mut FileInventory) {
     inventory.documents += 1;
-    let mut error =
-        |e: String| inventory.errors.push(InputError { file: file.into(), document: Some(index), error: e });
+    let mut error = |e: DocumentError| {
+        inventory.errors.push(InputError { file: file.into(), document: Some(index), error: e.to_string() })
+    };
     match value {
         Value::Null => inventory.documents -= 1,
         Value::Object(_) => match extract_object(value, &mut inventory.records) {
@@ -187,26 +188,39 @@ fn add_document(value: &Value, file: &str, index: usize, inventory: &mut FileInv
                 }
             }
         }
-        _ => error("not a Kubernetes object (a mapping with apiVersion and kind)".into()),
+        _ => error(DocumentError::NotAnObject),
     }
 }
 
+/// Why a document held no usable workload.
+#[derive(Debug, thiserror::Error)]
+pub enum DocumentError {
+    #[error("not a Kubernetes object (a mapping with apiVersion and kind)")]
+    NotAnObject,
+    #[error("{kind}: items is not a list")]
+    ItemsNotAList { kind: String },
+    #[error("{}", .0.iter().map(|(i, e)| format!("items[{i}]: {e}")).collect::<Vec<_>>().join("; "))]
+    Items(Vec<(usize, DocumentError)>),
+    #[error(transparent)]
+    Record(#[from] RecordError),
+}
+
 /// Appends the record of a workload object (or of a List's items). `Ok(false)`: not a workload.
-pub fn extract_object(object: &Value, out: &mut Vec<WorkloadRecord>) -> Result<bool, String> {
+pub fn extract_object(object: &Value, out: &mut Vec<WorkloadRecord>) -> Result<bool, DocumentError> {
     let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default();
     if kind.ends_with("List")
         && let Some(items) = object.get("items")
     {
-        let items = items.as_array().ok_or_else(|| format!("{kind}: items is not a list"))?;
+        let items = items.as_array().ok_or_else(|| DocumentError::ItemsNotAList { kind: kind.to_string() })?;
         let mut found = false;
         let mut problems = Vec::new();
         for (i, item) in items.iter().enumerate() {
             match extract_object(item, out) {
                 Ok(f) => found |= f,
-                Err(e) => problems.push(format!("items[{i}]: {e}")),
+                Err(e) => problems.push((i, e)),
             }
         }
-        return if problems.is_empty() { Ok(found) } else { Err(problems.join("; ")) };
+        return if problems.is_empty() { Ok(found) } else { Err(DocumentError::Items(problems)) };
     }
     let Some(workload_kind) = WorkloadKind::from_kind(kind) else {
         return Ok(false);
@@ -220,115 +234,10 @@ pub fn extract_object(object: &Value, out: &mut Vec<WorkloadRecord>) -> Result<b
     Ok(true)
 }
 
-/// The slim record of a workload, from the object's body (the part holding `spec`, or
-/// `template` for PodTemplates). `Ok(None)`: the object is managed by another workload (a
-/// Deployment's ReplicaSet, a CronJob's Job, a controller's Pod) and is reported through it.
-pub fn record_from_body(
-    kind: WorkloadKind,
-    namespace: &str,
-    name: &str,
-    owner_references: Option<&Value>,
-    body: &Value,
-) -> Result<Option<WorkloadRecord>, String> {
-    if name.is_empty() {
-        return Err(format!("{kind} without metadata.name"));
-    }
-    if is_managed(kind, owner_references) {
-        return Ok(None);
-    }
-    let namespace = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
-    let workload = WorkloadRef { kind, namespace: namespace.into(), name: name.into() };
-    let mut spec = Some(body);
-    for key in kind.pod_spec_path() {
-        spec = spec.and_then(|v| v.get(*key));
-    }
-    let spec = spec.ok_or_else(|| format!("{kind} {name}: no pod spec at {}", kind.pod_spec_path().join(".")))?;
-    let workload_spec = body.get("spec");
-    let replicas = match kind {
-        WorkloadKind::Deployment
-        | WorkloadKind::StatefulSet
-        | WorkloadKind::ReplicaSet
-        | WorkloadKind::ReplicationController => {
-            Some(workload_spec.and_then(|s| s.get("replicas")).and_then(Value::as_i64).map_or(1, |r| r as i32))
-        }
-        _ => None,
-    };
-    let suspended = matches!(kind, WorkloadKind::CronJob | WorkloadKind::Job)
-        && workload_spec.and_then(|s| s.get("suspend")).and_then(Value::as_bool).unwrap_or(false);
-    let (containers, pull_secrets, service_account) = extract_pod_spec(&workload, spec)?;
-    Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended }))
-}
-
-/// Managed objects: ReplicaSets and Jobs whose controller is another workload, Pods with any controller.
-fn is_managed(kind: WorkloadKind, owner_references: Option<&Value>) -> bool {
-    let controllers = owner_references
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|o| o.get("controller").and_then(Value::as_bool).unwrap_or(false));
-    let mut owner_kinds = controllers.map(|o| o.get("kind").and_then(Value::as_str).unwrap_or_default());
-    match kind {
-        WorkloadKind::Pod => owner_kinds.next().is_some(),
-        _ => owner_kinds.any(|k| WorkloadKind::from_kind(k).is_some()),
-    }
-}
-
-/// Containers, init containers and ephemeral containers, pull secrets and service account of a pod spec.
-fn extract_pod_spec(workload: &WorkloadRef, spec: &Value) -> Result<(Vec<ContainerSpec>, Vec<String>, String), String> {
-    let context = || format!("{} {}", workload.kind, workload.name);
-    let pull_secrets = match spec.get("imagePullSecrets") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(secrets)) => {
-            secrets.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).map(str::to_string).collect()
-        }
-        Some(_) => return Err(format!("{}: imagePullSecrets is not a list", context())),
-    };
-    let service_account = spec
-        .get("serviceAccountName")
-        .or_else(|| spec.get("serviceAccount"))
-        .and_then(Value::as_str)
-        .filter(|s| !s.is_empty())
-        .unwrap_or("default")
-        .to_string();
-    let mut containers = Vec::new();
-    let mut problems = Vec::new();
-    for (field, role) in [
-        ("initContainers", ContainerRole::Init),
-        ("containers", ContainerRole::Container),
-        ("ephemeralContainers", ContainerRole::Ephemeral),
-    ] {
-        let list = match spec.get(field) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(c)) => c,
-            Some(_) => {
-                problems.push(format!("{field} is not a list"));
-                continue;
-            }
-        };
-        for (i, container) in list.iter().enumerate() {
-            let name = container.get("name").and_then(Value::as_str).unwrap_or_default();
-            match container.get("image").and_then(Value::as_str) {
-                Some(image) => containers.push(ContainerSpec {
-                    name: if name.is_empty() { format!("{field}[{i}]") } else { name.to_string() },
-                    role,
-                    image: image.to_string(),
-                }),
-                None => problems.push(format!("{field}[{i}] ({name}) has no image")),
-            }
-        }
-    }
-    if !problems.is_empty() {
-        return Err(format!("{}: {}", context(), problems.join("; ")));
-    }
-    if containers.is_empty() {
-        return Err(format!("{}: no containers", context()));
-    }
-    Ok((containers, pull_secrets, service_account))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::inventory::ContainerRole;
 
     fn parse(text: &str) -> FileInventory {
         let mut inv = FileInventory::default();

@@ -1,0 +1,168 @@
+//! Records, the credentials their namespaces give them, the registry config and the selection,
+//! resolved to image keys: the one place where `check` and `run` decide what is probed, with
+//! which credential, on behalf of which containers.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use super::selection::ImageFilter;
+use super::{ContainerRef, WorkloadRecord};
+use crate::config::RegistryConfig;
+use crate::credentials::{Credential, WorkloadCredentials};
+use crate::image::{ImageRef, ImageRefError};
+
+/// What one probe answers for: a canonical reference and the credential kubelet would send
+/// for it. Two namespaces with different pull secrets for one image are two keys. Shown as the
+/// reference alone: a key never prints its credential.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageKey {
+    pub image: ImageRef,
+    pub credential: Option<Credential>,
+}
+
+impl ImageKey {
+    /// The registry as named in the reference: the unit of the scheduler's per-registry budgets.
+    pub fn registry(&self) -> &str {
+        self.image.registry()
+    }
+}
+
+impl fmt::Display for ImageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.image.fmt(f)
+    }
+}
+
+/// One container's use of an image: a per-container series, a "used by" line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageUse {
+    pub user: ContainerRef,
+    /// The reference as written in the manifest.
+    pub written: String,
+    /// The key probed for it, or why the reference is `bad_image_format` (never probed).
+    pub key: Result<ImageKey, ImageRefError>,
+}
+
+impl ImageUse {
+    /// The canonical reference, when the written one parses.
+    pub fn canonical(&self) -> Option<&ImageRef> {
+        self.key.as_ref().ok().map(|k| &k.image)
+    }
+}
+
+/// Every container of the records whose image the filter admits, in record order, each with
+/// its key: the credential is the first of the workload's pull secrets (kubelet's order) that
+/// has an entry for the image's registry. `credentials` gives a record's own credentials
+/// (`None`: it brings none, as for manifests on disk).
+pub fn resolve<'a>(
+    records: impl IntoIterator<Item = &'a WorkloadRecord>,
+    credentials: impl Fn(&WorkloadRecord) -> Option<&'a WorkloadCredentials>,
+    config: &RegistryConfig,
+    filter: &ImageFilter,
+) -> Vec<ImageUse> {
+    let mut uses = Vec::new();
+    for record in records {
+        let own = credentials(record);
+        for container in &record.containers {
+            let parsed = config.parse_image(&container.image);
+            let canonical = parsed.as_ref().ok().map(ImageRef::to_string);
+            if !filter.admits(&container.image, canonical.as_deref()) {
+                continue;
+            }
+            let key = parsed.map(|image| {
+                let credential = own.and_then(|c| c.lookup(&image)).cloned();
+                ImageKey { image, credential }
+            });
+            let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
+            uses.push(ImageUse { user, written: container.image.clone(), key });
+        }
+    }
+    uses
+}
+
+/// The keys to probe, each with the uses it answers for, in key order.
+pub fn by_key(uses: &[ImageUse]) -> BTreeMap<&ImageKey, Vec<&ImageUse>> {
+    let mut keys: BTreeMap<&ImageKey, Vec<&ImageUse>> = BTreeMap::new();
+    for image_use in uses {
+        if let Ok(key) = &image_use.key {
+            keys.entry(key).or_default().push(image_use);
+        }
+    }
+    keys
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::credentials::DockerCredentials;
+    use crate::inventory::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRef};
+
+    fn record(namespace: &str, name: &str, images: &[&str]) -> WorkloadRecord {
+        WorkloadRecord {
+            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: namespace.into(), name: name.into() },
+            containers: images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| ContainerSpec {
+                    name: format!("c{i}"),
+                    role: ContainerRole::Container,
+                    image: image.to_string(),
+                })
+                .collect(),
+            pull_secrets: vec![],
+            service_account: "default".into(),
+            replicas: Some(1),
+            suspended: false,
+        }
+    }
+
+    fn secret(registry: &str, user: &str) -> WorkloadCredentials {
+        WorkloadCredentials {
+            secrets: vec![("s".into(), DockerCredentials::single(registry, Credential::basic(user, "pw")))],
+        }
+    }
+
+    #[test]
+    fn one_key_per_image_and_credential_with_every_use() {
+        let records = [
+            record("a", "web", &["nginx", "docker.io/library/nginx:latest", "quay.io/x/y:1"]),
+            record("b", "api", &["nginx:latest", "Bad Image"]),
+        ];
+        let (for_a, for_b) = (secret("quay.io", "alice"), secret("docker.io", "bob"));
+        let uses = resolve(
+            &records,
+            |r| Some(if r.workload.namespace == "a" { &for_a } else { &for_b }),
+            &RegistryConfig::default(),
+            &ImageFilter::default(),
+        );
+        assert_eq!(uses.len(), 5);
+        assert_eq!(uses[4].user.to_string(), "Deployment b/api (c1)");
+        assert!(uses[4].key.is_err(), "an unparsable reference is kept, with its error");
+        let keys = by_key(&uses);
+        let summary: Vec<(String, Option<String>, usize)> = keys
+            .iter()
+            .map(|(k, users)| {
+                let user = k.credential.as_ref().map(|c| format!("{c:?}"));
+                (k.to_string(), user, users.len())
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                ("docker.io/library/nginx:latest".to_string(), None, 2),
+                ("docker.io/library/nginx:latest".to_string(), Some("Basic(bob, password redacted)".to_string()), 1),
+                ("quay.io/x/y:1".to_string(), Some("Basic(alice, password redacted)".to_string()), 1),
+            ],
+            "namespace a's secret is for quay.io only; b's Docker Hub secret makes its nginx its own key"
+        );
+    }
+
+    #[test]
+    fn the_filter_sees_written_and_canonical_forms() {
+        let records = [record("a", "web", &["nginx", "quay.io/x/y:1"])];
+        let filter = ImageFilter::new(vec![regex::Regex::new("^docker\\.io/").expect("valid")], vec![]);
+        let uses = resolve(&records, |_| None, &RegistryConfig::default(), &filter);
+        let written: Vec<&str> = uses.iter().map(|u| u.written.as_str()).collect();
+        assert_eq!(written, ["quay.io/x/y:1"]);
+    }
+}

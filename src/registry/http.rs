@@ -1,0 +1,148 @@
+//! One registry request: within the host's budget, in its own CLIENT span (semantic
+//! conventions' HTTP client attributes), with its body read up to a bound. Every request of a
+//! probe — HEAD, GET, token fetch — goes through [`Exchange::send`].
+
+use std::time::{Duration, SystemTime};
+
+use reqwest::header::{ACCEPT, AUTHORIZATION, CONTENT_LENGTH, HeaderMap, RETRY_AFTER, WWW_AUTHENTICATE};
+use reqwest::{Method, StatusCode, Url};
+use tracing::{Instrument, field};
+
+use super::auth::parse_challenge;
+use super::client::{Host, RegistryClient};
+use super::limits::parse_retry_after;
+use super::manifest::MANIFEST_ACCEPT;
+use super::outcome::{Attempt, State};
+use crate::platform::Platform;
+
+/// Tokens and error documents are small; anything bigger is not what we asked for.
+pub(crate) const MAX_SMALL_BODY: usize = 256 << 10;
+
+/// The requests of one probe, counted for its result.
+pub(crate) struct Exchange<'a> {
+    pub client: &'a RegistryClient,
+    pub requests: u32,
+    /// Platforms an index must cover; none: any manifest will do, and HEAD is enough.
+    pub platforms: &'a [Platform],
+}
+
+/// A response's status and headers; the body is returned beside it.
+pub(crate) struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<String> {
+        header(&self.headers, name)
+    }
+
+    /// The registry's `WWW-Authenticate` says the token lacks the pull scope.
+    pub fn insufficient_scope(&self) -> bool {
+        self.header(WWW_AUTHENTICATE.as_str()).and_then(|h| parse_challenge(&h)).is_some_and(|c| c.insufficient_scope())
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.header(RETRY_AFTER.as_str()).and_then(|v| parse_retry_after(&v, SystemTime::now()))
+    }
+}
+
+impl Exchange<'_> {
+    /// Sends one request and reads at most `limit` bytes of its body (`0`: none; error bodies
+    /// at most [`MAX_SMALL_BODY`]). A transport failure or an oversized body is the attempt's
+    /// answer, ready to return.
+    pub async fn send(
+        &mut self,
+        host: &Host,
+        method: Method,
+        url: Url,
+        authorization: Option<&str>,
+        limit: usize,
+    ) -> Result<(Response, Vec<u8>), Attempt> {
+        let (address, port) = host.address();
+        let span = tracing::info_span!(
+            "http",
+            otel.name = %method,
+            otel.kind = "client",
+            http.request.method = %method,
+            url.full = %url,
+            server.address = address,
+            server.port = port,
+            http.response.status_code = field::Empty,
+            error.type = field::Empty,
+        );
+        let _permit = host.limits.acquire().instrument(span.clone()).await;
+        self.requests += 1;
+        self.client.count_request();
+        let mut request = host.http.request(method.clone(), url).header(ACCEPT, MANIFEST_ACCEPT);
+        if let Some(auth) = authorization {
+            request = request.header(AUTHORIZATION, auth);
+        }
+        let result = async {
+            let sent = request.send().await;
+            self.client.observe_request(&host.name, sent.as_ref().ok().map(|r| r.status().as_u16()));
+            let mut response = sent.map_err(|e| transport_error(&host.name, &e))?;
+            let status = response.status();
+            tracing::Span::current().record("http.response.status_code", i64::from(status.as_u16()));
+            let headers = response.headers().clone();
+            let mut body = Vec::new();
+            let read_limit = if status.is_success() { limit } else { limit.min(MAX_SMALL_BODY) };
+            if method != Method::HEAD && read_limit > 0 {
+                let declared = header(&headers, CONTENT_LENGTH.as_str()).and_then(|l| l.parse::<usize>().ok());
+                if declared.is_some_and(|l| l > read_limit) {
+                    return Err(too_large(&host.name, read_limit));
+                }
+                while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&host.name, &e))? {
+                    if body.len() + chunk.len() > read_limit {
+                        return Err(too_large(&host.name, read_limit));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+            }
+            Ok((Response { status, headers }, body))
+        }
+        .instrument(span.clone())
+        .await;
+        match &result {
+            Err(attempt) => span.record("error.type", attempt.state.as_str()),
+            Ok((response, _)) if response.status.as_u16() >= 400 => span.record("error.type", response.status.as_str()),
+            Ok(_) => &span,
+        };
+        result
+    }
+}
+
+pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+}
+
+fn too_large(host: &str, limit: usize) -> Attempt {
+    Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"))
+}
+
+/// Connect, DNS, TLS and timeouts: the registry cannot be reached. The cause chain is kept
+/// (it says which), but reqwest's errors name only the URL, which carries no credential.
+fn transport_error(host: &str, error: &reqwest::Error) -> Attempt {
+    let mut cause = String::new();
+    let mut source: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = source {
+        if !cause.is_empty() {
+            cause.push_str(": ");
+        }
+        cause.push_str(&e.to_string());
+        source = e.source();
+    }
+    let kind = if error.is_timeout() {
+        "timed out"
+    } else if cause.contains("dns error") {
+        "DNS lookup failed"
+    } else if error.is_connect() {
+        "connection failed"
+    } else if error.is_redirect() {
+        "too many redirects"
+    } else {
+        "request failed"
+    };
+    let state = if error.is_redirect() { State::UnknownError } else { State::RegistryUnavailable };
+    Attempt::failed(state, format!("{host}: {kind}: {cause}"))
+}

@@ -1,0 +1,118 @@
+//! Resolving a reference on one host as containerd's resolver does: HEAD the manifest (GET when
+//! the platforms must be read, HEAD is refused, or no digest came), authenticating as the
+//! registry's challenge asks and remembering the scheme, so the steady state is one request.
+
+use reqwest::header::WWW_AUTHENTICATE;
+use reqwest::{Method, StatusCode, Url};
+
+use super::auth::{Challenge, parse_challenge};
+use super::client::{Host, KnownScheme};
+use super::http::Exchange;
+use super::manifest::{get_answer, head_answer, needs_get};
+use super::outcome::{Attempt, State};
+use crate::credentials::Credential;
+use crate::image::ImageRef;
+
+impl Exchange<'_> {
+    /// One host's answer for `image`. `mirror_of` names the upstream registry when the host is
+    /// one of its mirrors.
+    pub(crate) async fn resolve(
+        &mut self,
+        host: &Host,
+        image: &ImageRef,
+        credential: Option<&Credential>,
+        mirror_of: Option<&str>,
+    ) -> Attempt {
+        let url = match manifest_url(host, image, mirror_of) {
+            Ok(url) => url,
+            Err(attempt) => return attempt,
+        };
+        let repository = image.repository();
+        let mut authorization = match self.authorization(host, repository, credential).await {
+            Ok(a) => a,
+            Err(attempt) => return attempt,
+        };
+        // With platforms to check, the body is needed: GET at once rather than HEAD then GET.
+        let method = if self.platforms.is_empty() { Method::HEAD } else { Method::GET };
+        let limit = if method == Method::GET { self.client.settings().max_body_bytes } else { 0 };
+        let (mut response, mut body) =
+            match self.send(host, method.clone(), url.clone(), authorization.as_deref(), limit).await {
+                Ok(r) => r,
+                Err(a) => return a,
+            };
+        if response.status == StatusCode::UNAUTHORIZED {
+            let challenge = response.header(WWW_AUTHENTICATE.as_str()).and_then(|h| parse_challenge(&h));
+            let retry_with = match challenge {
+                Some(Challenge::Bearer { realm, service, .. }) => {
+                    self.client.tokens().remove(&host.name, repository, credential);
+                    host.remember_scheme(KnownScheme::Bearer { realm: realm.clone(), service: service.clone() });
+                    match self.fetch_token(host, &realm, service.as_deref(), repository, credential).await {
+                        Ok(token) => Some(format!("Bearer {token}")),
+                        Err(attempt) => return attempt,
+                    }
+                }
+                Some(Challenge::Basic) => {
+                    host.remember_scheme(KnownScheme::Basic);
+                    credential.and_then(Credential::basic_header).filter(|h| Some(h) != authorization.as_ref())
+                }
+                None => None,
+            };
+            if let Some(auth) = retry_with {
+                authorization = Some(auth);
+                (response, body) =
+                    match self.send(host, method.clone(), url.clone(), authorization.as_deref(), limit).await {
+                        Ok(r) => r,
+                        Err(a) => return a,
+                    };
+            }
+        }
+        if method == Method::GET {
+            return get_answer(&host.name, image, &response, &body, self.platforms);
+        }
+        if needs_get(image, &response) {
+            let limit = self.client.settings().max_body_bytes;
+            return match self.send(host, Method::GET, url, authorization.as_deref(), limit).await {
+                Ok((response, body)) => get_answer(&host.name, image, &response, &body, self.platforms),
+                Err(attempt) => attempt,
+            };
+        }
+        head_answer(&host.name, image, &response)
+    }
+
+    /// What to send up front: a cached token, a token fetched because the host is known to
+    /// want one, or Basic for a host known to take it.
+    async fn authorization(
+        &mut self,
+        host: &Host,
+        repository: &str,
+        credential: Option<&Credential>,
+    ) -> Result<Option<String>, Attempt> {
+        if let Some(Credential::Bearer(token)) = credential {
+            return Ok(Some(format!("Bearer {token}")));
+        }
+        if let Some(token) = self.client.tokens().get(&host.name, repository, credential) {
+            return Ok(Some(format!("Bearer {token}")));
+        }
+        match host.known_scheme() {
+            Some(KnownScheme::Bearer { realm, service }) => {
+                let token = self.fetch_token(host, &realm, service.as_deref(), repository, credential).await?;
+                Ok(Some(format!("Bearer {token}")))
+            }
+            Some(KnownScheme::Basic) => Ok(credential.and_then(Credential::basic_header)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// `<scheme>://<host>/v2/<repository>/manifests/<tag or digest>`; on a mirror, containerd's
+/// `?ns=<upstream>` so one mirror can serve several registries.
+fn manifest_url(host: &Host, image: &ImageRef, mirror_of: Option<&str>) -> Result<Url, Attempt> {
+    let scheme = if host.plain_http { "http" } else { "https" };
+    let mut url =
+        format!("{scheme}://{}/v2/{}/manifests/{}", host.name, image.repository(), image.manifest_reference());
+    if let Some(upstream) = mirror_of {
+        url.push_str("?ns=");
+        url.push_str(upstream);
+    }
+    Url::parse(&url).map_err(|e| Attempt::failed(State::UnknownError, format!("bad URL {url}: {e}")))
+}

@@ -1,0 +1,106 @@
+//! The answer of `check`: one entry per image as written (and credential), with the containers
+//! using it, as a table for people or JSON for scripts (docs/check.md), and the exit code.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::error::Warning;
+use crate::inventory::ContainerRef;
+use crate::registry::State;
+use crate::sources::manifests::InputError;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ImageReport {
+    /// The reference as written.
+    pub image: String,
+    pub canonical: Option<String>,
+    pub state: State,
+    pub digest: Option<String>,
+    pub registry: Option<String>,
+    pub duration_ms: u64,
+    pub error: Option<String>,
+    pub workloads: Vec<ContainerRef>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub images: Vec<ImageReport>,
+    pub summary: BTreeMap<State, usize>,
+    /// Inputs that could not be read; present only when there are some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub input_errors: Vec<InputError>,
+    /// What limits the answer without stopping it: kinds RBAC hides, pull secrets missing.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<Warning>,
+}
+
+impl Report {
+    /// Problems first, then by image; the summary counted from the entries.
+    pub fn new(mut images: Vec<ImageReport>) -> Self {
+        images.sort_by(|a, b| a.state.cmp(&b.state).then_with(|| a.image.cmp(&b.image)));
+        let mut summary = BTreeMap::new();
+        for image in &images {
+            *summary.entry(image.state).or_insert(0) += 1;
+        }
+        Report { images, summary, ..Report::default() }
+    }
+
+    /// 0 every image available, 1 some image not, 2 some input could not be read.
+    pub fn exit_code(&self) -> u8 {
+        if !self.input_errors.is_empty() {
+            2
+        } else if self.images.iter().any(|i| i.state != State::Available) {
+            1
+        } else {
+            0
+        }
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    }
+
+    /// Problems first; one line per image, with where it is used and why it failed.
+    pub fn to_table(&self) -> String {
+        let rows: Vec<[String; 4]> = self
+            .images
+            .iter()
+            .map(|i| {
+                let first = i.workloads.first().map_or_else(String::new, ContainerRef::to_string);
+                let more =
+                    if i.workloads.len() > 1 { format!(" +{} more", i.workloads.len() - 1) } else { String::new() };
+                let detail = match (&i.error, &i.digest) {
+                    (Some(e), _) => e.clone(),
+                    (None, Some(d)) => d.clone(),
+                    (None, None) => String::new(),
+                };
+                [i.state.to_string(), i.canonical.clone().unwrap_or_else(|| i.image.clone()), first + &more, detail]
+            })
+            .collect();
+        let header = ["STATE", "IMAGE", "USED BY", "DETAIL"].map(String::from);
+        let mut widths = [0usize; 3];
+        for row in std::iter::once(&header).chain(&rows) {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for row in std::iter::once(&header).chain(&rows) {
+            for (cell, w) in row.iter().zip(widths) {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+            out.push_str(&row[3]);
+            out.push('\n');
+        }
+        let counts: Vec<String> = self.summary.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        out.push_str(&format!("\n{} images: {}\n", self.images.len(), counts.join(", ")));
+        for e in &self.input_errors {
+            out.push_str(&format!("input error: {e}\n"));
+        }
+        for w in &self.warnings {
+            out.push_str(&format!("warning: {w}\n"));
+        }
+        out
+    }
+}

@@ -1,0 +1,79 @@
+//! Attributes of the series, spans and logs, named as the OpenTelemetry semantic conventions
+//! name them (docs/telemetry.md).
+
+use opentelemetry::{Array, KeyValue, StringValue, Value};
+
+use crate::image::{ImageRef, host_and_port};
+use crate::inventory::WorkloadKind;
+use crate::inventory::keys::ImageUse;
+
+/// `k8s.<kind>.name`, as the semantic conventions name each workload kind.
+pub fn workload_name_attribute(kind: WorkloadKind) -> &'static str {
+    match kind {
+        WorkloadKind::Deployment => "k8s.deployment.name",
+        WorkloadKind::StatefulSet => "k8s.statefulset.name",
+        WorkloadKind::DaemonSet => "k8s.daemonset.name",
+        WorkloadKind::ReplicaSet => "k8s.replicaset.name",
+        WorkloadKind::ReplicationController => "k8s.replicationcontroller.name",
+        WorkloadKind::Job => "k8s.job.name",
+        WorkloadKind::CronJob => "k8s.cronjob.name",
+        WorkloadKind::Pod => "k8s.pod.name",
+        WorkloadKind::PodTemplate => "k8s.podtemplate.name",
+    }
+}
+
+/// `server.address` (the host alone) and `server.port` (when the name carries one) of a
+/// registry name.
+pub fn server_attributes(registry: &str) -> Vec<KeyValue> {
+    let (address, port) = host_and_port(registry);
+    let mut attributes = vec![KeyValue::new("server.address", address.to_string())];
+    if let Some(port) = port {
+        attributes.push(KeyValue::new("server.port", i64::from(port)));
+    }
+    attributes
+}
+
+/// `container.image.name`, `container.image.tags`, `server.address`, `server.port` of a reference.
+pub fn image_attributes(image: &ImageRef) -> Vec<KeyValue> {
+    let mut attributes = vec![KeyValue::new("container.image.name", image.name())];
+    attributes.extend(server_attributes(image.registry()));
+    if let Some(tag) = image.tag() {
+        let tags = Array::String(vec![StringValue::from(tag.to_string())]);
+        attributes.push(KeyValue::new("container.image.tags", Value::Array(tags)));
+    }
+    attributes
+}
+
+/// The attributes of one container's series: its workload, container and image (the reference
+/// as written when it does not parse).
+pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
+    let w = &image_use.user.workload;
+    let mut attributes = vec![
+        KeyValue::new("k8s.namespace.name", w.namespace.clone()),
+        KeyValue::new(workload_name_attribute(w.kind), w.name.clone()),
+        KeyValue::new("pullcheck.workload.kind", w.kind.as_str()),
+        KeyValue::new("k8s.container.name", image_use.user.container.clone()),
+    ];
+    match image_use.canonical() {
+        Some(image) => attributes.extend(image_attributes(image)),
+        None => attributes.push(KeyValue::new("container.image.name", image_use.written.clone())),
+    }
+    attributes
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_and_port_are_separate_attributes() {
+        let image = ImageRef::parse("127.0.0.1:5443/team/app:v1").expect("valid");
+        let attributes = image_attributes(&image);
+        let get = |key: &str| attributes.iter().find(|kv| kv.key.as_str() == key).map(|kv| kv.value.clone());
+        assert_eq!(get("server.address"), Some(Value::from("127.0.0.1")));
+        assert_eq!(get("server.port"), Some(Value::I64(5443)));
+        assert_eq!(get("container.image.name"), Some(Value::from("127.0.0.1:5443/team/app")));
+        let hub = image_attributes(&ImageRef::parse("nginx").expect("valid"));
+        assert!(hub.iter().all(|kv| kv.key.as_str() != "server.port"), "no port named, none exported");
+    }
+}
