@@ -47,8 +47,6 @@ pub enum WarningKind {
     SecretNotFound,
     /// A pull secret that is not a readable docker config.
     InvalidSecret,
-    /// The nodes' platforms are not known: indexes are not checked for them.
-    PlatformsUnknown,
 }
 
 impl Warning {

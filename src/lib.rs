@@ -5,6 +5,10 @@
 //! Under them, the vocabulary every layer shares: [`image`] references, [`platform`]s,
 //! [`credentials`] and the registry [`config`].
 
+#![forbid(unsafe_code)]
+// Nothing from outside may panic the process: errors are values. Tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod check;
 pub mod config;
 pub mod controller;

@@ -1,6 +1,10 @@
 //! The `pullcheck` command line: flags parsed to typed values, converted once to the library's
 //! settings, exit codes mapped. Everything else is in the library.
 
+#![forbid(unsafe_code)]
+// Nothing from outside may panic the process: errors are values. Tests may unwrap.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! The probe engine against real registries: every state of DESIGN.md's table but
+//! The probe engine against real registries: every state of docs/states.md's table but
 //! `platform_missing`, produced by Debian's docker-registry or the fault proxy in front of it.
 
 mod support;
