@@ -402,3 +402,60 @@ async fn shutdown_signal() {
         () = terminate => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("pullcheck").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn an_explicit_log_level_is_honoured() {
+        let cli = parse(&["run", "--log", "warn"]).expect("valid");
+        assert_eq!(log_filter(cli.log.as_deref(), "info").to_string(), "warn");
+        let cli = parse(&["run"]).expect("valid");
+        assert_eq!(log_filter(cli.log.as_deref(), "info").to_string(), "info", "run's default");
+        assert!(parse(&["check", "-f", "x", "--log", "pullcheck=loud"]).is_err(), "a bad filter is an error");
+    }
+
+    #[test]
+    fn flags_parse_to_types() {
+        let cli = parse(&[
+            "run",
+            "--platform",
+            "linux/amd64,linux/arm64/v8",
+            "--ignore-images",
+            "^docker\\.io/",
+            "--include-disabled",
+            "cronjob,all",
+            "--namespace-selector",
+            "team in (a,b)",
+            "--health-addr",
+            "off",
+        ])
+        .expect("valid");
+        let Command::Run(run) = cli.command else { panic!("run") };
+        assert_eq!(run.selection.platforms().map(|p| p.len()), Some(2));
+        assert!(run.health_addr.0.is_none());
+        assert!(!run.selection.selection().images.admits("docker.io/library/nginx", None));
+        for bad in [
+            ["run", "--platform", "linux"],
+            ["run", "--ignore-images", "("],
+            ["run", "--include-disabled", "Service"],
+            ["run", "--health-addr", "localhost"],
+            ["run", "--namespace-selector", "a in"],
+        ] {
+            assert!(parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn run_and_check_agree_on_namespaces() {
+        let Command::Run(run) = parse(&["run", "-A"]).expect("valid").command else { panic!("run") };
+        assert!(run.all_namespaces && run.namespaces.is_empty());
+        assert!(parse(&["run", "-A", "-n", "a"]).is_err(), "-A and -n conflict in run as in check");
+        assert!(parse(&["check", "-A", "-n", "a"]).is_err());
+    }
+}

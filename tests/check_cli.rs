@@ -196,3 +196,17 @@ fn usage_and_config_errors_exit_2() {
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/manifests"));
 }
+
+#[test]
+fn log_lines_on_a_pipe_carry_no_colour_codes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let manifest = write(
+        dir.path(),
+        "m.yaml",
+        "kind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: c, image: \"127.0.0.1:9/nothing:1\"}]}\n",
+    );
+    let out = pullcheck(&["check", "-f", &manifest, "--log", "debug", "--retries", "0"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("DEBUG"), "debug lines were asked for: {stderr}");
+    assert!(!stderr.contains('\u{1b}'), "stderr is a pipe: no ANSI codes: {stderr}");
+}
