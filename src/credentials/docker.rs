@@ -119,7 +119,7 @@ fn normalise_pattern(pattern: &str) -> String {
 
 /// kubelet's `URLsMatch`: same number of host labels each matching as a glob, equal ports,
 /// and the pattern's path a prefix of the image's path.
-fn pattern_matches(pattern: &str, target: &str) -> bool {
+pub(crate) fn pattern_matches(pattern: &str, target: &str) -> bool {
     let split = |s: &str| -> (String, String) {
         let (host, path) = s.split_once('/').map_or((s, ""), |(h, p)| (h, p));
         (host.to_string(), path.to_string())
