@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::credentials::{Credential, WorkloadCredentials};
+use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials};
 use crate::error::Result;
 use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
 use crate::inventory::selection::Selection;
@@ -85,12 +85,14 @@ async fn probe_uses(
     platforms: &[Platform],
     settings: &CheckSettings,
 ) -> Report {
-    let keys: Vec<ImageKey> = by_key(&uses).into_keys().cloned().collect();
+    // Each key probed once, its credentials named as its first use knows them.
+    let keys: Vec<(ImageKey, Vec<SourcedCredential>)> =
+        by_key(&uses).into_iter().map(|(key, users)| (key.clone(), users[0].chain())).collect();
     let results = probe_keys(keys, client, platforms, settings).await;
-    let mut entries: BTreeMap<(&str, Option<&Credential>), Vec<&ImageUse>> = BTreeMap::new();
+    let mut entries: BTreeMap<(&str, &[Credential]), Vec<&ImageUse>> = BTreeMap::new();
     for image_use in &uses {
-        let credential = image_use.key.as_ref().ok().and_then(|k| k.credential.as_ref());
-        entries.entry((image_use.written.as_str(), credential)).or_default().push(image_use);
+        let credentials = image_use.key.as_ref().map_or(&[][..], |k| k.credentials.as_slice());
+        entries.entry((image_use.written.as_str(), credentials)).or_default().push(image_use);
     }
     let images = entries
         .into_iter()
@@ -108,6 +110,7 @@ async fn probe_uses(
                     registry: None,
                     duration_ms: 0,
                     error: Some(e.to_string()),
+                    credential: None,
                     workloads,
                 },
                 Ok(key) => {
@@ -119,6 +122,10 @@ async fn probe_uses(
                         registry: Some(result.map_or_else(|| key.registry().to_string(), |r| r.registry.clone())),
                         duration_ms: result.map_or(0, |r| u64::try_from(r.duration.as_millis()).unwrap_or(u64::MAX)),
                         error: result.and_then(|r| r.error.clone()),
+                        // Named as this entry's workloads name it: their own secrets.
+                        credential: result
+                            .and_then(|r| r.credential_index.and_then(|i| users[0].source(i)).or(r.credential.as_ref()))
+                            .map(ToString::to_string),
                         image,
                         workloads,
                     }
@@ -130,7 +137,7 @@ async fn probe_uses(
 }
 
 async fn probe_keys(
-    keys: Vec<ImageKey>,
+    keys: Vec<(ImageKey, Vec<SourcedCredential>)>,
     client: &RegistryClient,
     platforms: &[Platform],
     settings: &CheckSettings,
@@ -138,8 +145,8 @@ async fn probe_keys(
     let total = keys.len();
     let mut results = HashMap::with_capacity(total);
     let mut probes = futures_util::stream::iter(keys)
-        .map(|key| async move {
-            let result = client.probe_for(&key.image, key.credential.as_ref(), platforms, 0).await;
+        .map(|(key, chain)| async move {
+            let result = client.probe_for(&key.image, &chain, platforms, 0).await;
             (key, result)
         })
         .buffer_unordered(settings.concurrency.max(1));

@@ -11,6 +11,7 @@ use opentelemetry::KeyValue;
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
+use crate::credentials::SourcedCredential;
 use crate::health::serve_health;
 use crate::inventory::keys::{ImageKey, by_key, resolve};
 use crate::inventory::selection::Selection;
@@ -46,6 +47,8 @@ struct KeyUsers {
     workloads: Vec<String>,
     /// Image attributes shared by its series and its state-change logs.
     attributes: Vec<KeyValue>,
+    /// The key's credentials, named as its first user knows them.
+    chain: Vec<SourcedCredential>,
 }
 
 /// The inventory turned into keys and series.
@@ -83,7 +86,8 @@ async fn track(
         .map(|(key, users)| {
             let mut workloads: Vec<String> = users.iter().map(|u| u.user.to_string()).collect();
             workloads.sort();
-            (key.clone(), KeyUsers { workloads, attributes: image_attributes(&key.image) })
+            let chain = users.first().map(|u| u.chain()).unwrap_or_default();
+            (key.clone(), KeyUsers { workloads, attributes: image_attributes(&key.image), chain })
         })
         .collect();
     let series = uses.iter().map(|u| (use_attributes(u), u.key.as_ref().ok().cloned())).collect();
@@ -271,11 +275,12 @@ fn start_probes(
     platforms: &Arc<Vec<Platform>>,
 ) {
     for key in keys {
-        let workloads = tracked.keys.get(&key).map_or(0, |u| u.workloads.len());
+        let (workloads, chain) =
+            tracked.keys.get(&key).map_or((0, Vec::new()), |u| (u.workloads.len(), u.chain.clone()));
         let client = registry.clone();
         let platforms = platforms.clone();
         probes.spawn(async move {
-            let result = client.probe_for(&key.image, key.credential.as_ref(), &platforms, workloads).await;
+            let result = client.probe_for(&key.image, &chain, &platforms, workloads).await;
             (key, result)
         });
     }

@@ -20,6 +20,10 @@ pub struct ImageReport {
     pub registry: Option<String>,
     pub duration_ms: u64,
     pub error: Option<String>,
+    /// Whose answer this is: `pull secret regcred`, `registry config`, `credential provider
+    /// ecr-credential-provider`; absent when anonymous.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credential: Option<String>,
     pub workloads: Vec<ContainerRef>,
 }
 

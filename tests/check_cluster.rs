@@ -266,3 +266,31 @@ async fn indexes_are_checked_for_the_platforms_of_the_nodes() {
     assert_eq!(state(&report(&out)), "available", "no node list, no platform check");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot list nodes: forbidden by RBAC"));
 }
+
+#[tokio::test]
+async fn two_secrets_for_one_registry_work_in_either_order() {
+    let env = Env::start().await;
+    env.pusher.image("private/app", "v1", "amd64").await;
+    let api = ApiServer::start().await;
+    let registry = env.basic.addr.clone();
+    let private = format!("{registry}/private/app:v1");
+    for ns in ["old-first", "current-first"] {
+        api.apply(json!({"kind": "Namespace", "metadata": {"name": ns}}));
+        api.apply(pull_secret(ns, "old", &registry, support::USER, "rotated-out"));
+        api.apply(pull_secret(ns, "current", &registry, support::USER, support::PASSWORD));
+    }
+    api.apply(with_pull_secrets(workload("Deployment", "old-first", "web", &private), &["old", "current"]));
+    api.apply(with_pull_secrets(workload("Deployment", "current-first", "web", &private), &["current", "old"]));
+    let kubeconfig = api.kubeconfig(env.dir.path()).display().to_string();
+    let config = env.registry_config("", "").display().to_string();
+    let out =
+        pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--registry-config", &config]).await;
+    assert_eq!(out.status.code(), Some(0), "kubelet pulls with either order: {}", String::from_utf8_lossy(&out.stdout));
+    let r = report(&out);
+    let images = r["images"].as_array().expect("images");
+    assert_eq!(images.len(), 2, "two chains, two entries: {r}");
+    for image in images {
+        assert_eq!(image["state"], "available", "{image}");
+        assert_eq!(image["credential"], "pull secret current", "{image}");
+    }
+}

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pullcheck::config::RegistryConfig;
-use pullcheck::credentials::Credential;
+use pullcheck::credentials::{Credential, CredentialSource, SourcedCredential};
 use pullcheck::image::ImageRef;
 use pullcheck::platform::Platform;
 use pullcheck::registry::{ClientSettings, ProbeResult, RegistryClient, State};
@@ -320,18 +320,18 @@ async fn an_index_must_cover_the_platforms_the_nodes_need() {
     let platforms = |list: &[&str]| list.iter().map(|p| p.parse::<Platform>().expect("platform")).collect::<Vec<_>>();
     let multi = image(&format!("{}/multi/app:v1", env.anon.addr));
 
-    let both = client.probe_for(&multi, None, &platforms(&["linux/amd64", "linux/arm64/v8"]), 1).await;
+    let both = client.probe_for(&multi, &[], &platforms(&["linux/amd64", "linux/arm64/v8"]), 1).await;
     assert_eq!((both.state, both.digest.as_deref()), (State::Available, Some(index.as_str())), "{both:?}");
     assert_eq!(both.http_requests, 1, "one GET reads the index");
 
-    let s390x = client.probe_for(&multi, None, &platforms(&["linux/amd64", "linux/s390x"]), 1).await;
+    let s390x = client.probe_for(&multi, &[], &platforms(&["linux/amd64", "linux/s390x"]), 1).await;
     assert_eq!(s390x.state, State::PlatformMissing, "{s390x:?}");
     let error = s390x.error.unwrap_or_default();
     assert!(error.contains("lacks linux/s390x") && error.contains("has linux/amd64, linux/arm64"), "{error}");
 
     // A single manifest is pulled on any node (its architecture only matters when it runs).
     let one = client
-        .probe_for(&image(&format!("{}/single/app:v1", env.anon.addr)), None, &platforms(&["linux/s390x"]), 1)
+        .probe_for(&image(&format!("{}/single/app:v1", env.anon.addr)), &[], &platforms(&["linux/s390x"]), 1)
         .await;
     assert_eq!((one.state, one.digest.as_deref()), (State::Available, Some(single.as_str())), "{one:?}");
 
@@ -339,17 +339,16 @@ async fn an_index_must_cover_the_platforms_the_nodes_need() {
     env.pusher.index("private/multi", "v1", &["amd64"]).await;
     let config = env.registry_config("", "");
     let token_client = client_with(Some(&config), fast());
-    let alice = Credential::basic(USER, PASSWORD);
+    let alice = [pull_secret("alice", Credential::basic(USER, PASSWORD))];
     let private = image(&format!("{}/private/multi:v1", env.token.addr));
-    let r = token_client.probe_for(&private, Some(&alice), &platforms(&["linux/arm64"]), 1).await;
+    let r = token_client.probe_for(&private, &alice, &platforms(&["linux/arm64"]), 1).await;
     assert_eq!(r.state, State::PlatformMissing, "{r:?}");
     let gone = token_client
-        .probe_for(
-            &image(&format!("{}/private/none:v1", env.token.addr)),
-            Some(&alice),
-            &platforms(&["linux/arm64"]),
-            1,
-        )
+        .probe_for(&image(&format!("{}/private/none:v1", env.token.addr)), &alice, &platforms(&["linux/arm64"]), 1)
         .await;
     assert_eq!(gone.state, State::Absent, "{gone:?}");
+}
+
+fn pull_secret(name: &str, credential: Credential) -> SourcedCredential {
+    SourcedCredential { source: CredentialSource::PullSecret(name.into()), credential }
 }

@@ -40,7 +40,8 @@ struct ConfigJson {
 /// Credentials keyed by the registry patterns they were written for.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct DockerCredentials {
-    /// Longest pattern first: the most specific match wins, as in kubelet's keyring.
+    /// In kubelet's keyring order: patterns sorted in reverse (so `r.example/team` comes before
+    /// `r.example`: the more specific match is tried first).
     entries: Vec<(String, Credential)>,
 }
 
@@ -62,7 +63,7 @@ impl DockerCredentials {
             }
             parsed.push((normalise_pattern(&pattern), entry_credential(&pattern, entry)?));
         }
-        parsed.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        parsed.sort_by(|a, b| b.0.cmp(&a.0));
         Ok(Self { entries: parsed })
     }
 
@@ -76,8 +77,13 @@ impl DockerCredentials {
 
     /// The credential kubelet would send first for this image.
     pub fn lookup(&self, image: &ImageRef) -> Option<&Credential> {
+        self.matching(image).next().map(|(_, c)| c)
+    }
+
+    /// Every entry for this image, with its pattern, in kubelet's order.
+    pub fn matching<'a>(&'a self, image: &ImageRef) -> impl Iterator<Item = (&'a str, &'a Credential)> + 'a {
         let target = format!("{}/{}", image.registry(), image.repository());
-        self.entries.iter().find(|(pattern, _)| pattern_matches(pattern, &target)).map(|(_, c)| c)
+        self.entries.iter().filter(move |(pattern, _)| pattern_matches(pattern, &target)).map(|(p, c)| (p.as_str(), c))
     }
 }
 

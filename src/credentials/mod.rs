@@ -47,6 +47,35 @@ impl fmt::Debug for Credential {
     }
 }
 
+/// Where a credential comes from: named in traces, logs and reports — never its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CredentialSource {
+    /// A pull secret of the workload's namespace (its pod spec's, or its service account's).
+    PullSecret(String),
+    /// `--registry-config`: a host's `auth` or `dockerConfig`, or the top-level `dockerConfig`
+    /// (the node's own docker config, as kubelet reads it).
+    RegistryConfig,
+    /// A kubelet credential-provider plugin, by name.
+    Provider(String),
+}
+
+impl fmt::Display for CredentialSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CredentialSource::PullSecret(name) => write!(f, "pull secret {name}"),
+            CredentialSource::RegistryConfig => f.write_str("registry config"),
+            CredentialSource::Provider(name) => write!(f, "credential provider {name}"),
+        }
+    }
+}
+
+/// A credential with where it came from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SourcedCredential {
+    pub source: CredentialSource,
+    pub credential: Credential,
+}
+
 /// The pull secrets one workload brings, in kubelet's order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadCredentials {
@@ -55,15 +84,73 @@ pub struct WorkloadCredentials {
 }
 
 impl WorkloadCredentials {
-    /// The first secret with an entry for the image's registry, as kubelet tries them.
+    /// The first credential kubelet would send for the image.
     pub fn lookup(&self, image: &ImageRef) -> Option<&Credential> {
-        self.secrets.iter().find_map(|(_, creds)| creds.lookup(image))
+        self.matching(image).into_iter().next().map(|(_, c)| c)
+    }
+
+    /// Every credential of the workload's pull secrets for the image, in the order kubelet
+    /// tries them: its keyring sorts the entries of all secrets by pattern, in reverse (the more
+    /// specific first), keeping the secrets' order among equal patterns. The same credential
+    /// twice is tried once.
+    pub fn matching(&self, image: &ImageRef) -> Vec<(&str, &Credential)> {
+        let mut found: Vec<(&str, usize, &str, &Credential)> = Vec::new();
+        for (index, (name, creds)) in self.secrets.iter().enumerate() {
+            found.extend(creds.matching(image).map(|(pattern, c)| (pattern, index, name.as_str(), c)));
+        }
+        found.sort_by(|a, b| b.0.cmp(a.0).then(a.1.cmp(&b.1)));
+        let mut out: Vec<(&str, &Credential)> = Vec::new();
+        for (_, _, name, credential) in found {
+            if !out.iter().any(|(_, c)| *c == credential) {
+                out.push((name, credential));
+            }
+        }
+        out
+    }
+
+    /// [`matching`](Self::matching), each named by its secret.
+    pub fn chain(&self, image: &ImageRef) -> Vec<SourcedCredential> {
+        self.matching(image)
+            .into_iter()
+            .map(|(name, credential)| SourcedCredential {
+                source: CredentialSource::PullSecret(name.to_string()),
+                credential: credential.clone(),
+            })
+            .collect()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn image(s: &str) -> ImageRef {
+        ImageRef::parse(s).expect("valid test image")
+    }
+
+    #[test]
+    fn every_matching_secret_in_kubelets_order() {
+        let old = DockerCredentials::single("r.example", Credential::basic("old", "rotated-out"));
+        let current = DockerCredentials::single("r.example", Credential::basic("current", "pw"));
+        let team = DockerCredentials::single("r.example/team", Credential::basic("team", "pw"));
+        let duplicate = DockerCredentials::single("r.example", Credential::basic("current", "pw"));
+        let creds = WorkloadCredentials {
+            secrets: vec![
+                ("old".into(), old),
+                ("current".into(), current),
+                ("team".into(), team),
+                ("copy".into(), duplicate),
+            ],
+        };
+        let names: Vec<String> =
+            creds.chain(&image("r.example/team/app")).iter().map(|c| c.source.to_string()).collect();
+        assert_eq!(
+            names,
+            ["pull secret team", "pull secret old", "pull secret current"],
+            "specific first, then secret order, once each"
+        );
+        assert!(creds.chain(&image("other.example/app")).is_empty());
+    }
 
     #[test]
     fn credentials_never_debug_their_secret() {

@@ -8,16 +8,17 @@ use std::fmt;
 use super::selection::ImageFilter;
 use super::{ContainerRef, WorkloadRecord};
 use crate::config::RegistryConfig;
-use crate::credentials::{Credential, WorkloadCredentials};
+use crate::credentials::{Credential, CredentialSource, SourcedCredential, WorkloadCredentials};
 use crate::image::{ImageRef, ImageRefError};
 
-/// What one probe answers for: a canonical reference and the credential kubelet would send
-/// for it. Two namespaces with different pull secrets for one image are two keys. Shown as the
-/// reference alone: a key never prints its credential.
+/// What one probe answers for: a canonical reference and the workload credentials kubelet
+/// would try for it, in its order. Two namespaces with different credentials for one image are
+/// two keys; the same credentials under other secret names are one (one probe per credential).
+/// Shown as the reference alone: a key never prints its credentials.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ImageKey {
     pub image: ImageRef,
-    pub credential: Option<Credential>,
+    pub credentials: Vec<Credential>,
 }
 
 impl ImageKey {
@@ -41,9 +42,26 @@ pub struct ImageUse {
     pub written: String,
     /// The key probed for it, or why the reference is `bad_image_format` (never probed).
     pub key: Result<ImageKey, ImageRefError>,
+    /// Where each of the key's credentials comes from for this use (its own secret names).
+    pub sources: Vec<CredentialSource>,
 }
 
 impl ImageUse {
+    /// The key's credentials named as this use knows them, for the probe.
+    pub fn chain(&self) -> Vec<SourcedCredential> {
+        let credentials = self.key.as_ref().map_or(&[][..], |k| k.credentials.as_slice());
+        credentials
+            .iter()
+            .zip(&self.sources)
+            .map(|(credential, source)| SourcedCredential { source: source.clone(), credential: credential.clone() })
+            .collect()
+    }
+
+    /// The name of the credential at `index` of the probed chain, as this use knows it.
+    pub fn source(&self, index: usize) -> Option<&CredentialSource> {
+        self.sources.get(index)
+    }
+
     /// The canonical reference, when the written one parses.
     pub fn canonical(&self) -> Option<&ImageRef> {
         self.key.as_ref().ok().map(|k| &k.image)
@@ -51,9 +69,9 @@ impl ImageUse {
 }
 
 /// Every container of the records whose image the filter admits, in record order, each with
-/// its key: the credential is the first of the workload's pull secrets (kubelet's order) that
-/// has an entry for the image's registry. `credentials` gives a record's own credentials
-/// (`None`: it brings none, as for manifests on disk).
+/// its key: every entry of the workload's pull secrets for the image's registry, in kubelet's
+/// order. `credentials` gives a record's own credentials (`None`: it brings none, as for
+/// manifests on disk).
 pub fn resolve<'a>(
     records: impl IntoIterator<Item = &'a WorkloadRecord>,
     credentials: impl Fn(&WorkloadRecord) -> Option<&'a WorkloadCredentials>,
@@ -69,12 +87,17 @@ pub fn resolve<'a>(
             if !filter.admits(&container.image, canonical.as_deref()) {
                 continue;
             }
+            let mut sources = Vec::new();
             let key = parsed.map(|image| {
-                let credential = own.and_then(|c| c.lookup(&image)).cloned();
-                ImageKey { image, credential }
+                let chain = own.map(|c| c.chain(&image)).unwrap_or_default();
+                let credentials = chain.into_iter().map(|c| (c.source, c.credential)).map(|(s, c)| {
+                    sources.push(s);
+                    c
+                });
+                ImageKey { credentials: credentials.collect(), image }
             });
             let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
-            uses.push(ImageUse { user, written: container.image.clone(), key });
+            uses.push(ImageUse { user, written: container.image.clone(), key, sources });
         }
     }
     uses
@@ -142,7 +165,7 @@ mod tests {
         let summary: Vec<(String, Option<String>, usize)> = keys
             .iter()
             .map(|(k, users)| {
-                let user = k.credential.as_ref().map(|c| format!("{c:?}"));
+                let user = k.credentials.first().map(|c| format!("{c:?}"));
                 (k.to_string(), user, users.len())
             })
             .collect();

@@ -10,6 +10,7 @@ use crate::config::{DEFAULT_MAX_CONCURRENT, RegistryConfig};
 use crate::error::{Error, Result};
 use crate::image::host_and_port;
 use crate::registry::auth::TokenCache;
+use crate::registry::credentials::WorkingCredentials;
 use crate::registry::limits::HostLimits;
 
 /// Timeouts, retries and bounds for every registry call.
@@ -84,6 +85,7 @@ struct Inner {
     config: Arc<RegistryConfig>,
     settings: ClientSettings,
     tokens: TokenCache,
+    working: WorkingCredentials,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     requests: AtomicU64,
     observer: Option<RequestObserver>,
@@ -106,6 +108,7 @@ impl RegistryClient {
                 config,
                 settings,
                 tokens: TokenCache::default(),
+                working: WorkingCredentials::default(),
                 hosts: Mutex::new(HashMap::new()),
                 requests: AtomicU64::new(0),
                 observer,
@@ -123,6 +126,10 @@ impl RegistryClient {
 
     pub(crate) fn tokens(&self) -> &TokenCache {
         &self.inner.tokens
+    }
+
+    pub(crate) fn working_credentials(&self) -> &WorkingCredentials {
+        &self.inner.working
     }
 
     /// HTTP requests sent since the client was made (token fetches included).

@@ -6,12 +6,14 @@
 //! and per-request timings that the probe states and spans are made of. oci-client's media types
 //! are used as they are. docs/architecture.md has the measured comparison.
 //!
-//! A probe, top down: [`probe`] tries the mirrors then the registry, [`retry`] retries one host,
+//! A probe, top down: [`probe`] tries the mirrors then the registry, [`credentials`] each
+//! credential in kubelet's order, [`retry`] retries one host,
 //! [`resolve`] runs HEAD/GET with the authentication flow, [`token`] fetches bearer tokens,
 //! [`http`] sends each request in its span with a bounded body, and [`manifest`] reads the answer.
 
 mod auth;
 mod client;
+mod credentials;
 mod http;
 mod limits;
 mod manifest;

@@ -8,9 +8,10 @@ use tokio::time::Instant;
 use tracing::{Instrument, field};
 
 use super::client::RegistryClient;
+use super::credentials::Decided;
 use super::http::Exchange;
 use super::outcome::State;
-use crate::credentials::Credential;
+use crate::credentials::{Credential, CredentialSource, SourcedCredential};
 use crate::image::{ImageRef, host_and_port};
 use crate::platform::Platform;
 
@@ -24,24 +25,34 @@ pub struct ProbeResult {
     pub error: Option<String>,
     /// The registry host that gave this answer (a mirror's when a mirror served it).
     pub registry: String,
+    /// The credential whose answer this is (`None`: anonymous, or a mirror's own).
+    pub credential: Option<CredentialSource>,
+    /// Its place in the chain the probe was given (`None`: not one of those).
+    pub credential_index: Option<usize>,
     pub duration: Duration,
     pub http_requests: u32,
 }
 
 impl RegistryClient {
-    /// Probes an image with the workload's credential (or, without one, the configured one).
-    /// Mirrors are tried first, with their own configured credentials only.
+    /// Probes an image with one credential (or, without one, those configured for its host).
     pub async fn probe(&self, image: &ImageRef, credential: Option<&Credential>) -> ProbeResult {
-        self.probe_for(image, credential, &[], 0).await
+        let given: Vec<SourcedCredential> = credential
+            .map(|c| SourcedCredential { source: CredentialSource::PullSecret("given".into()), credential: c.clone() })
+            .into_iter()
+            .collect();
+        self.probe_for(image, &given, &[], 0).await
     }
 
     /// A probe on behalf of `workloads` workload containers, whose nodes need `platforms`
     /// (an index must cover each; a single manifest is not checked, as the runtime pulls it
-    /// anywhere).
+    /// anywhere). `credentials` are the workload's, in kubelet's order; the node's (the
+    /// registry config's) follow them. Each is tried until the registry accepts one, the one
+    /// that worked last time first; anonymous only when none matches the registry. Mirrors are
+    /// tried before the registry, with their own configured credentials only.
     pub async fn probe_for(
         &self,
         image: &ImageRef,
-        credential: Option<&Credential>,
+        credentials: &[SourcedCredential],
         platforms: &[Platform],
         workloads: usize,
     ) -> ProbeResult {
@@ -59,12 +70,13 @@ impl RegistryClient {
             server.address = address,
             server.port = port.map(i64::from),
             pullcheck.workloads.count = i64::try_from(workloads).unwrap_or(i64::MAX),
+            pullcheck.credential.source = field::Empty,
             pullcheck.image.state = field::Empty,
             oci.manifest.digest = field::Empty,
             error.type = field::Empty,
         );
         let mut exchange = Exchange { client: self, requests: 0, platforms };
-        let (registry, attempt) = async {
+        let (registry, decided) = async {
             let config = self.config();
             for mirror in config.host(image.registry()).mirrors {
                 let on_mirror = image.with_registry(&mirror);
@@ -72,17 +84,24 @@ impl RegistryClient {
                 let attempt =
                     exchange.with_retries(&mirror, &on_mirror, mirror_credential.as_ref(), Some(image.registry())).await;
                 if attempt.state == State::Available {
-                    return (mirror, attempt);
+                    return (mirror, Decided { attempt, credential: None, index: None });
                 }
                 tracing::debug!(%mirror, state = %attempt.state, "mirror did not serve the image, trying the next host");
             }
-            let configured = config.credential_for(image);
-            let credential = credential.or(configured.as_ref());
-            let attempt = exchange.with_retries(image.registry(), image, credential, None).await;
-            (image.registry().to_string(), attempt)
+            let mut chain = credentials.to_vec();
+            chain.extend(config.credential_for(image).map(|credential| SourcedCredential {
+                source: CredentialSource::RegistryConfig,
+                credential,
+            }));
+            let decided = exchange.with_credentials(image, &chain).await;
+            (image.registry().to_string(), decided)
         }
         .instrument(span.clone())
         .await;
+        let attempt = decided.attempt;
+        if let Some(source) = &decided.credential {
+            span.record("pullcheck.credential.source", source.to_string());
+        }
         span.record("pullcheck.image.state", attempt.state.as_str());
         if let Some(d) = &attempt.digest {
             span.record("oci.manifest.digest", d.as_str());
@@ -100,6 +119,8 @@ impl RegistryClient {
             media_type: attempt.media_type,
             error: attempt.error,
             registry,
+            credential: decided.credential,
+            credential_index: decided.index.filter(|i| *i < credentials.len()),
             duration: started.elapsed(),
             http_requests: exchange.requests,
         }
