@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -41,9 +42,9 @@ pub async fn check_files(
 ) -> Report {
     let inventory = load_paths(paths);
     let records: Vec<_> = inventory.records.iter().filter(|r| selection.admits(r, None)).collect();
-    let uses = resolve(records, |_| None, client.config(), &selection.images);
-    let platforms = settings.platforms.clone().unwrap_or_default();
-    let mut report = probe_uses(uses, client, &platforms, settings).await;
+    let platforms: Arc<[Platform]> = Arc::from(settings.platforms.clone().unwrap_or_default());
+    let uses = resolve(records, |_| None, client.config(), &selection.images, &platforms);
+    let mut report = probe_uses(uses, client, settings).await;
     report.input_errors = inventory.errors;
     report
 }
@@ -71,24 +72,26 @@ pub async fn check_cluster(
         warnings.extend(problems.iter().map(|p| p.warning_for(&record.workload)));
         credentials.insert(&record.workload, found);
     }
-    let uses = resolve(records.iter().copied(), |r| credentials.get(&r.workload), client.config(), &selection.images);
-    let mut report = probe_uses(uses, client, &platforms, settings).await;
+    let platforms: Arc<[Platform]> = Arc::from(platforms);
+    let uses = resolve(
+        records.iter().copied(),
+        |r| credentials.get(&r.workload),
+        client.config(),
+        &selection.images,
+        &platforms,
+    );
+    let mut report = probe_uses(uses, client, settings).await;
     warnings.extend(platform_warning);
     report.warnings = warnings;
     Ok(report)
 }
 
 /// Probes every key once, and reports one entry per (reference as written, credential).
-async fn probe_uses(
-    uses: Vec<ImageUse>,
-    client: &RegistryClient,
-    platforms: &[Platform],
-    settings: &CheckSettings,
-) -> Report {
+async fn probe_uses(uses: Vec<ImageUse>, client: &RegistryClient, settings: &CheckSettings) -> Report {
     // Each key probed once, its credentials named as its first use knows them.
     let keys: Vec<(ImageKey, Vec<SourcedCredential>)> =
         by_key(&uses).into_iter().map(|(key, users)| (key.clone(), users[0].chain())).collect();
-    let results = probe_keys(keys, client, platforms, settings).await;
+    let results = probe_keys(keys, client, settings).await;
     let mut entries: BTreeMap<(&str, &[Credential]), Vec<&ImageUse>> = BTreeMap::new();
     for image_use in &uses {
         let credentials = image_use.key.as_ref().map_or(&[][..], |k| k.credentials.as_slice());
@@ -139,14 +142,13 @@ async fn probe_uses(
 async fn probe_keys(
     keys: Vec<(ImageKey, Vec<SourcedCredential>)>,
     client: &RegistryClient,
-    platforms: &[Platform],
     settings: &CheckSettings,
 ) -> HashMap<ImageKey, ProbeResult> {
     let total = keys.len();
     let mut results = HashMap::with_capacity(total);
     let mut probes = futures_util::stream::iter(keys)
         .map(|(key, chain)| async move {
-            let result = client.probe_for(&key.image, &chain, platforms, 0).await;
+            let result = client.probe_for(&key.image, &chain, &key.platforms, 0).await;
             (key, result)
         })
         .buffer_unordered(settings.concurrency.max(1));

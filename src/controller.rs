@@ -66,6 +66,7 @@ async fn track(
     secrets: &PullSecrets,
     registry: &RegistryClient,
     selection: &Selection,
+    platforms: &Arc<[Platform]>,
 ) -> Tracked {
     let mut credentials = HashMap::new();
     for record in records {
@@ -80,6 +81,7 @@ async fn track(
         |r: &WorkloadRecord| credentials.get::<WorkloadRef>(&r.workload),
         registry.config(),
         &selection.images,
+        platforms,
     );
     let keys = by_key(&uses)
         .into_iter()
@@ -164,7 +166,7 @@ pub async fn run(
         }
     }
 
-    let mut platforms = Arc::new(settings.platforms.clone().unwrap_or_default());
+    let mut platforms: Arc<[Platform]> = Arc::from(settings.platforms.clone().unwrap_or_default());
     let mut nodes_warning_said = false;
     let secrets = PullSecrets::new(kube_client.clone(), settings.secret_ttl);
     let tick = settings.schedule.tick;
@@ -208,7 +210,7 @@ pub async fn run(
                     tracked_at = Instant::now();
                     if settings.platforms.is_none() {
                         match required_platforms(None, &kube_client).await {
-                            (found, None) => platforms = Arc::new(found),
+                            (found, None) => platforms = Arc::from(found),
                             (_, Some(warning)) if !nodes_warning_said => {
                                 nodes_warning_said = true;
                                 tracing::warn!("{warning}");
@@ -217,7 +219,7 @@ pub async fn run(
                         }
                     }
                     let records = store.read().unwrap_or_else(|p| p.into_inner()).selected(&settings.selection);
-                    let fresh = track(&records, &secrets, &registry, &settings.selection).await;
+                    let fresh = track(&records, &secrets, &registry, &settings.selection, &platforms).await;
                     let removed = scheduler.sync(fresh.keys.keys().map(|k| (k.clone(), k.registry().to_string())));
                     for key in removed {
                         states.remove(&key);
@@ -236,13 +238,13 @@ pub async fn run(
                 }
                 metrics.publish(snapshot(&tracked, &states, published_series.clone(), &scheduler, last_batch));
                 last_batch = batch.len();
-                start_probes(&mut probes, batch, &tracked, &registry, &platforms);
+                start_probes(&mut probes, batch, &tracked, &registry);
             }
             _ = refill.tick(), if room_freed => {
                 room_freed = false;
                 let more = scheduler.take(Instant::now(), |r| registry.pause_remaining(r).is_none());
                 last_batch += more.len();
-                start_probes(&mut probes, more, &tracked, &registry, &platforms);
+                start_probes(&mut probes, more, &tracked, &registry);
             }
             Some(done) = probes.join_next(), if !probes.is_empty() => {
                 let Ok((key, result)) = done else { continue };
@@ -272,15 +274,13 @@ fn start_probes(
     keys: Vec<Key>,
     tracked: &Tracked,
     registry: &RegistryClient,
-    platforms: &Arc<Vec<Platform>>,
 ) {
     for key in keys {
         let (workloads, chain) =
             tracked.keys.get(&key).map_or((0, Vec::new()), |u| (u.workloads.len(), u.chain.clone()));
         let client = registry.clone();
-        let platforms = platforms.clone();
         probes.spawn(async move {
-            let result = client.probe_for(&key.image, &chain, &platforms, workloads).await;
+            let result = client.probe_for(&key.image, &chain, &key.platforms, workloads).await;
             (key, result)
         });
     }

@@ -54,10 +54,20 @@ struct FileAuth {
     password_file: Option<PathBuf>,
 }
 
+/// How a host is spoken to, as containerd 2.x decides it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Https,
+    Http,
+    /// HTTPS, and plain HTTP when the TLS connection fails: an unconfigured loopback host on a
+    /// port other than 80 and 443.
+    HttpsThenHttp,
+}
+
 /// How to reach one registry host.
 #[derive(Clone, Debug, Default)]
 pub struct HostConfig {
-    /// `None`: HTTPS, except for loopback hosts, which the runtime reaches over plain HTTP.
+    /// `None`: decided by [`HostConfig::transport`].
     pub plain_http: Option<bool>,
     pub ca_pem: Option<Vec<u8>>,
     pub skip_tls_verify: bool,
@@ -70,8 +80,20 @@ pub struct HostConfig {
 }
 
 impl HostConfig {
-    pub fn uses_plain_http(&self, host: &str) -> bool {
-        self.plain_http.unwrap_or_else(|| is_loopback(host))
+    /// `plainHttp` when set; HTTPS for a host with TLS settings (`caFile`, `skipTlsVerify`);
+    /// for an unconfigured loopback host HTTP on port 80, HTTPS on 443 (or none), and on any
+    /// other port HTTPS first, then HTTP; HTTPS everywhere else.
+    pub fn transport(&self, host: &str) -> Transport {
+        match self.plain_http {
+            Some(true) => Transport::Http,
+            Some(false) => Transport::Https,
+            None if self.ca_pem.is_some() || self.skip_tls_verify || !is_loopback(host) => Transport::Https,
+            None => match crate::image::host_and_port(host).1 {
+                Some(80) => Transport::Http,
+                None | Some(443) => Transport::Https,
+                Some(_) => Transport::HttpsThenHttp,
+            },
+        }
     }
 }
 
@@ -262,7 +284,7 @@ mod tests {
         let hub = cfg.host("docker.io");
         assert_eq!(hub.mirrors, vec!["mirror.example:5000".to_string()]);
         assert_eq!(hub.max_concurrent_requests, Some(4));
-        assert!(cfg.host("mirror.example:5000").uses_plain_http("mirror.example:5000"));
+        assert_eq!(cfg.host("mirror.example:5000").transport("mirror.example:5000"), Transport::Http);
         let img = ImageRef::parse("docker.io/library/nginx").expect("valid");
         assert_eq!(cfg.credential_for(&img), Some(Credential::basic("u", "p")));
     }
@@ -292,10 +314,20 @@ mod tests {
     }
 
     #[test]
-    fn loopback_defaults_to_plain_http() {
-        for host in ["localhost:5000", "127.0.0.1:5000", "[::1]:5000", "localhost"] {
-            assert!(HostConfig::default().uses_plain_http(host), "{host}");
+    fn loopback_hosts_as_containerd_reaches_them() {
+        let unconfigured = HostConfig::default();
+        for host in ["localhost:5000", "127.0.0.1:5000", "[::1]:5000"] {
+            assert_eq!(unconfigured.transport(host), Transport::HttpsThenHttp, "{host}");
         }
-        assert!(!HostConfig::default().uses_plain_http("registry.example"));
+        assert_eq!(unconfigured.transport("127.0.0.1:80"), Transport::Http);
+        assert_eq!(unconfigured.transport("127.0.0.1:443"), Transport::Https);
+        assert_eq!(unconfigured.transport("localhost"), Transport::Https);
+        assert_eq!(unconfigured.transport("registry.example:5000"), Transport::Https);
+        let with_ca = HostConfig { ca_pem: Some(b"pem".to_vec()), ..HostConfig::default() };
+        assert_eq!(with_ca.transport("127.0.0.1:5443"), Transport::Https, "a CA means TLS, loopback or not");
+        let skip = HostConfig { skip_tls_verify: true, ..HostConfig::default() };
+        assert_eq!(skip.transport("127.0.0.1:5443"), Transport::Https);
+        let plain = HostConfig { plain_http: Some(true), ..HostConfig::default() };
+        assert_eq!(plain.transport("registry.example"), Transport::Http);
     }
 }

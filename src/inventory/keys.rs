@@ -4,12 +4,14 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use super::selection::ImageFilter;
 use super::{ContainerRef, WorkloadRecord};
 use crate::config::RegistryConfig;
 use crate::credentials::{Credential, CredentialSource, SourcedCredential, WorkloadCredentials};
 use crate::image::{ImageRef, ImageRefError};
+use crate::platform::Platform;
 
 /// What one probe answers for: a canonical reference and the workload credentials kubelet
 /// would try for it, in its order. Two namespaces with different credentials for one image are
@@ -19,6 +21,9 @@ use crate::image::{ImageRef, ImageRefError};
 pub struct ImageKey {
     pub image: ImageRef,
     pub credentials: Vec<Credential>,
+    /// The platforms its workloads' nodes have: an index must cover each, a single-platform
+    /// image must be one of them. Shared by every key of unconstrained workloads.
+    pub platforms: Arc<[Platform]>,
 }
 
 impl ImageKey {
@@ -70,17 +75,23 @@ impl ImageUse {
 
 /// Every container of the records whose image the filter admits, in record order, each with
 /// its key: every entry of the workload's pull secrets for the image's registry, in kubelet's
-/// order. `credentials` gives a record's own credentials (`None`: it brings none, as for
-/// manifests on disk).
+/// order, and the node platforms (`platforms`) the workload can be scheduled on.
+/// `credentials` gives a record's own credentials (`None`: it brings none, as for manifests
+/// on disk).
 pub fn resolve<'a>(
     records: impl IntoIterator<Item = &'a WorkloadRecord>,
     credentials: impl Fn(&WorkloadRecord) -> Option<&'a WorkloadCredentials>,
     config: &RegistryConfig,
     filter: &ImageFilter,
+    platforms: &Arc<[Platform]>,
 ) -> Vec<ImageUse> {
     let mut uses = Vec::new();
     for record in records {
         let own = credentials(record);
+        let schedulable = match &record.platforms {
+            Some(constraints) => Arc::from(constraints.narrow(platforms)),
+            None => platforms.clone(),
+        };
         for container in &record.containers {
             let parsed = config.parse_image(&container.image);
             let canonical = parsed.as_ref().ok().map(ImageRef::to_string);
@@ -94,7 +105,7 @@ pub fn resolve<'a>(
                     sources.push(s);
                     c
                 });
-                ImageKey { credentials: credentials.collect(), image }
+                ImageKey { credentials: credentials.collect(), image, platforms: schedulable.clone() }
             });
             let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
             uses.push(ImageUse { user, written: container.image.clone(), key, sources });
@@ -136,6 +147,7 @@ mod tests {
             service_account: "default".into(),
             replicas: Some(1),
             suspended: false,
+            platforms: None,
         }
     }
 
@@ -157,6 +169,7 @@ mod tests {
             |r| Some(if r.workload.namespace == "a" { &for_a } else { &for_b }),
             &RegistryConfig::default(),
             &ImageFilter::default(),
+            &Arc::from(Vec::new()),
         );
         assert_eq!(uses.len(), 5);
         assert_eq!(uses[4].user.to_string(), "Deployment b/api (c1)");
@@ -184,7 +197,7 @@ mod tests {
     fn the_filter_sees_written_and_canonical_forms() {
         let records = [record("a", "web", &["nginx", "quay.io/x/y:1"])];
         let filter = ImageFilter::new(vec![regex::Regex::new("^docker\\.io/").expect("valid")], vec![]);
-        let uses = resolve(&records, |_| None, &RegistryConfig::default(), &filter);
+        let uses = resolve(&records, |_| None, &RegistryConfig::default(), &filter, &Arc::from(Vec::new()));
         let written: Vec<&str> = uses.iter().map(|u| u.written.as_str()).collect();
         assert_eq!(written, ["quay.io/x/y:1"]);
     }

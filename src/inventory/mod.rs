@@ -138,6 +138,9 @@ pub struct WorkloadRecord {
     pub replicas: Option<i32>,
     /// `spec.suspend` of CronJobs and Jobs.
     pub suspended: bool,
+    /// The node selector and required node affinity on platform labels, when there are some:
+    /// the platforms its pods can be scheduled on.
+    pub platforms: Option<Box<crate::platform::PlatformConstraints>>,
 }
 
 impl WorkloadRecord {

@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
+use crate::platform::{PlatformConstraints, PlatformExpression};
 
 /// The namespace of an object that names none (a manifest applied with `kubectl apply -f`).
 pub const DEFAULT_NAMESPACE: &str = "default";
@@ -61,7 +62,50 @@ pub fn record_from_body(
     let suspended = matches!(kind, WorkloadKind::CronJob | WorkloadKind::Job)
         && workload_spec.and_then(|s| s.get("suspend")).and_then(Value::as_bool).unwrap_or(false);
     let (containers, pull_secrets, service_account) = extract_pod_spec(&workload, spec)?;
-    Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended }))
+    let platforms = platform_constraints(spec).map(Box::new);
+    Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended, platforms }))
+}
+
+/// The pod spec's `nodeSelector` and required node affinity on platform labels; `None` when
+/// it has none (every node platform will do). Malformed parts are left out: the API server
+/// would have refused them, and a manifest's typo must not drop the workload.
+fn platform_constraints(spec: &Value) -> Option<PlatformConstraints> {
+    let node_selector: Vec<(String, String)> = spec
+        .get("nodeSelector")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .filter(|(k, _)| PlatformConstraints::is_platform_label(k))
+        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+        .collect();
+    let terms: Vec<Vec<PlatformExpression>> = spec
+        .pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|term| {
+            term.get("matchExpressions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|e| {
+                    let key = e.get("key").and_then(Value::as_str)?;
+                    let operator = e.get("operator").and_then(Value::as_str)?;
+                    let values = e.get("values").and_then(Value::as_array).into_iter().flatten();
+                    Some(PlatformExpression {
+                        key: key.to_string(),
+                        operator: operator.to_string(),
+                        values: values.filter_map(Value::as_str).map(str::to_string).collect(),
+                    })
+                })
+                .filter(|e| PlatformConstraints::is_platform_label(&e.key))
+                .collect()
+        })
+        .collect();
+    // Terms without a platform expression admit every platform: so does the whole affinity.
+    let terms = if terms.iter().any(Vec::is_empty) { Vec::new() } else { terms };
+    let constraints = PlatformConstraints { node_selector, terms };
+    (!constraints.is_empty()).then_some(constraints)
 }
 
 /// Managed objects: ReplicaSets and Jobs whose controller is another workload, Pods with any controller.
@@ -135,4 +179,40 @@ fn extract_pod_spec(
         return Err(RecordError::NoContainers { kind, name });
     }
     Ok((containers, pull_secrets, service_account))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(spec: serde_json::Value) -> WorkloadRecord {
+        let body = serde_json::json!({"spec": spec});
+        record_from_body(WorkloadKind::Pod, "ns", "p", None, &body).ok().flatten().expect("a record")
+    }
+
+    #[test]
+    fn node_selection_on_platform_labels_is_kept() {
+        let pinned = record(serde_json::json!({
+            "containers": [{"name": "c", "image": "x"}],
+            "nodeSelector": {"kubernetes.io/arch": "arm64", "disktype": "ssd"},
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/os", "operator": "In", "values": ["linux"]},
+                                      {"key": "zone", "operator": "In", "values": ["a"]}]}
+            ]}}}
+        }));
+        let constraints = pinned.platforms.expect("constraints");
+        assert_eq!(constraints.node_selector, vec![("kubernetes.io/arch".to_string(), "arm64".to_string())]);
+        assert_eq!(constraints.terms.len(), 1);
+        assert_eq!(constraints.terms[0].len(), 1, "only platform labels are kept");
+
+        let free = record(serde_json::json!({
+            "containers": [{"name": "c", "image": "x"}],
+            "nodeSelector": {"disktype": "ssd"},
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [
+                {"matchExpressions": [{"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}]},
+                {"matchExpressions": [{"key": "zone", "operator": "In", "values": ["a"]}]}
+            ]}}}
+        }));
+        assert!(free.platforms.is_none(), "a term without platform labels admits every platform");
+    }
 }

@@ -120,6 +120,7 @@ mod tests {
             service_account: "default".into(),
             replicas,
             suspended,
+            platforms: None,
         }
     }
 

@@ -122,6 +122,7 @@ mod tests {
             service_account: "default".into(),
             replicas: Some(1),
             suspended: false,
+            platforms: None,
         }
     }
 

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::config::{DEFAULT_MAX_CONCURRENT, RegistryConfig};
+use crate::config::{DEFAULT_MAX_CONCURRENT, RegistryConfig, Transport};
 use crate::error::{Error, Result};
 use crate::image::host_and_port;
 use crate::registry::auth::TokenCache;
@@ -43,7 +43,9 @@ impl Default for ClientSettings {
 pub(crate) struct Host {
     pub name: String,
     pub http: reqwest::Client,
-    pub plain_http: bool,
+    transport: Transport,
+    /// For [`Transport::HttpsThenHttp`]: plain HTTP, once HTTPS failed and HTTP answered.
+    fell_back: std::sync::atomic::AtomicBool,
     pub limits: HostLimits,
     /// What the host asked for last time, so later probes authenticate up front.
     scheme: Mutex<Option<KnownScheme>>,
@@ -61,8 +63,28 @@ impl Host {
     /// `server.address` and `server.port`: the port given, else the scheme's.
     pub fn address(&self) -> (&str, i64) {
         let (address, port) = host_and_port(&self.name);
-        let default = if self.plain_http { 80 } else { 443 };
+        let default = if self.scheme() == "http" { 80 } else { 443 };
         (address, port.map_or(default, i64::from))
+    }
+
+    /// The scheme to speak now.
+    pub fn scheme(&self) -> &'static str {
+        match self.transport {
+            Transport::Http => "http",
+            Transport::Https => "https",
+            Transport::HttpsThenHttp if self.fell_back.load(std::sync::atomic::Ordering::Relaxed) => "http",
+            Transport::HttpsThenHttp => "https",
+        }
+    }
+
+    /// Whether a failed HTTPS request to this host is tried again over plain HTTP.
+    pub fn may_fall_back(&self, url: &reqwest::Url) -> bool {
+        self.transport == Transport::HttpsThenHttp && url.scheme() == "https" && self.scheme() == "https"
+    }
+
+    /// Plain HTTP answered where HTTPS failed: speak it from now on.
+    pub fn fall_back(&self) {
+        self.fell_back.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -70,6 +92,29 @@ impl Host {
 pub(crate) enum KnownScheme {
     Basic,
     Bearer { realm: String, service: Option<String> },
+}
+
+/// The platform each image config blob names, by digest: content-addressed, so never stale.
+#[derive(Default)]
+pub(crate) struct ConfigPlatforms {
+    by_digest: Mutex<HashMap<String, crate::platform::Platform>>,
+}
+
+/// Forgotten wholesale past this many: a config is re-read at worst.
+const MAX_CONFIG_PLATFORMS: usize = 1 << 16;
+
+impl ConfigPlatforms {
+    pub fn get(&self, digest: &str) -> Option<crate::platform::Platform> {
+        self.by_digest.lock().unwrap_or_else(|p| p.into_inner()).get(digest).cloned()
+    }
+
+    pub fn insert(&self, digest: String, platform: crate::platform::Platform) {
+        let mut by_digest = self.by_digest.lock().unwrap_or_else(|p| p.into_inner());
+        if by_digest.len() >= MAX_CONFIG_PLATFORMS {
+            by_digest.clear();
+        }
+        by_digest.insert(digest, platform);
+    }
 }
 
 /// Told of every HTTP request: the host, and the status (`None` when no answer came).
@@ -86,6 +131,7 @@ struct Inner {
     settings: ClientSettings,
     tokens: TokenCache,
     working: WorkingCredentials,
+    config_platforms: ConfigPlatforms,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     requests: AtomicU64,
     observer: Option<RequestObserver>,
@@ -109,6 +155,7 @@ impl RegistryClient {
                 settings,
                 tokens: TokenCache::default(),
                 working: WorkingCredentials::default(),
+                config_platforms: ConfigPlatforms::default(),
                 hosts: Mutex::new(HashMap::new()),
                 requests: AtomicU64::new(0),
                 observer,
@@ -130,6 +177,10 @@ impl RegistryClient {
 
     pub(crate) fn working_credentials(&self) -> &WorkingCredentials {
         &self.inner.working
+    }
+
+    pub(crate) fn config_platforms(&self) -> &ConfigPlatforms {
+        &self.inner.config_platforms
     }
 
     /// HTTP requests sent since the client was made (token fetches included).
@@ -185,7 +236,8 @@ impl RegistryClient {
         Ok(Host {
             name: name.to_string(),
             http,
-            plain_http: config.uses_plain_http(name),
+            transport: config.transport(name),
+            fell_back: std::sync::atomic::AtomicBool::new(false),
             limits: HostLimits::new(
                 config.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT),
                 config.requests_per_second,

@@ -30,6 +30,8 @@ pub(crate) struct Exchange<'a> {
 pub(crate) struct Response {
     pub status: StatusCode,
     pub headers: HeaderMap,
+    /// Sent over plain HTTP: a TLS server answers that with a bare 400.
+    pub plain_http: bool,
 }
 
 impl Response {
@@ -47,10 +49,17 @@ impl Response {
     }
 }
 
+/// A request that got no usable answer; `connect` when no connection (or TLS session) was made.
+struct Failed {
+    attempt: Attempt,
+    connect: bool,
+}
+
 impl Exchange<'_> {
     /// Sends one request and reads at most `limit` bytes of its body (`0`: none; error bodies
     /// at most [`MAX_SMALL_BODY`]). A transport failure or an oversized body is the attempt's
-    /// answer, ready to return.
+    /// answer, ready to return. A loopback host that may fall back (containerd 2.x) is asked
+    /// over plain HTTP when HTTPS cannot connect, and spoken to that way from then on.
     pub async fn send(
         &mut self,
         host: &Host,
@@ -59,6 +68,36 @@ impl Exchange<'_> {
         authorization: Option<&str>,
         limit: usize,
     ) -> Result<(Response, Vec<u8>), Attempt> {
+        let fallback = host.may_fall_back(&url).then(|| {
+            let mut plain = url.clone();
+            let _ = plain.set_scheme("http");
+            plain
+        });
+        match (self.send_once(host, method.clone(), url, authorization, limit).await, fallback) {
+            (Ok(answer), _) => Ok(answer),
+            (Err(https), Some(plain)) if https.connect => {
+                match self.send_once(host, method, plain, authorization, limit).await {
+                    Ok(answer) => {
+                        host.fall_back();
+                        Ok(answer)
+                    }
+                    // Neither speaks: HTTPS's failure says more (a certificate, a refused port).
+                    Err(_) => Err(https.attempt),
+                }
+            }
+            (Err(failed), _) => Err(failed.attempt),
+        }
+    }
+
+    async fn send_once(
+        &mut self,
+        host: &Host,
+        method: Method,
+        url: Url,
+        authorization: Option<&str>,
+        limit: usize,
+    ) -> Result<(Response, Vec<u8>), Failed> {
+        let plain_http = url.scheme() == "http";
         let (address, port) = host.address();
         let span = tracing::info_span!(
             "http",
@@ -81,7 +120,8 @@ impl Exchange<'_> {
         let result = async {
             let sent = request.send().await;
             self.client.observe_request(&host.name, sent.as_ref().ok().map(|r| r.status().as_u16()));
-            let mut response = sent.map_err(|e| transport_error(&host.name, &e))?;
+            let mut response =
+                sent.map_err(|e| Failed { connect: e.is_connect(), attempt: transport_error(&host.name, &e) })?;
             let status = response.status();
             tracing::Span::current().record("http.response.status_code", i64::from(status.as_u16()));
             let headers = response.headers().clone();
@@ -92,19 +132,21 @@ impl Exchange<'_> {
                 if declared.is_some_and(|l| l > read_limit) {
                     return Err(too_large(&host.name, read_limit));
                 }
-                while let Some(chunk) = response.chunk().await.map_err(|e| transport_error(&host.name, &e))? {
+                let chunk_error =
+                    |e: reqwest::Error| Failed { connect: false, attempt: transport_error(&host.name, &e) };
+                while let Some(chunk) = response.chunk().await.map_err(chunk_error)? {
                     if body.len() + chunk.len() > read_limit {
                         return Err(too_large(&host.name, read_limit));
                     }
                     body.extend_from_slice(&chunk);
                 }
             }
-            Ok((Response { status, headers }, body))
+            Ok((Response { status, headers, plain_http }, body))
         }
         .instrument(span.clone())
         .await;
         match &result {
-            Err(attempt) => span.record("error.type", attempt.state.as_str()),
+            Err(failed) => span.record("error.type", failed.attempt.state.as_str()),
             Ok((response, _)) if response.status.as_u16() >= 400 => span.record("error.type", response.status.as_str()),
             Ok(_) => &span,
         };
@@ -116,8 +158,9 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-fn too_large(host: &str, limit: usize) -> Attempt {
-    Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"))
+fn too_large(host: &str, limit: usize) -> Failed {
+    let attempt = Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"));
+    Failed { attempt, connect: false }
 }
 
 /// Connect, DNS, TLS and timeouts: the registry cannot be reached. The cause chain is kept

@@ -14,6 +14,7 @@ pub enum State {
     // Declared in the order problems are listed: the most actionable first.
     Absent,
     PlatformMissing,
+    UnsupportedManifest,
     AuthenticationFailure,
     AuthorizationFailure,
     BadImageFormat,
@@ -25,9 +26,10 @@ pub enum State {
 }
 
 impl State {
-    pub const ALL: [State; 10] = [
+    pub const ALL: [State; 11] = [
         State::Absent,
         State::PlatformMissing,
+        State::UnsupportedManifest,
         State::AuthenticationFailure,
         State::AuthorizationFailure,
         State::BadImageFormat,
@@ -43,6 +45,7 @@ impl State {
             State::Available => "available",
             State::Absent => "absent",
             State::PlatformMissing => "platform_missing",
+            State::UnsupportedManifest => "unsupported_manifest",
             State::BadImageFormat => "bad_image_format",
             State::AuthenticationFailure => "authentication_failure",
             State::AuthorizationFailure => "authorization_failure",

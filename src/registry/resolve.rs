@@ -8,7 +8,7 @@ use reqwest::{Method, StatusCode, Url};
 use super::auth::{Challenge, parse_challenge};
 use super::client::{Host, KnownScheme};
 use super::http::Exchange;
-use super::manifest::{get_answer, head_answer, needs_get};
+use super::manifest::{Answer, config_platform, get_answer, head_answer, needs_get, single_platform_answer};
 use super::outcome::{Attempt, State};
 use crate::credentials::Credential;
 use crate::image::ImageRef;
@@ -67,16 +67,66 @@ impl Exchange<'_> {
             }
         }
         if method == Method::GET {
-            return get_answer(&host.name, image, &response, &body, self.platforms);
+            let answer = get_answer(&host.name, image, &response, &body, self.platforms);
+            return self.settle(host, image, answer, mirror_of, authorization.as_deref()).await;
         }
         if needs_get(image, &response) {
             let limit = self.client.settings().max_body_bytes;
             return match self.send(host, Method::GET, url, authorization.as_deref(), limit).await {
-                Ok((response, body)) => get_answer(&host.name, image, &response, &body, self.platforms),
+                Ok((response, body)) => {
+                    let answer = get_answer(&host.name, image, &response, &body, self.platforms);
+                    self.settle(host, image, answer, mirror_of, authorization.as_deref()).await
+                }
                 Err(attempt) => attempt,
             };
         }
         head_answer(&host.name, image, &response)
+    }
+
+    /// A single-platform manifest runs where its config says: the config blob is read once per
+    /// digest (a digest's content never changes), so the steady state adds no request.
+    async fn settle(
+        &mut self,
+        host: &Host,
+        image: &ImageRef,
+        answer: Answer,
+        mirror_of: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Attempt {
+        let (available, config_digest) = match answer {
+            Answer::Settled(attempt) => return attempt,
+            Answer::CheckConfig { available, config_digest } => (available, config_digest),
+        };
+        let runs_on = match self.client.config_platforms().get(&config_digest) {
+            Some(platform) => platform,
+            None => {
+                let url = match blob_url(host, image, &config_digest, mirror_of) {
+                    Ok(url) => url,
+                    Err(attempt) => return attempt,
+                };
+                let limit = self.client.settings().max_body_bytes;
+                let body = match self.send(host, Method::GET, url, authorization, limit).await {
+                    Ok((response, body)) if response.status.is_success() => body,
+                    Ok((response, _)) => {
+                        let error = format!(
+                            "{}: the image's config blob {config_digest} answers HTTP {}",
+                            host.name,
+                            response.status.as_u16()
+                        );
+                        return Attempt { digest: available.digest, ..Attempt::failed(State::UnknownError, error) };
+                    }
+                    Err(attempt) => return attempt,
+                };
+                let Some(platform) = config_platform(&body) else {
+                    // A config that names no platform (an artifact, not an image): the runtime
+                    // does not refuse it on platform grounds either.
+                    return available;
+                };
+                self.client.config_platforms().insert(config_digest, platform.clone());
+                platform
+            }
+        };
+        single_platform_answer(&host.name, available, &runs_on, self.platforms)
     }
 
     /// What to send up front: a cached token, a token fetched because the host is known to
@@ -107,9 +157,15 @@ impl Exchange<'_> {
 /// `<scheme>://<host>/v2/<repository>/manifests/<tag or digest>`; on a mirror, containerd's
 /// `?ns=<upstream>` so one mirror can serve several registries.
 fn manifest_url(host: &Host, image: &ImageRef, mirror_of: Option<&str>) -> Result<Url, Attempt> {
-    let scheme = if host.plain_http { "http" } else { "https" };
-    let mut url =
-        format!("{scheme}://{}/v2/{}/manifests/{}", host.name, image.repository(), image.manifest_reference());
+    api_url(host, image, &format!("manifests/{}", image.manifest_reference()), mirror_of)
+}
+
+fn blob_url(host: &Host, image: &ImageRef, digest: &str, mirror_of: Option<&str>) -> Result<Url, Attempt> {
+    api_url(host, image, &format!("blobs/{digest}"), mirror_of)
+}
+
+fn api_url(host: &Host, image: &ImageRef, path: &str, mirror_of: Option<&str>) -> Result<Url, Attempt> {
+    let mut url = format!("{}://{}/v2/{}/{path}", host.scheme(), host.name, image.repository());
     if let Some(upstream) = mirror_of {
         url.push_str("?ns=");
         url.push_str(upstream);
