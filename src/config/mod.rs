@@ -1,6 +1,8 @@
 //! The registry configuration file (`--registry-config`): per registry host, transport, trust,
 //! credentials, mirrors and request budgets. Errors name the file, the key and the problem.
 
+pub mod hosts;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
