@@ -100,8 +100,9 @@ fn main() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let watch_time = started.elapsed();
-        // Let the watchers settle into their watch streams before counting what stays.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // Count what stays once every watcher is in its watch stream, not after a pause that hopes so.
+        let watching = support::eventually(Duration::from_secs(60), || api.open_watches() == all.len()).await;
+        assert!(watching, "every watcher opened its watch: {} of {}", api.open_watches(), all.len());
         let live_after = LIVE.load(Ordering::Relaxed);
         let rss_after = rss_kib();
         assert_eq!(store.read().expect("lock").selected(&Selection::default()).len(), workloads);

@@ -66,17 +66,16 @@ fn main() {
         let kubeconfig = api.kubeconfig(env.dir.path());
         let export_interval_ms = 5_000u64;
         let started = Instant::now();
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_pullcheck"))
+        let (mut command, _home) = support::process::pullcheck_async();
+        let mut child = command
             .args(["run", "--kubeconfig", &kubeconfig.display().to_string(), "--window", &format!("{window}s"), "--tick", "1s"])
             .args(["--failure-retry", "10m", "--health-addr", "off"])
             .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
             .env("OTEL_METRIC_EXPORT_INTERVAL", export_interval_ms.to_string())
             .env("OTEL_TRACES_SAMPLER", "traceidratio")
             .env("OTEL_TRACES_SAMPLER_ARG", "0.01")
-            .env_remove("KUBECONFIG")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .kill_on_drop(true)
             .spawn()
             .expect("pullcheck run");
         let pid = child.id().expect("pid");

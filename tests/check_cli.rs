@@ -1,4 +1,5 @@
-//! `pullcheck check -f` as a user runs it: a subprocess over manifest files, its JSON and exit code.
+//! `pullcheck check -f` as a user runs it: a subprocess over manifest files, its JSON and exit
+//! code — cut off from whatever cluster the machine running the tests can reach.
 
 mod support;
 
@@ -7,12 +8,13 @@ use std::path::Path;
 use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
-use support::Env;
+use support::apiserver::ApiServer;
+use support::{Env, workload};
 
 fn pullcheck(args: &[&str], stdin: Option<&str>) -> Output {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pullcheck"))
+    let (mut command, _home) = support::process::pullcheck();
+    let mut child = command
         .args(args)
-        .env_remove("PULLCHECK_REGISTRY_CONFIG")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -209,4 +211,47 @@ fn log_lines_on_a_pipe_carry_no_colour_codes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("DEBUG"), "debug lines were asked for: {stderr}");
     assert!(!stderr.contains('\u{1b}'), "stderr is a pipe: no ANSI codes: {stderr}");
+}
+
+/// `pullcheck check` with no -f nor --kubeconfig, without blocking the harness's runtime.
+async fn check_a_cluster(command: Command) -> Output {
+    let mut command = tokio::process::Command::from(command);
+    command.args(["check", "-o", "json"]).kill_on_drop(true).output().await.expect("run pullcheck")
+}
+
+/// A kubeconfig at every place pullcheck looks for one when not told (`KUBECONFIG`,
+/// `PULLCHECK_KUBECONFIG`, `~/.kube/config`), all pointing at the harness: the tests' way of
+/// starting pullcheck must get past none of them.
+#[tokio::test]
+async fn the_binary_under_test_finds_no_cluster_of_the_machine() {
+    let api = ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", "nginx:1.27"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.kubeconfig(dir.path());
+    let machine_home = dir.path().join("home");
+    std::fs::create_dir_all(machine_home.join(".kube")).expect("mkdir");
+    std::fs::copy(&kubeconfig, machine_home.join(".kube/config")).expect("copy kubeconfig");
+    let port = api.server.addr.port().to_string();
+    let machine: Vec<(&str, &std::ffi::OsStr)> = vec![
+        ("KUBECONFIG", kubeconfig.as_os_str()),
+        ("PULLCHECK_KUBECONFIG", kubeconfig.as_os_str()),
+        ("PULLCHECK_ALL_NAMESPACES", "true".as_ref()),
+        ("HOME", machine_home.as_os_str()),
+        ("KUBERNETES_SERVICE_HOST", "127.0.0.1".as_ref()),
+        ("KUBERNETES_SERVICE_PORT", port.as_ref()),
+    ];
+    // The bait works: a pullcheck that inherits these reads the harness.
+    let mut exposed = Command::new(env!("CARGO_BIN_EXE_pullcheck"));
+    exposed.envs(machine.iter().copied());
+    let out = check_a_cluster(exposed).await;
+    assert!(!api.requests().is_empty(), "the bait is taken: {}", String::from_utf8_lossy(&out.stderr));
+
+    let before = api.requests().len();
+    let empty_home = tempfile::tempdir().expect("tempdir");
+    let mut isolated = Command::new(env!("CARGO_BIN_EXE_pullcheck"));
+    isolated.envs(machine.iter().copied());
+    support::process::cut_off(&mut isolated, machine.iter().map(|(name, _)| name.into()), empty_home.path());
+    let out = check_a_cluster(isolated).await;
+    assert_eq!(out.status.code(), Some(2), "no cluster to check: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(api.requests().len(), before, "{:?}", &api.requests()[before..]);
 }

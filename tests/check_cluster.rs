@@ -6,22 +6,16 @@ mod support;
 
 use std::process::Output;
 
-use tokio::process::Command;
-
 use base64::Engine;
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
 use support::{Env, workload};
 
-/// Runs the binary without blocking the runtime that serves the API-server harness.
+/// Runs the binary, cut off from the machine's clusters, without blocking the runtime that
+/// serves the API-server harness.
 async fn pullcheck(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pullcheck"))
-        .args(args)
-        .env_remove("KUBECONFIG")
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run pullcheck")
+    let (mut command, _home) = support::process::pullcheck_async();
+    command.args(args).output().await.expect("run pullcheck")
 }
 
 fn report(out: &Output) -> Value {

@@ -17,9 +17,13 @@ use support::{eventually, workload};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-fn start_watchers(api: &ApiServer, store: &SharedStore) -> Vec<tokio::task::JoinHandle<()>> {
+/// One watcher task per scope, with the kind it watches.
+fn start_watchers(api: &ApiServer, store: &SharedStore) -> Vec<(WorkloadKind, tokio::task::JoinHandle<()>)> {
     let client = api.client();
-    scopes(None).into_iter().map(|scope| tokio::spawn(watch_scope(client.clone(), scope, store.clone()))).collect()
+    scopes(None)
+        .into_iter()
+        .map(|scope| (scope.kind, tokio::spawn(watch_scope(client.clone(), scope, store.clone()))))
+        .collect()
 }
 
 /// `Kind/ns/name=image,...` of the selected records.
@@ -131,7 +135,7 @@ async fn watch_scenarios_keep_the_inventory_exact() {
     assert_eq!(inventory(&store, &everything).len(), 6);
     let watches_after = api.requests().iter().filter(|r| r.contains("watch=")).count();
     assert!(watches_after >= watches_before + all_scopes.len(), "watches resumed after the disconnect");
-    for watcher in watchers {
+    for (_, watcher) in watchers {
         watcher.abort();
     }
 }
@@ -143,13 +147,26 @@ async fn a_forbidden_kind_is_skipped_and_the_others_work() {
     api.apply(workload("DaemonSet", "kube-system", "agent", "agent:1"));
     api.apply(workload("Deployment", "shop", "web", "nginx:1.27"));
     let store: SharedStore = Arc::new(RwLock::new(Store::default()));
-    let _watchers = start_watchers(&api, &store);
+    let mut watchers = start_watchers(&api, &store);
     let all_scopes = scopes(None);
     assert!(eventually(WAIT, || store.read().expect("lock").is_synced(&all_scopes, false)).await, "ready despite 403");
     assert_eq!(inventory(&store, &Selection::default()), set(&["Deployment/shop/web=nginx:1.27"]));
+
+    // The DaemonSet watcher gives up: its task ends. The timeout only bounds the wait for a
+    // watcher that would retry forever; then its requests can be counted, all of them.
+    let daemonsets = watchers.iter().position(|(kind, _)| *kind == WorkloadKind::DaemonSet).expect("a DaemonSet scope");
+    let (_, daemonsets) = watchers.swap_remove(daemonsets);
+    let ended = tokio::time::timeout(WAIT, daemonsets).await;
+    assert!(matches!(ended, Ok(Ok(()))), "the watcher of a forbidden kind returns: {ended:?}");
+    let daemonset_requests: Vec<String> =
+        api.requests().into_iter().filter(|r| r.contains("/apis/apps/v1/daemonsets")).collect();
+    assert_eq!(daemonset_requests.len(), 1, "a 403 is not retried: {daemonset_requests:?}");
+    assert!(daemonset_requests[0].starts_with("GET /apis/apps/v1/daemonsets?"), "the list: {daemonset_requests:?}");
+
+    // The others go on watching.
     api.apply(workload("Deployment", "shop", "api", "api:1"));
     assert!(eventually(WAIT, || inventory(&store, &Selection::default()).len() == 2).await);
-    let daemonset_lists = api.requests().iter().filter(|r| r.starts_with("GET /apis/apps/v1/daemonsets")).count();
-    assert_eq!(daemonset_lists, 1, "a 403 is not retried forever");
-    assert!(scopes(None).iter().any(|s| s.kind == WorkloadKind::DaemonSet));
+    for (_, watcher) in watchers {
+        watcher.abort();
+    }
 }

@@ -12,7 +12,8 @@ use pullcheck::image::ImageRef;
 use pullcheck::platform::Platform;
 use pullcheck::registry::{ClientSettings, ProbeResult, RegistryClient, State};
 use support::proxy::{Fault, FaultProxy};
-use support::{Env, NO_PULL_PASSWORD, NO_PULL_USER, PASSWORD, USER};
+use support::registry::{Registry, Served};
+use support::{Env, NO_PULL_PASSWORD, NO_PULL_USER, PASSWORD, RefusedPort, USER};
 
 fn client_with(config: Option<&std::path::Path>, settings: ClientSettings) -> RegistryClient {
     let config = config.map(|p| RegistryConfig::load(p).expect("valid test config")).unwrap_or_default();
@@ -36,15 +37,36 @@ async fn probe(client: &RegistryClient, reference: &str, credential: Option<&Cre
     client.probe(&image(reference), credential).await
 }
 
+/// Runs `probe` and returns what `registry` answered meanwhile (`METHOD target status`), read from
+/// the registry's own access log: the client's count of its requests cannot vouch for itself.
+/// `expected` is how many lines to wait for; more are returned if more came.
+async fn served_during<T>(registry: &Registry, expected: usize, probe: impl Future<Output = T>) -> (T, Vec<String>) {
+    let mark = registry.served().len();
+    let result = probe.await;
+    let served = registry.served_since(mark, expected).await.iter().map(Served::line).collect();
+    (result, served)
+}
+
+/// Requests the proxy received since it had seen `mark`, as `METHOD target`.
+fn seen_since(proxy: &FaultProxy, mark: usize) -> Vec<String> {
+    proxy.seen().iter().skip(mark).map(|s| format!("{} {}", s.method, s.target)).collect()
+}
+
 #[tokio::test]
 async fn anonymous_registry_available_then_absent_after_cleanup() {
     let env = Env::start().await;
     let (digest, _) = env.pusher.image("team/app", "v1", "amd64").await;
     let client = client_with(None, fast());
-    let r = probe(&client, &format!("{}/team/app:v1", env.anon.addr), None).await;
+    let (r, served) =
+        served_during(&env.anon, 1, probe(&client, &format!("{}/team/app:v1", env.anon.addr), None)).await;
     assert_eq!(r.state, State::Available, "{r:?}");
     assert_eq!(r.digest.as_deref(), Some(digest.as_str()));
-    assert_eq!(r.http_requests, 1, "no ping, no token: one HEAD");
+    assert_eq!(served, ["HEAD /v2/team/app/manifests/v1 200"], "no ping, no token: one HEAD");
+    // A loopback host on its own port is tried over HTTPS first, as containerd 2.x does: one
+    // attempt more on first contact, which the plain-HTTP registry answers before any request.
+    assert_eq!(r.http_requests, 2, "and the client counts what it sent, the HTTPS attempt too");
+    let again = probe(&client, &format!("{}/team/app:v1", env.anon.addr), None).await;
+    assert_eq!((again.state, again.http_requests), (State::Available, 1), "then plain HTTP, remembered: {again:?}");
 
     let pinned = probe(&client, &format!("{}/team/app@{digest}", env.anon.addr), None).await;
     assert_eq!(pinned.state, State::Available, "{pinned:?}");
@@ -77,11 +99,16 @@ async fn basic_auth_over_tls() {
     let good = Credential::basic(USER, PASSWORD);
     let bad = Credential::basic(USER, "wrong");
 
-    let r = probe(&client, &reference, Some(&good)).await;
+    let manifest = "/v2/private/app/manifests/v1";
+    let (r, served) = served_during(&env.basic, 2, probe(&client, &reference, Some(&good))).await;
     assert_eq!(r.state, State::Available, "{r:?}");
-    assert_eq!(r.http_requests, 2, "first probe learns the scheme from the challenge");
-    let r = probe(&client, &reference, Some(&good)).await;
-    assert_eq!((r.state, r.http_requests), (State::Available, 1), "then Basic goes up front: {r:?}");
+    let challenge_then_head = [format!("HEAD {manifest} 401"), format!("HEAD {manifest} 200")];
+    assert_eq!(served, challenge_then_head, "first probe learns the scheme from the challenge");
+    assert_eq!(r.http_requests, 2);
+    let (r, served) = served_during(&env.basic, 1, probe(&client, &reference, Some(&good))).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    assert_eq!(served, [format!("HEAD {manifest} 200")], "then Basic goes up front");
+    assert_eq!(r.http_requests, 1);
     let r = probe(&client, &reference, Some(&bad)).await;
     assert_eq!(r.state, State::AuthenticationFailure, "{r:?}");
     let r = probe(&client, &reference, None).await;
@@ -116,14 +143,19 @@ async fn token_auth_scopes_and_cache() {
     let alice = Credential::basic(USER, PASSWORD);
     let mallory = Credential::basic(NO_PULL_USER, NO_PULL_PASSWORD);
 
-    let r = probe(&client, &private, Some(&alice)).await;
+    let manifest = "/v2/private/app/manifests/v1";
+    let (r, served) = served_during(&env.token, 2, probe(&client, &private, Some(&alice))).await;
     assert_eq!(r.state, State::Available, "{r:?}");
-    assert_eq!(r.http_requests, 3, "HEAD 401, token, HEAD");
+    assert_eq!(served, [format!("HEAD {manifest} 401"), format!("HEAD {manifest} 200")], "HEAD 401, (token), HEAD");
+    assert_eq!(env.issuer.requests(), 1, "one token fetched");
+    assert_eq!(r.http_requests, 3);
     for _ in 0..5 {
-        let r = probe(&client, &private, Some(&alice)).await;
-        assert_eq!((r.state, r.http_requests), (State::Available, 1), "cached token: {r:?}");
+        let (r, served) = served_during(&env.token, 1, probe(&client, &private, Some(&alice))).await;
+        assert_eq!(r.state, State::Available, "{r:?}");
+        assert_eq!(served, [format!("HEAD {manifest} 200")], "cached token");
+        assert_eq!(r.http_requests, 1);
     }
-    assert_eq!(env.issuer.requests(), 1);
+    assert_eq!(env.issuer.requests(), 1, "no token fetched for the cached ones");
 
     // Another credential never rides on alice's token.
     let r = probe(&client, &private, Some(&mallory)).await;
@@ -133,9 +165,13 @@ async fn token_auth_scopes_and_cache() {
     assert_eq!(r.state, State::AuthenticationFailure, "{r:?}");
     let r = probe(&client, &private, None).await;
     assert_eq!(r.state, State::AuthorizationFailure, "anonymous token without pull: {r:?}");
-    let r = probe(&client, &format!("{}/public/app:v1", env.token.addr), None).await;
+    let tokens_before = env.issuer.requests();
+    let (r, served) =
+        served_during(&env.token, 1, probe(&client, &format!("{}/public/app:v1", env.token.addr), None)).await;
     assert_eq!(r.state, State::Available, "anonymous pull of a public repository: {r:?}");
-    assert_eq!(r.http_requests, 2, "the realm is known: token, HEAD");
+    assert_eq!(served, ["HEAD /v2/public/app/manifests/v1 200"], "the realm is known: (token), HEAD");
+    assert_eq!(env.issuer.requests(), tokens_before + 1);
+    assert_eq!(r.http_requests, 2);
     let r = probe(&client, &format!("{}/public/gone:v1", env.token.addr), None).await;
     assert_eq!(r.state, State::Absent, "{r:?}");
 }
@@ -168,15 +204,20 @@ async fn rate_limits_are_retried_or_honoured_per_registry() {
     let client = client_with(None, fast());
     let via_proxy = format!("{}/team/app:v1", proxy.addr());
 
+    let head = "HEAD /v2/team/app/manifests/v1";
     proxy.set_for(Fault::Status { status: 429, retry_after: Some("1".into()) }, 1);
+    let mark = proxy.seen().len();
     let r = probe(&client, &via_proxy, None).await;
     assert_eq!(r.state, State::Available, "a short Retry-After is waited out: {r:?}");
-    assert_eq!(r.http_requests, 2);
+    assert_eq!(seen_since(&proxy, mark), [head, head], "the 429, then the retry");
+    assert_eq!(r.http_requests, 3, "the HTTPS attempt of a first contact, the 429, the retry");
 
     proxy.set(Fault::Status { status: 429, retry_after: Some("120".into()) });
+    let mark = proxy.seen().len();
     let r = probe(&client, &via_proxy, None).await;
     assert_eq!(r.state, State::RateLimited, "{r:?}");
-    assert_eq!(r.http_requests, 1, "a long Retry-After is not waited for");
+    assert_eq!(seen_since(&proxy, mark), [head], "a long Retry-After is not waited for");
+    assert_eq!(r.http_requests, 1);
     let before = proxy.seen().len();
     let r = probe(&client, &via_proxy, None).await;
     assert_eq!((r.state, r.http_requests), (State::RateLimited, 0), "the registry is left alone: {r:?}");
@@ -196,7 +237,9 @@ async fn server_errors_resets_and_slow_bodies_are_registry_unavailable() {
 
     proxy.set(Fault::Status { status: 503, retry_after: None });
     let r = probe(&client, &via_proxy, None).await;
-    assert_eq!((r.state, r.http_requests), (State::RegistryUnavailable, 3), "retried twice: {r:?}");
+    assert_eq!(r.state, State::RegistryUnavailable, "{r:?}");
+    assert_eq!(seen_since(&proxy, 0).len(), 3, "retried twice: {:?}", proxy.seen());
+    assert_eq!(r.http_requests, 4, "the first contact's HTTPS attempt, then three: {r:?}");
 
     proxy.set_for(Fault::Status { status: 502, retry_after: None }, 1);
     let r = probe(&client, &via_proxy, None).await;
@@ -265,12 +308,9 @@ async fn redirects_to_another_host_carry_no_credentials() {
 
 #[tokio::test]
 async fn unreachable_registries() {
-    let refused = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    let refused = RefusedPort::bind();
     let client = client_with(None, ClientSettings { retries: 0, ..fast() });
-    let r = probe(&client, &format!("127.0.0.1:{refused}/team/app:v1"), None).await;
+    let r = probe(&client, &format!("{}/team/app:v1", refused.addr), None).await;
     assert_eq!(r.state, State::RegistryUnavailable, "{r:?}");
     assert!(r.error.as_deref().is_some_and(|e| e.contains("connection failed")), "{r:?}");
     let r = probe(&client, "registry.does-not-exist.invalid/team/app:v1", None).await;
@@ -281,17 +321,15 @@ async fn unreachable_registries() {
 async fn mirrors_are_tried_in_order_then_the_registry() {
     let env = Env::start().await;
     env.pusher.image("team/app", "v1", "amd64").await;
-    let dead = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        listener.local_addr().expect("addr").port()
-    };
+    let dead = RefusedPort::bind();
     let empty_mirror = FaultProxy::start(format!("http://{}", env.anon.addr)).await;
     empty_mirror.set(Fault::Status { status: 404, retry_after: None });
     let path = env.dir.path().join("mirrors.yaml");
     std::fs::write(
         &path,
         format!(
-            "registries:\n  upstream.example:\n    mirrors: ['127.0.0.1:{dead}', '{}', '{}']\n",
+            "registries:\n  upstream.example:\n    mirrors: ['{}', '{}', '{}']\n",
+            dead.addr,
             empty_mirror.addr(),
             env.anon.addr
         ),
@@ -320,20 +358,26 @@ async fn an_index_must_cover_the_platforms_the_nodes_need() {
     let platforms = |list: &[&str]| list.iter().map(|p| p.parse::<Platform>().expect("platform")).collect::<Vec<_>>();
     let multi = image(&format!("{}/multi/app:v1", env.anon.addr));
 
-    let both = client.probe_for(&multi, &[], &platforms(&["linux/amd64", "linux/arm64/v8"]), 1).await;
+    let needed = platforms(&["linux/amd64", "linux/arm64/v8"]);
+    let (both, served) = served_during(&env.anon, 1, client.probe_for(&multi, &[], &needed, 1)).await;
     assert_eq!((both.state, both.digest.as_deref()), (State::Available, Some(index.as_str())), "{both:?}");
-    assert_eq!(both.http_requests, 1, "one GET reads the index");
+    assert_eq!(served, ["GET /v2/multi/app/manifests/v1 200"], "one GET reads the index");
+    assert_eq!(both.http_requests, 2, "and a first contact's HTTPS attempt");
 
     let s390x = client.probe_for(&multi, &[], &platforms(&["linux/amd64", "linux/s390x"]), 1).await;
     assert_eq!(s390x.state, State::PlatformMissing, "{s390x:?}");
     let error = s390x.error.unwrap_or_default();
     assert!(error.contains("lacks linux/s390x") && error.contains("has linux/amd64, linux/arm64"), "{error}");
 
-    // A single manifest is pulled on any node (its architecture only matters when it runs).
-    let one = client
-        .probe_for(&image(&format!("{}/single/app:v1", env.anon.addr)), &[], &platforms(&["linux/s390x"]), 1)
-        .await;
-    assert_eq!((one.state, one.digest.as_deref()), (State::Available, Some(single.as_str())), "{one:?}");
+    // A single-platform manifest runs where its config says: containerd refuses it elsewhere.
+    let single_image = image(&format!("{}/single/app:v1", env.anon.addr));
+    let one = client.probe_for(&single_image, &[], &platforms(&["linux/s390x"]), 1).await;
+    assert_eq!((one.state, one.digest.as_deref()), (State::PlatformMissing, Some(single.as_str())), "{one:?}");
+    assert!(one.error.as_deref().is_some_and(|e| e.contains("linux/amd64 only")), "{one:?}");
+    let (amd64, served) =
+        served_during(&env.anon, 1, client.probe_for(&single_image, &[], &platforms(&["linux/amd64"]), 1)).await;
+    assert_eq!(amd64.state, State::Available, "{amd64:?}");
+    assert_eq!(served, ["GET /v2/single/app/manifests/v1 200"], "the config is read once per digest: {served:?}");
 
     // Through token auth, the GET goes through the same challenge.
     env.pusher.index("private/multi", "v1", &["amd64"]).await;

@@ -11,21 +11,28 @@ use base64::Engine;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
 use support::apiserver::ApiServer;
-use support::otlp::{Receiver, latest_points, logs, metrics, spans};
-use support::{Env, eventually, workload};
-use tokio::process::{Child, Command};
+use support::otlp::{Received, Receiver, every_point, latest_histogram, latest_points, logs, metrics, spans};
+use support::{Env, RefusedPort, eventually, workload};
+use tokio::process::Child;
 
 const WAIT: Duration = Duration::from_secs(30);
 
 struct Running {
     child: Child,
     log: std::path::PathBuf,
-    health: String,
+    _home: tempfile::TempDir,
 }
 
 impl Running {
     fn stderr(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Where /healthz and /readyz are served: pullcheck binds port 0 there and does not log
+    /// the port it got, so it is read from the process's listening socket.
+    async fn health(&self) -> String {
+        let pid = self.child.id().expect("running");
+        support::process::await_listening(pid, 1, WAIT).await[0].to_string()
     }
 
     /// SIGTERM, as Kubernetes stops a pod; returns the exit code.
@@ -36,34 +43,28 @@ impl Running {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port")
-}
-
+/// `pullcheck run` against the harness and the registries, cut off from the machine's clusters
+/// and collectors: only `otel` (after the fast export defaults) says where telemetry goes.
 fn start(env: &Env, api: &ApiServer, otel: &[(&str, String)], extra: &[&str]) -> Running {
     let kubeconfig = api.kubeconfig(env.dir.path());
     let registry_config = env.registry_config("", "");
-    let health = format!("127.0.0.1:{}", free_port());
-    let log = env.dir.path().join(format!("run-{}.log", free_port()));
-    let mut command = Command::new(env!("CARGO_BIN_EXE_pullcheck"));
+    let log = env.dir.path().join(format!("run-{}.log", support::rand_suffix()));
+    let (mut command, home) = support::process::pullcheck_async();
     command
         .args(["run", "--kubeconfig", &kubeconfig.display().to_string(), "--registry-config"])
         .arg(&registry_config)
-        .args(["--window", "4s", "--tick", "200ms", "--failure-retry", "500ms", "--health-addr", &health])
+        .args(["--window", "4s", "--tick", "200ms", "--failure-retry", "500ms", "--health-addr", "127.0.0.1:0"])
         .args(["--cluster-name", "test-cluster", "--request-timeout", "2s", "--retries", "0"])
         .args(extra)
         .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
         .env("OTEL_BSP_SCHEDULE_DELAY", "200")
         .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
-        .env_remove("OTEL_EXPORTER_OTLP_PROTOCOL")
-        .env_remove("KUBECONFIG")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"))
-        .kill_on_drop(true);
+        .stderr(std::fs::File::create(&log).expect("log file"));
     for (k, v) in otel {
         command.env(k, v);
     }
-    Running { child: command.spawn().expect("start pullcheck run"), log, health }
+    Running { child: command.spawn().expect("start pullcheck run"), log, _home: home }
 }
 
 /// The registries with team/app:v1, and a cluster with one Deployment using it.
@@ -101,12 +102,43 @@ fn point_for<'a>(points: &'a Points, container: &str) -> Option<&'a (BTreeMap<St
     points.iter().find(|(a, _)| a.get("k8s.container.name").map(String::as_str) == Some(container))
 }
 
+/// `namespace/workload/container` of a per-container series, whatever the workload's kind.
+fn series(attributes: &BTreeMap<String, String>) -> String {
+    let get = |key: &str| attributes.get(key).map_or("?", String::as_str);
+    let workload = ["k8s.deployment.name", "k8s.pod.name", "k8s.statefulset.name", "k8s.cronjob.name"]
+        .iter()
+        .find_map(|k| attributes.get(*k))
+        .map_or("?", String::as_str);
+    format!("{}/{workload}/{}", get("k8s.namespace.name"), get("k8s.container.name"))
+}
+
+/// A metric's newest points keyed by the values of `keys` (joined by a space).
+fn by(points: &Points, keys: &[&str]) -> BTreeMap<String, f64> {
+    points
+        .iter()
+        .map(|(a, v)| {
+            let key: Vec<&str> = keys.iter().map(|k| a.get(*k).map_or("-", String::as_str)).collect();
+            (key.join(" "), *v)
+        })
+        .collect()
+}
+
+fn attr<'a>(attributes: &'a BTreeMap<String, String>, key: &str) -> Option<&'a str> {
+    attributes.get(key).map(String::as_str)
+}
+
+/// The attributes of the state-change log saying `…image is now STATE (was PREVIOUS)`.
+fn transition(r: &Received, image: &str, state: &str, previous: &str) -> Option<BTreeMap<String, String>> {
+    let said = format!("{image} is now {state} (was {previous})");
+    logs(r).into_iter().find(|(body, _)| body.contains(&said)).map(|(_, attributes)| attributes)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_traces_and_logs_over_http_protobuf() {
     let env = Env::start().await;
     env.pusher.image("team/app", "v1", "amd64").await;
     let (sidecar_digest, _) = env.pusher.image("team/sidecar", "v2", "amd64").await;
-    env.pusher.image("private/app", "v1", "amd64").await;
+    let (private_digest, _) = env.pusher.image("private/app", "v1", "amd64").await;
     let api = ApiServer::start().await;
     let anon = env.anon.addr.clone();
     let mut web = workload("Deployment", "shop", "web", &format!("{anon}/team/app:v1"));
@@ -140,11 +172,20 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
         receiver.received(available),
         run.stderr()
     );
-    assert_eq!(http_get(&run.health, "/readyz").await, Some(200));
-    assert_eq!(http_get(&run.health, "/healthz").await, Some(200));
+    let health = run.health().await;
+    assert_eq!(http_get(&health, "/readyz").await, Some(200));
+    assert_eq!(http_get(&health, "/healthz").await, Some(200));
 
     // Series, values and attributes.
     let points = receiver.received(available);
+    let expected = BTreeMap::from([
+        ("shop/debug/main".to_string(), 0.0),
+        ("shop/web/main".to_string(), 1.0),
+        ("shop/web/sidecar".to_string(), 1.0),
+        ("team-a/api/main".to_string(), 1.0),
+    ]);
+    let values: BTreeMap<String, f64> = points.iter().map(|(a, v)| (series(a), *v)).collect();
+    assert_eq!(values, expected, "1 where the image can be pulled, 0 where not");
     let sidecar = point_for(&points, "sidecar").expect("sidecar series");
     assert_eq!(sidecar.1, 1.0);
     let attrs = &sidecar.0;
@@ -174,6 +215,17 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
         debug_state.and_then(|(a, _)| a.get("pullcheck.image.state")).map(String::as_str),
         Some("bad_image_format")
     );
+    let states: BTreeMap<String, (String, f64)> = status
+        .iter()
+        .map(|(a, v)| (series(a), (attr(a, "pullcheck.image.state").unwrap_or("-").to_string(), *v)))
+        .collect();
+    let expected_states = BTreeMap::from([
+        ("shop/debug/main".to_string(), ("bad_image_format".to_string(), 1.0)),
+        ("shop/web/main".to_string(), ("available".to_string(), 1.0)),
+        ("shop/web/sidecar".to_string(), ("available".to_string(), 1.0)),
+        ("team-a/api/main".to_string(), ("available".to_string(), 1.0)),
+    ]);
+    assert_eq!(states, expected_states, "always 1, the state in the attribute");
     let resource = receiver.received(|r| metrics(r).last().map(|(res, _)| res.clone())).expect("resource");
     assert_eq!(resource.get("service.name").map(String::as_str), Some("pullcheck"));
     assert_eq!(resource.get("k8s.cluster.name").map(String::as_str), Some("test-cluster"));
@@ -191,12 +243,57 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
     ] {
         assert!(names.contains(name), "{name} in {names:?}");
     }
+    // Their values: three image keys (the bad reference is no key but counts as its state), three
+    // workloads, every probe so far available, and the requests they took.
+    let token_registry = env.token.addr.clone();
+    let issuer = env.issuer.server.addr.to_string();
+    let images = receiver.received(|r| by(&latest_points(r, "pullcheck.images"), &["pullcheck.image.state"]));
+    let images: BTreeMap<String, f64> = images.into_iter().filter(|(_, n)| *n > 0.0).collect();
+    assert_eq!(images, BTreeMap::from([("available".into(), 3.0), ("bad_image_format".into(), 1.0)]));
+    assert_eq!(receiver.received(|r| latest_points(r, "pullcheck.workloads")).first().map(|(_, v)| *v), Some(3.0));
+    // `server.address` and `server.port` apart: `127.0.0.1:5000` is the series "127.0.0.1 5000".
+    let spaced = |registry: &str| registry.replacen(':', " ", 1);
+    let probes = receiver.received(|r| {
+        by(&latest_points(r, "pullcheck.probes"), &["server.address", "server.port", "pullcheck.image.state"])
+    });
+    assert!(probes.keys().all(|k| k.ends_with(" available")), "nothing failed: {probes:?}");
+    assert!(probes.get(&format!("{} available", spaced(&anon))).is_some_and(|n| *n >= 2.0), "{probes:?}");
+    assert!(probes.get(&format!("{} available", spaced(&token_registry))).is_some_and(|n| *n >= 1.0), "{probes:?}");
+    let durations = receiver.received(|r| latest_histogram(r, "pullcheck.probe.duration"));
+    for (registry, at_least) in [(&anon, 2), (&token_registry, 1)] {
+        let (_, count, sum) = durations
+            .iter()
+            .find(|(a, _, _)| {
+                let (host, port) = registry.rsplit_once(':').unwrap_or((registry.as_str(), ""));
+                attr(a, "server.address") == Some(host) && attr(a, "server.port") == Some(port)
+            })
+            .unwrap_or_else(|| panic!("durations of {registry}: {durations:?}"));
+        assert!(*count >= at_least && *sum > 0.0, "{registry}: {durations:?}");
+    }
+    let requests = receiver.received(|r| {
+        by(
+            &latest_points(r, "pullcheck.registry.requests"),
+            &["server.address", "server.port", "http.response.status_code"],
+        )
+    });
+    for (series, at_least) in [
+        (format!("{} 200", spaced(&anon)), 2.0),
+        (format!("{} 401", spaced(&token_registry)), 1.0),
+        (format!("{} 200", spaced(&issuer)), 1.0),
+        (format!("{} 200", spaced(&token_registry)), 1.0),
+    ] {
+        assert!(requests.get(&series).is_some_and(|n| *n >= at_least), "{series} >= {at_least}: {requests:?}");
+    }
+    let batches = receiver.received(|r| every_point(r, "pullcheck.schedule.batch.size"));
+    assert!(!batches.is_empty() && batches.iter().all(|(_, n)| (0.0..=3.0).contains(n)), "{batches:?}");
+    let coverage = |r: &Received| every_point(r, "pullcheck.schedule.window.coverage");
+    assert!(eventually(WAIT, || receiver.received(|r| coverage(r).iter().any(|(_, c)| *c == 1.0))).await);
+    assert!(receiver.received(coverage).iter().all(|(_, c)| (0.0..=1.0).contains(c)));
     let headers = receiver.received(|r| r.headers.clone());
     assert!(headers.iter().all(|h| h.iter().any(|(k, v)| k == "authorization" && v == "Basic dGVzdDpzZWNyZXQ=")));
     assert!(headers.iter().all(|h| h.iter().any(|(k, v)| k == "x-team" && v == "platform")));
 
     // One trace per probe: the root and one CLIENT span per HTTP request, the token fetch visible.
-    let token_registry = env.token.addr.clone();
     let probe_trace = |r: &support::otlp::Received| {
         let all = spans(r);
         let root = all
@@ -212,7 +309,11 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
     let root_attrs = support::otlp::attributes(&root.attributes);
     assert_eq!(root_attrs.get("pullcheck.image.state").map(String::as_str), Some("available"));
     assert_eq!(root_attrs.get("pullcheck.workloads.count").map(String::as_str), Some("1"));
-    assert!(root_attrs.get("oci.manifest.digest").is_some_and(|d| d.starts_with("sha256:")));
+    assert_eq!(attr(&root_attrs, "oci.manifest.digest"), Some(private_digest.as_str()));
+    assert_eq!(attr(&root_attrs, "container.image.name"), Some(format!("{token_registry}/private/app").as_str()));
+    assert_eq!(attr(&root_attrs, "container.image.tags"), Some("v1"));
+    assert_eq!(attr(&root_attrs, "server.address"), token_registry.rsplit_once(':').map(|(host, _)| host));
+    assert_eq!(root.status.as_ref().map(|s| s.code), Some(1), "status OK: {:?}", root.status);
     let calls: Vec<(String, String, i32)> = children
         .iter()
         .map(|s| {
@@ -265,10 +366,30 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
             .collect();
         assert!(internals.is_empty(), "bridge internals exported: {internals:?}");
     }
-    let token_url = support::otlp::attributes(&children[1].attributes).get("url.full").cloned().unwrap_or_default();
-    assert!(token_url.contains("/token?") && token_url.contains("scope=repository"), "{token_url}");
+    let child_attrs: Vec<_> = children.iter().map(|s| support::otlp::attributes(&s.attributes)).collect();
+    let manifest_url = format!("https://{token_registry}/v2/private/app/manifests/v1");
+    for head in [&child_attrs[0], &child_attrs[2]] {
+        assert_eq!(attr(head, "url.full"), Some(manifest_url.as_str()));
+        assert_eq!(attr(head, "server.address"), Some(token_host));
+    }
+    let token_url = attr(&child_attrs[1], "url.full").unwrap_or_default();
+    assert!(token_url.starts_with(&format!("{}?", env.issuer.realm())), "{token_url}");
+    let query: BTreeMap<String, String> = reqwest::Url::parse(token_url)
+        .map(|u| u.query_pairs().map(|(k, v)| (k.into_owned(), v.into_owned())).collect())
+        .unwrap_or_default();
+    assert_eq!(query.get("scope").map(String::as_str), Some("repository:private/app:pull"), "{token_url}");
+    assert_eq!(query.get("service").map(String::as_str), Some(support::token::SERVICE), "{token_url}");
+    assert_eq!(attr(&child_attrs[1], "server.address"), issuer.rsplit_once(':').map(|(host, _)| host));
     let all_span_text = receiver.received(|r| format!("{:?}", spans(r)));
     assert!(!all_span_text.contains(support::PASSWORD) && !all_span_text.contains("dGVzdDpzZWNyZXQ"));
+
+    // Each image's first result is logged as a change from pending.
+    let first = |r: &Received| transition(r, "team/sidecar:v2", "available", "pending");
+    assert!(eventually(WAIT, || receiver.received(|r| first(r).is_some())).await, "{:?}", receiver.received(logs));
+    let first = receiver.received(first).expect("log");
+    assert_eq!(attr(&first, "pullcheck.image.state"), Some("available"));
+    assert_eq!(attr(&first, "pullcheck.image.previous_state"), Some("pending"));
+    assert_eq!(attr(&first, "oci.manifest.digest"), Some(sidecar_digest.as_str()));
 
     // A tag deleted by a cleanup policy: the series moves to absent, and a log says so.
     env.pusher.delete("team/sidecar", &sidecar_digest).await;
@@ -286,6 +407,9 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
     assert!(eventually(WAIT, || receiver.received(|r| transition(r).is_some())).await, "{:?}", receiver.received(logs));
     let (_, log_attrs) = receiver.received(transition).expect("log");
     assert_eq!(log_attrs.get("pullcheck.workloads").map(String::as_str), Some("Deployment shop/web (sidecar)"));
+    assert_eq!(attr(&log_attrs, "pullcheck.image.previous_state"), Some("available"));
+    assert_eq!(attr(&log_attrs, "error.type"), Some("absent"));
+    assert_eq!(attr(&log_attrs, "oci.manifest.digest"), None, "nothing to pull, no digest");
     assert!(run.stderr().contains("is now absent (was available)"), "stderr has the transition too");
 
     // A workload deleted: its series are gone.
@@ -296,9 +420,40 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
     };
     assert!(eventually(WAIT, || receiver.received(gone)).await, "{:?}", receiver.received(available));
 
-    let exports_before = receiver.received(|r| r.metrics.len());
+    // That telemetry is flushed at shutdown is shown where no periodic export can stand in for
+    // it: telemetry_waiting_for_its_interval_is_flushed_at_shutdown.
     assert_eq!(run.terminate().await, Some(0), "a clean exit on SIGTERM");
-    assert!(receiver.received(|r| r.metrics.len()) > exports_before, "telemetry flushed at shutdown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_waiting_for_its_interval_is_flushed_at_shutdown() {
+    let (env, api) = one_deployment().await;
+    let receiver = Receiver::http().await;
+    let an_hour = "3600000".to_string();
+    let otel = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
+        ("OTEL_METRIC_EXPORT_INTERVAL", an_hour.clone()),
+        ("OTEL_BSP_SCHEDULE_DELAY", an_hour.clone()),
+        ("OTEL_BLRP_SCHEDULE_DELAY", an_hour),
+    ];
+    let run = start(&env, &api, &otel, &[]);
+    assert!(
+        eventually(WAIT, || run.stderr().contains("team/app:v1 is now available (was pending)")).await,
+        "{}",
+        run.stderr()
+    );
+    let nothing_yet = receiver.received(|r| (r.metrics.len(), r.traces.len(), r.logs.len()));
+    assert_eq!(nothing_yet, (0, 0, 0), "no export is due within the hour");
+    assert_eq!(run.terminate().await, Some(0), "a clean exit on SIGTERM");
+    let available = receiver.received(|r| latest_points(r, "pullcheck.image.available"));
+    assert_eq!(available.iter().map(|(a, v)| (series(a), *v)).collect::<Vec<_>>(), [("shop/web/main".into(), 1.0)]);
+    let image = format!("{}/team/app", env.anon.addr);
+    let probe = |r: &Received| spans(r).into_iter().find(|s| s.name == format!("probe {image}"));
+    let probe = receiver.received(probe).expect("the probe's span, flushed");
+    let probe_attrs = support::otlp::attributes(&probe.attributes);
+    assert_eq!(attr(&probe_attrs, "pullcheck.image.state"), Some("available"));
+    let log = receiver.received(|r| transition(r, "team/app:v1", "available", "pending")).expect("the log, flushed");
+    assert_eq!(attr(&log, "pullcheck.image.previous_state"), Some("pending"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -320,16 +475,30 @@ async fn grpc_gzip_and_delta_temporality() {
         })
     };
     assert!(eventually(WAIT, || receiver.received(probes_delta)).await, "delta sums over gRPC: {}", run.stderr());
+    // Deltas add up to the probes made: at least the first one, all available.
+    let probed = |r: &Received| {
+        let deltas = every_point(r, "pullcheck.probes");
+        let all_available = deltas.iter().all(|(a, _)| attr(a, "pullcheck.image.state") == Some("available"));
+        (all_available, deltas.iter().map(|(_, n)| n).sum::<f64>())
+    };
+    assert!(eventually(WAIT, || receiver.received(probed).1 >= 1.0).await, "{:?}", receiver.received(probed));
+    assert!(receiver.received(probed).0, "nothing failed");
+    let available_now = |r: &Received| by(&latest_points(r, "pullcheck.image.available"), &["k8s.deployment.name"]);
+    let available = BTreeMap::from([("web".to_string(), 1.0)]);
     assert!(
-        eventually(WAIT, || receiver
-            .received(|r| latest_points(r, "pullcheck.image.available").iter().any(|(_, v)| *v == 1.0)))
-        .await
+        eventually(WAIT, || receiver.received(available_now) == available).await,
+        "{:?}",
+        receiver.received(available_now)
     );
     assert!(
         receiver
             .received(|r| r.headers.iter().any(|h| h.iter().any(|(k, v)| k == "dd-api-key" && v == "not-a-real-key")))
     );
-    assert!(eventually(WAIT, || receiver.received(|r| !spans(r).is_empty())).await, "traces over gRPC");
+    let image = format!("{}/team/app", env.anon.addr);
+    let probe = |r: &Received| spans(r).into_iter().find(|s| s.name == format!("probe {image}"));
+    assert!(eventually(WAIT, || receiver.received(|r| probe(r).is_some())).await, "traces over gRPC");
+    let probe_attrs = receiver.received(|r| probe(r).map(|s| support::otlp::attributes(&s.attributes)));
+    assert_eq!(probe_attrs.as_ref().and_then(|a| attr(a, "pullcheck.image.state")), Some("available"));
     let stderr = run.stderr();
     let first_json = stderr.lines().find(|l| l.starts_with('{')).unwrap_or_default();
     assert!(serde_json::from_str::<serde_json::Value>(first_json).is_ok(), "JSON log lines: {stderr}");
@@ -339,14 +508,14 @@ async fn grpc_gzip_and_delta_temporality() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_collector_that_is_down_does_not_stop_probing() {
     let (env, api) = one_deployment().await;
-    let nobody = format!("http://127.0.0.1:{}", free_port());
-    let run = start(&env, &api, &[("OTEL_EXPORTER_OTLP_ENDPOINT", nobody)], &[]);
+    let nobody = RefusedPort::bind();
+    let run = start(&env, &api, &[("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{}", nobody.addr))], &[]);
     assert!(
         eventually(WAIT, || run.stderr().contains("team/app:v1 is now available (was pending)")).await,
         "{}",
         run.stderr()
     );
-    assert_eq!(http_get(&run.health, "/readyz").await, Some(200));
+    assert_eq!(http_get(&run.health().await, "/readyz").await, Some(200));
     assert_eq!(run.terminate().await, Some(0), "shutdown does not hang on the dead collector");
 }
 
@@ -366,14 +535,31 @@ async fn a_rotated_pull_secret_is_picked_up() {
         point_for(&latest_points(r, "pullcheck.image.status"), "main")
             .and_then(|(a, _)| a.get("pullcheck.image.state").cloned())
     };
+    let available = |r: &Received| point_for(&latest_points(r, "pullcheck.image.available"), "main").map(|(_, v)| *v);
     assert!(
         eventually(WAIT, || receiver.received(state).as_deref() == Some("authentication_failure")).await,
         "{:?}\n{}",
         receiver.received(state),
         run.stderr()
     );
+    assert_eq!(receiver.received(available), Some(0.0), "cannot be pulled with the expired password");
     api.apply(pull_secret("team-a", &env.basic.addr));
     assert!(eventually(WAIT, || receiver.received(state).as_deref() == Some("available")).await, "{}", run.stderr());
+    assert_eq!(receiver.received(available), Some(1.0));
+    // The new credential makes a new image key (image + credential): its first result is a
+    // change from pending, next to the old key's failure.
+    let failed = |r: &Received| transition(r, "private/app:v1", "authentication_failure", "pending");
+    assert!(eventually(WAIT, || receiver.received(|r| failed(r).is_some())).await, "{:?}", receiver.received(logs));
+    let failed = receiver.received(failed).expect("the expired password's log");
+    assert_eq!(attr(&failed, "pullcheck.image.state"), Some("authentication_failure"));
+    assert_eq!(attr(&failed, "pullcheck.image.previous_state"), Some("pending"));
+    assert_eq!(attr(&failed, "error.type"), Some("authentication_failure"));
+    let rotated = |r: &Received| transition(r, "private/app:v1", "available", "pending");
+    assert!(eventually(WAIT, || receiver.received(|r| rotated(r).is_some())).await, "{:?}", receiver.received(logs));
+    let log = receiver.received(rotated).expect("log");
+    assert_eq!(attr(&log, "pullcheck.image.state"), Some("available"));
+    assert_eq!(attr(&log, "pullcheck.image.previous_state"), Some("pending"));
+    assert_eq!(attr(&log, "pullcheck.workloads"), Some("Deployment team-a/api (main)"));
     assert_eq!(run.terminate().await, Some(0));
 }
 

@@ -82,6 +82,15 @@ impl Host {
         self.transport == Transport::HttpsThenHttp && url.scheme() == "https" && self.scheme() == "https"
     }
 
+    /// `url` in the scheme the host speaks now: a URL made before the host fell back to plain
+    /// HTTP (a HEAD's, reused for its GET) follows it.
+    pub fn current(&self, mut url: reqwest::Url) -> reqwest::Url {
+        if self.transport == Transport::HttpsThenHttp && self.scheme() == "http" && url.scheme() == "https" {
+            let _ = url.set_scheme("http");
+        }
+        url
+    }
+
     /// Plain HTTP answered where HTTPS failed: speak it from now on.
     pub fn fall_back(&self) {
         self.fell_back.store(true, std::sync::atomic::Ordering::Relaxed);

@@ -68,6 +68,7 @@ impl Exchange<'_> {
         authorization: Option<&str>,
         limit: usize,
     ) -> Result<(Response, Vec<u8>), Attempt> {
+        let url = host.current(url);
         let fallback = host.may_fall_back(&url).then(|| {
             let mut plain = url.clone();
             let _ = plain.set_scheme("http");

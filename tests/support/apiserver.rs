@@ -1,15 +1,58 @@
-//! A Kubernetes API-server stand-in that speaks the real list+watch protocol over HTTP, for the
-//! real `kube` client: paged lists with `continue`, watch streams from a resourceVersion with
-//! ADDED/MODIFIED/DELETED/BOOKMARK, 410 Gone for expired versions, dropped connections, and
-//! 403 for resources the test forbids. No API-server package exists for this machine.
+//! A Kubernetes API-server stand-in that speaks the real protocol over HTTP, for the real `kube`
+//! client, where pullcheck relies on it: paged lists served from one snapshot through `continue`
+//! tokens (410 Expired once compacted), watch streams from a resourceVersion with
+//! ADDED/MODIFIED/DELETED/BOOKMARK, 410 Gone for expired versions, dropped connections, get,
+//! create/update/delete with the API server's conflicts, and RBAC denials per verb and namespace
+//! with its 403 messages. No API-server package exists for this machine.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::http::{Reply, Request, Server};
+
+/// The identity the harness answers 403s for, as a pod's service account would be named.
+pub const USER: &str = "system:serviceaccount:pullcheck:pullcheck";
+
+/// The RBAC verbs the harness tells apart.
+pub const VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "delete"];
+
+/// Kind, apiVersion and plural of every resource the harness stores.
+const RESOURCES: &[(&str, &str, &str)] = &[
+    ("Deployment", "apps/v1", "deployments"),
+    ("StatefulSet", "apps/v1", "statefulsets"),
+    ("DaemonSet", "apps/v1", "daemonsets"),
+    ("ReplicaSet", "apps/v1", "replicasets"),
+    ("Job", "batch/v1", "jobs"),
+    ("CronJob", "batch/v1", "cronjobs"),
+    ("ReplicationController", "v1", "replicationcontrollers"),
+    ("Pod", "v1", "pods"),
+    ("PodTemplate", "v1", "podtemplates"),
+    ("Secret", "v1", "secrets"),
+    ("ServiceAccount", "v1", "serviceaccounts"),
+    ("Namespace", "v1", "namespaces"),
+    ("Node", "v1", "nodes"),
+    ("Lease", "coordination.k8s.io/v1", "leases"),
+    ("Event", "v1", "events"),
+    ("Event", "events.k8s.io/v1", "events"),
+];
+
+/// apiVersion and plural of a kind (for `Event`, the core `v1` one).
+pub fn resource_of(kind: &str) -> (&'static str, &'static str) {
+    RESOURCES
+        .iter()
+        .find(|(k, _, _)| *k == kind)
+        .map(|(_, api_version, plural)| (*api_version, *plural))
+        .unwrap_or_else(|| panic!("the API-server harness has no resource for kind {kind}"))
+}
+
+fn kind_of(group_version: &str, plural: &str) -> Option<&'static str> {
+    RESOURCES.iter().find(|(_, gv, p)| *gv == group_version && *p == plural).map(|(kind, _, _)| *kind)
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Key {
@@ -18,6 +61,17 @@ struct Key {
     /// Empty for cluster-scoped objects.
     namespace: String,
     name: String,
+}
+
+impl Key {
+    /// Where the object sits in a list: the real server lists in etcd key order, `ns/name`.
+    fn position(&self) -> String {
+        if self.namespace.is_empty() { self.name.clone() } else { format!("{}/{}", self.namespace, self.name) }
+    }
+
+    fn within(&self, resource: &str, namespace: Option<&str>) -> bool {
+        self.resource == resource && namespace.is_none_or(|ns| ns == self.namespace)
+    }
 }
 
 struct Change {
@@ -33,17 +87,37 @@ struct Watch {
     tx: mpsc::Sender<Vec<u8>>,
 }
 
+/// A denial: `verb` (`None`: every verb) on `resource`, in `namespace` (`None`: everywhere).
+struct Denial {
+    verb: Option<&'static str>,
+    resource: String,
+    namespace: Option<String>,
+}
+
+impl Denial {
+    /// Denied in one namespace means no cluster-wide grant either: a ClusterRoleBinding that
+    /// allowed the cluster-scope request would allow it in that namespace too.
+    fn applies(&self, verb: &str, resource: &str, namespace: Option<&str>) -> bool {
+        self.verb.is_none_or(|v| v == verb)
+            && self.resource == resource
+            && (self.namespace.is_none() || namespace.is_none() || self.namespace.as_deref() == namespace)
+    }
+}
+
 #[derive(Default)]
 struct Cluster {
     rv: u64,
     objects: BTreeMap<Key, Value>,
+    /// Every change since the start, oldest first: watches replay it and continued lists read
+    /// their snapshot from it.
     history: Vec<Change>,
-    /// Watches asking for an older version get 410 Gone.
+    /// Watches and list continuations from an older version get 410, as after etcd compaction.
     compacted_below: u64,
-    forbidden: HashSet<String>,
+    denials: Vec<Denial>,
     watches: Vec<Watch>,
     page_size: Option<usize>,
     requests: Vec<String>,
+    uids: u64,
 }
 
 pub struct ApiServer {
@@ -51,35 +125,52 @@ pub struct ApiServer {
     cluster: Arc<Mutex<Cluster>>,
 }
 
-/// apiVersion and plural of a kind.
-pub fn resource_of(kind: &str) -> (&'static str, &'static str) {
-    match kind {
-        "Deployment" => ("apps/v1", "deployments"),
-        "StatefulSet" => ("apps/v1", "statefulsets"),
-        "DaemonSet" => ("apps/v1", "daemonsets"),
-        "ReplicaSet" => ("apps/v1", "replicasets"),
-        "Job" => ("batch/v1", "jobs"),
-        "CronJob" => ("batch/v1", "cronjobs"),
-        "ReplicationController" => ("v1", "replicationcontrollers"),
-        "Pod" => ("v1", "pods"),
-        "PodTemplate" => ("v1", "podtemplates"),
-        "Secret" => ("v1", "secrets"),
-        "ServiceAccount" => ("v1", "serviceaccounts"),
-        "Namespace" => ("v1", "namespaces"),
-        "Node" => ("v1", "nodes"),
-        other => panic!("the API-server harness has no resource for kind {other}"),
-    }
-}
-
 fn status(code: u16, reason: &str, message: &str) -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
            "message": message, "reason": reason, "code": code})
+}
+
+fn failure(code: u16, reason: &str, message: &str) -> Reply {
+    Reply::json(code, &status(code, reason, message))
 }
 
 fn line(kind: &str, object: &Value) -> Vec<u8> {
     let mut bytes = json!({"type": kind, "object": object}).to_string().into_bytes();
     bytes.push(b'\n');
     bytes
+}
+
+/// `leases.coordination.k8s.io`, or `pods` for the core group, as the API server names a
+/// resource in its messages.
+fn qualified(group_version: &str, plural: &str) -> String {
+    match group_version.rsplit_once('/') {
+        Some((group, _)) => format!("{plural}.{group}"),
+        None => plural.to_string(),
+    }
+}
+
+fn now() -> String {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    k8s_openapi::jiff::Timestamp::from_second(now.as_second()).expect("a time in range").to_string()
+}
+
+/// A list position in a snapshot, as the real `continue` token carries it (base64 of
+/// `{"v":"meta.k8s.io/v1","rv":…,"start":"ns/name\u0000"}`).
+fn encode_continue(rv: u64, last: &str) -> String {
+    let token = json!({"v": "meta.k8s.io/v1", "rv": rv, "start": format!("{last}\u{0}")});
+    URL_SAFE_NO_PAD.encode(token.to_string())
+}
+
+/// The snapshot version and the position to list after, or why the token is not one.
+fn decode_continue(token: &str) -> Result<(u64, String), String> {
+    let bytes = URL_SAFE_NO_PAD.decode(token.trim_end_matches('=')).map_err(|e| e.to_string())?;
+    let token: Value = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if token["v"] != "meta.k8s.io/v1" {
+        return Err(format!("unsupported version {}", token["v"]));
+    }
+    let rv = token["rv"].as_u64().filter(|rv| *rv > 0).ok_or("no resource version")?;
+    let start = token["start"].as_str().and_then(|s| s.strip_suffix('\u{0}')).ok_or("no start key")?;
+    Ok((rv, start.to_string()))
 }
 
 impl ApiServer {
@@ -119,42 +210,53 @@ impl ApiServer {
         self.cluster.lock().expect("harness lock")
     }
 
-    /// Creates or replaces an object (with `kind`, `metadata.name`, optional `metadata.namespace`).
+    /// Creates or replaces an object (with `kind`, `metadata.name`, optional `metadata.namespace`
+    /// and `apiVersion`), whatever its resourceVersion says.
     pub fn apply(&self, mut object: Value) {
         let kind = object["kind"].as_str().expect("kind").to_string();
-        let (api_version, plural) = resource_of(&kind);
+        let (api_version, plural) = match object["apiVersion"].as_str() {
+            Some(api_version) => RESOURCES
+                .iter()
+                .find(|(k, gv, _)| *k == kind && *gv == api_version)
+                .map(|(_, gv, plural)| (*gv, *plural))
+                .unwrap_or_else(|| panic!("the API-server harness has no resource for {api_version} {kind}")),
+            None => resource_of(&kind),
+        };
         object["apiVersion"] = json!(api_version);
         let namespace = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
         let name = object["metadata"]["name"].as_str().expect("metadata.name").to_string();
         let key = Key { resource: format!("{api_version}/{plural}"), namespace, name };
-        let mut cluster = self.lock();
-        cluster.rv += 1;
-        let rv = cluster.rv;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        if object["metadata"]["uid"].is_null() {
-            object["metadata"]["uid"] = json!(format!("uid-{}-{}", key.name, rv));
-        }
-        let kind = if cluster.objects.insert(key.clone(), object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
-        cluster.record(rv, key, kind, object);
+        self.lock().store(key, object);
     }
 
     pub fn delete(&self, kind: &str, namespace: &str, name: &str) {
         let (api_version, plural) = resource_of(kind);
         let key = Key { resource: format!("{api_version}/{plural}"), namespace: namespace.into(), name: name.into() };
-        let mut cluster = self.lock();
-        let Some(mut object) = cluster.objects.remove(&key) else {
+        if self.lock().remove(&key).is_none() {
             panic!("delete of missing {kind} {namespace}/{name}")
-        };
-        cluster.rv += 1;
-        let rv = cluster.rv;
-        object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        cluster.record(rv, key, "DELETED", object);
+        }
     }
 
-    /// Every list and watch of `kind` answers 403 from now on.
+    /// The stored object, as a get would answer it.
+    pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let (api_version, plural) = resource_of(kind);
+        let key = Key { resource: format!("{api_version}/{plural}"), namespace: namespace.into(), name: name.into() };
+        self.lock().objects.get(&key).cloned()
+    }
+
+    /// Every verb on `kind`, everywhere, answers 403 from now on.
     pub fn forbid(&self, kind: &str) {
         let (api_version, plural) = resource_of(kind);
-        self.lock().forbidden.insert(format!("{api_version}/{plural}"));
+        self.lock().denials.push(Denial { verb: None, resource: format!("{api_version}/{plural}"), namespace: None });
+    }
+
+    /// `verb` (get, list, watch, create, update, delete) on `kind` answers 403 from now on, in
+    /// `namespace` and at the cluster scope, or everywhere when `None`.
+    pub fn forbid_verb(&self, verb: &str, kind: &str, namespace: Option<&str>) {
+        let verb = VERBS.into_iter().find(|v| *v == verb).unwrap_or_else(|| panic!("no RBAC verb {verb}"));
+        let (api_version, plural) = resource_of(kind);
+        let resource = format!("{api_version}/{plural}");
+        self.lock().denials.push(Denial { verb: Some(verb), resource, namespace: namespace.map(str::to_string) });
     }
 
     /// Lists return at most `n` items per page whatever the client asks.
@@ -162,8 +264,9 @@ impl ApiServer {
         self.lock().page_size = Some(n);
     }
 
-    /// Expires every version so far: open watches get a 410 Gone event and are closed, and
-    /// watches from an older version are refused with 410, as after etcd compaction.
+    /// Expires every version so far, as etcd compaction does: open watches get a 410 Gone event
+    /// and are closed, watches from an older version are refused with 410, and so are list
+    /// continuations of a snapshot taken before.
     pub fn compact(&self) {
         let mut cluster = self.lock();
         cluster.compacted_below = cluster.rv + 1;
@@ -203,10 +306,171 @@ impl Cluster {
     fn record(&mut self, rv: u64, key: Key, kind: &'static str, object: Value) {
         let event = line(kind, &object);
         self.watches.retain(|w| {
-            let matches = w.resource == key.resource && w.namespace.as_ref().is_none_or(|ns| *ns == key.namespace);
+            let matches = key.within(&w.resource, w.namespace.as_deref());
             !matches || w.tx.try_send(event.clone()).is_ok()
         });
         self.history.push(Change { rv, key, kind, object });
+    }
+
+    /// Stores `object` at a new version, keeping the uid and creation time of the object it
+    /// replaces; tells the watches.
+    fn store(&mut self, key: Key, mut object: Value) -> Value {
+        self.rv += 1;
+        let rv = self.rv;
+        let previous = self.objects.get(&key).map(|o| o["metadata"].clone());
+        let metadata = &mut object["metadata"];
+        metadata["resourceVersion"] = json!(rv.to_string());
+        match previous {
+            Some(previous) => {
+                metadata["uid"] = previous["uid"].clone();
+                metadata["creationTimestamp"] = previous["creationTimestamp"].clone();
+            }
+            None => {
+                if metadata["uid"].is_null() {
+                    self.uids += 1;
+                    metadata["uid"] = json!(format!("uid-{}-{}", key.name, self.uids));
+                }
+                if metadata["creationTimestamp"].is_null() {
+                    metadata["creationTimestamp"] = json!(now());
+                }
+            }
+        }
+        let kind = if self.objects.insert(key.clone(), object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
+        self.record(rv, key, kind, object.clone());
+        object
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Value> {
+        let mut object = self.objects.remove(key)?;
+        self.rv += 1;
+        let rv = self.rv;
+        object["metadata"]["resourceVersion"] = json!(rv.to_string());
+        self.record(rv, key.clone(), "DELETED", object.clone());
+        Some(object)
+    }
+
+    /// The objects of `resource` (in `namespace`) as they were at version `rv`, in list order.
+    fn snapshot(&self, resource: &str, namespace: Option<&str>, rv: u64) -> Vec<(String, &Value)> {
+        let mut at: BTreeMap<String, Option<&Value>> = BTreeMap::new();
+        if rv == self.rv {
+            at.extend(
+                self.objects
+                    .iter()
+                    .filter(|(k, _)| k.within(resource, namespace))
+                    .map(|(k, v)| (k.position(), Some(v))),
+            );
+        } else {
+            for change in self.history.iter().take_while(|c| c.rv <= rv).filter(|c| c.key.within(resource, namespace)) {
+                at.insert(change.key.position(), (change.kind != "DELETED").then_some(&change.object));
+            }
+        }
+        at.into_iter().filter_map(|(position, object)| Some((position, object?))).collect()
+    }
+}
+
+/// A request, as the API server's handler chain sees it.
+struct Target<'a> {
+    group_version: String,
+    plural: &'a str,
+    namespace: Option<&'a str>,
+    name: Option<&'a str>,
+}
+
+impl Target<'_> {
+    fn parse(path: &str) -> Option<Target<'_>> {
+        let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+        let (group_version, rest) = match segments.as_slice() {
+            ["api", v, rest @ ..] => (v.to_string(), rest),
+            ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
+            _ => return None,
+        };
+        let (plural, namespace, name) = match rest {
+            [plural] => (*plural, None, None),
+            ["namespaces", name] => ("namespaces", None, Some(*name)),
+            [plural, name] => (*plural, None, Some(*name)),
+            ["namespaces", ns, plural] => (*plural, Some(*ns), None),
+            ["namespaces", ns, plural, name] => (*plural, Some(*ns), Some(*name)),
+            _ => return None,
+        };
+        Some(Target { group_version, plural, namespace, name })
+    }
+
+    fn resource(&self) -> String {
+        format!("{}/{}", self.group_version, self.plural)
+    }
+
+    fn key(&self, name: &str) -> Key {
+        Key { resource: self.resource(), namespace: self.namespace.unwrap_or_default().into(), name: name.into() }
+    }
+
+    fn group(&self) -> &str {
+        self.group_version.rsplit_once('/').map_or("", |(group, _)| group)
+    }
+
+    fn qualified(&self) -> String {
+        qualified(&self.group_version, self.plural)
+    }
+
+    fn not_found(&self, name: &str) -> Reply {
+        failure(404, "NotFound", &format!("{} \"{name}\" not found", self.qualified()))
+    }
+
+    /// `pods "web" is forbidden: User "…" cannot get resource "pods" in API group "" in the
+    /// namespace "shop"`, word for word as the API server says it.
+    fn forbidden(&self, verb: &str) -> Reply {
+        let subject = match self.name {
+            Some(name) => format!("{} \"{name}\"", self.qualified()),
+            None => self.qualified(),
+        };
+        let scope = match self.namespace {
+            Some(ns) => format!("in the namespace \"{ns}\""),
+            None => "at the cluster scope".to_string(),
+        };
+        let message = format!(
+            "{subject} is forbidden: User \"{USER}\" cannot {verb} resource \"{}\" in API group \"{}\" {scope}",
+            self.plural,
+            self.group()
+        );
+        let mut body = status(403, "Forbidden", &message);
+        body["details"] = json!({"name": self.name.unwrap_or_default(), "group": self.group(), "kind": self.plural});
+        Reply::json(403, &body)
+    }
+}
+
+/// What a request asks for, by the RBAC verb it needs.
+enum Op<'a> {
+    Get(&'a str),
+    List,
+    Watch,
+    Create,
+    Update(&'a str),
+    Delete(&'a str),
+}
+
+impl<'a> Op<'a> {
+    /// `None` for a method the resource does not serve.
+    fn of(req: &Request, target: &Target<'a>) -> Option<Op<'a>> {
+        let watch = req.query("watch").is_some_and(|w| w == "true" || w == "1");
+        Some(match (req.method.as_str(), target.name) {
+            ("GET", Some(name)) => Op::Get(name),
+            ("GET", None) if watch => Op::Watch,
+            ("GET", None) => Op::List,
+            ("POST", None) => Op::Create,
+            ("PUT", Some(name)) => Op::Update(name),
+            ("DELETE", Some(name)) => Op::Delete(name),
+            _ => return None,
+        })
+    }
+
+    fn verb(&self) -> &'static str {
+        match self {
+            Op::Get(_) => "get",
+            Op::List => "list",
+            Op::Watch => "watch",
+            Op::Create => "create",
+            Op::Update(_) => "update",
+            Op::Delete(_) => "delete",
+        }
     }
 }
 
@@ -214,67 +478,187 @@ fn handle(cluster: &Mutex<Cluster>, req: &Request) -> Reply {
     let mut cluster = cluster.lock().expect("harness lock");
     cluster.requests.push(format!("{} {}", req.method, req.target));
     let path = req.target.split('?').next().unwrap_or_default();
-    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (group_version, rest) = match segments.as_slice() {
-        ["api", v, rest @ ..] => (v.to_string(), rest),
-        ["apis", g, v, rest @ ..] => (format!("{g}/{v}"), rest),
-        _ => return Reply::json(404, &status(404, "NotFound", "no such path")),
+    let Some(target) = Target::parse(path) else {
+        return failure(404, "NotFound", "the server could not find the requested resource");
     };
-    let (plural, namespace, name) = match rest {
-        [plural] => (*plural, None, None),
-        ["namespaces", name] => ("namespaces", None, Some(*name)),
-        ["namespaces", ns, plural] => (*plural, Some(*ns), None),
-        ["namespaces", ns, plural, name] => (*plural, Some(*ns), Some(*name)),
-        _ => return Reply::json(404, &status(404, "NotFound", "no such path")),
+    let Some(op) = Op::of(req, &target) else {
+        return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource");
     };
-    let resource = format!("{group_version}/{plural}");
-    if cluster.forbidden.contains(&resource) {
-        let message = format!(
-            "{plural} is forbidden: User \"system:serviceaccount:pullcheck:pullcheck\" cannot list resource \"{plural}\""
-        );
-        return Reply::json(403, &status(403, "Forbidden", &message));
+    let resource = target.resource();
+    if cluster.denials.iter().any(|d| d.applies(op.verb(), &resource, target.namespace)) {
+        return target.forbidden(op.verb());
     }
-    if let Some(name) = name {
-        let key = Key { resource, namespace: namespace.unwrap_or_default().into(), name: name.into() };
-        return match cluster.objects.get(&key) {
+    match op {
+        Op::Get(name) => match cluster.objects.get(&target.key(name)) {
             Some(object) => Reply::json(200, object),
-            None => Reply::json(404, &status(404, "NotFound", &format!("{plural} \"{name}\" not found"))),
-        };
+            None => target.not_found(name),
+        },
+        Op::Watch => watch_from(&mut cluster, &target, req),
+        Op::List => list(&cluster, &target, req),
+        Op::Create => create(&mut cluster, &target, req),
+        Op::Update(name) => update(&mut cluster, &target, name, req),
+        Op::Delete(name) => delete(&mut cluster, &target, name, req),
     }
-    let watch = req.query("watch").is_some_and(|w| w == "true" || w == "1");
-    if watch {
-        let from: u64 = req.query("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let (tx, rx) = mpsc::channel(1024);
-        if from < cluster.compacted_below {
-            let _ = tx.try_send(line("ERROR", &status(410, "Expired", "too old resource version")));
-        } else {
-            for change in cluster.history.iter().filter(|c| c.rv > from) {
-                if change.key.resource == resource && namespace.is_none_or(|ns| ns == change.key.namespace) {
-                    let _ = tx.try_send(line(change.kind, &change.object));
-                }
-            }
-            cluster.watches.push(Watch { resource, namespace: namespace.map(str::to_string), tx });
+}
+
+fn watch_from(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
+    let resource = target.resource();
+    let from: u64 = req.query("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let (tx, rx) = mpsc::channel(1024);
+    if from < cluster.compacted_below {
+        let _ = tx.try_send(line("ERROR", &status(410, "Expired", "too old resource version")));
+    } else {
+        for change in cluster.history.iter().filter(|c| c.rv > from && c.key.within(&resource, target.namespace)) {
+            let _ = tx.try_send(line(change.kind, &change.object));
         }
-        return Reply::Stream {
-            status: 200,
-            headers: vec![("Content-Type".into(), "application/json".into())],
-            chunks: rx,
-        };
+        cluster.watches.push(Watch { resource, namespace: target.namespace.map(str::to_string), tx });
     }
-    let items: Vec<&Value> = cluster
-        .objects
-        .iter()
-        .filter(|(k, _)| k.resource == resource && namespace.is_none_or(|ns| ns == k.namespace))
-        .map(|(_, v)| v)
-        .collect();
-    let offset: usize = req.query("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    Reply::Stream { status: 200, headers: vec![("Content-Type".into(), "application/json".into())], chunks: rx }
+}
+
+/// A page of the snapshot the first page fixed: later pages show the objects as they were
+/// then, whatever changed since, until compaction expires that version.
+fn list(cluster: &Cluster, target: &Target, req: &Request) -> Reply {
+    let (rv, after) = match req.query("continue").filter(|c| !c.is_empty()) {
+        None => (cluster.rv, None),
+        Some(token) => match decode_continue(&token) {
+            Err(e) => return failure(400, "BadRequest", &format!("continue key is not valid: {e}")),
+            Ok((rv, _)) if rv < cluster.compacted_below => {
+                return failure(
+                    410,
+                    "Expired",
+                    "The provided continue parameter is too old to display a consistent list result. You can start a new list without the continue parameter.",
+                );
+            }
+            Ok((rv, after)) => (rv, Some(after)),
+        },
+    };
     let limit = req.query("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
-    let limit = cluster.page_size.map_or(limit, |p| p.min(limit));
-    let page: Vec<&Value> = items.iter().skip(offset).take(limit).copied().collect();
-    let next = offset + page.len();
-    let mut metadata = json!({"resourceVersion": cluster.rv.to_string()});
-    if next < items.len() {
-        metadata["continue"] = json!(next.to_string());
+    let limit = cluster.page_size.map_or(limit, |p| p.min(limit)).max(1);
+    let items = cluster.snapshot(&target.resource(), target.namespace, rv);
+    let rest: Vec<&(String, &Value)> = items.iter().filter(|(p, _)| after.as_ref().is_none_or(|a| p > a)).collect();
+    let page: Vec<&Value> = rest.iter().take(limit).map(|(_, v)| *v).collect();
+    let mut metadata = json!({"resourceVersion": rv.to_string()});
+    if rest.len() > page.len() {
+        // A page holds at least one item (limit >= 1), so there is a last one to go on after.
+        let (last, _) = rest[page.len() - 1];
+        metadata["continue"] = json!(encode_continue(rv, last));
+        metadata["remainingItemCount"] = json!(rest.len() - page.len());
     }
-    Reply::json(200, &json!({"kind": "List", "apiVersion": group_version, "metadata": metadata, "items": page}))
+    let kind = kind_of(&target.group_version, target.plural).map_or("List".to_string(), |k| format!("{k}List"));
+    Reply::json(200, &json!({"kind": kind, "apiVersion": target.group_version, "metadata": metadata, "items": page}))
+}
+
+/// The request body as an object of the target's resource, or the API server's 400.
+fn body_object(target: &Target, req: &Request) -> Result<Value, Reply> {
+    let mut object: Value = serde_json::from_slice(&req.body)
+        .ok()
+        .filter(Value::is_object)
+        .ok_or_else(|| failure(400, "BadRequest", "the request body is not a JSON object"))?;
+    if let Some(ns) = target.namespace {
+        match object["metadata"]["namespace"].as_str() {
+            None => object["metadata"]["namespace"] = json!(ns),
+            Some(given) if given != ns => {
+                return Err(failure(
+                    400,
+                    "BadRequest",
+                    "the namespace of the provided object does not match the namespace sent on the request",
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    object["apiVersion"] = json!(target.group_version);
+    if let Some(kind) = kind_of(&target.group_version, target.plural) {
+        object["kind"] = json!(kind);
+    }
+    Ok(object)
+}
+
+fn create(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
+    let mut object = match body_object(target, req) {
+        Ok(object) => object,
+        Err(reply) => return reply,
+    };
+    let name = match (object["metadata"]["name"].as_str(), object["metadata"]["generateName"].as_str()) {
+        (Some(name), _) if !name.is_empty() => name.to_string(),
+        (_, Some(prefix)) => format!("{prefix}{:05x}", cluster.rv + 1),
+        _ => {
+            let kind = object["kind"].as_str().unwrap_or_default();
+            let message =
+                format!("{kind} \"\" is invalid: metadata.name: Required value: name or generateName is required");
+            return failure(422, "Invalid", &message);
+        }
+    };
+    object["metadata"]["name"] = json!(name);
+    let key = target.key(&name);
+    if cluster.objects.contains_key(&key) {
+        let mut body = status(409, "AlreadyExists", &format!("{} \"{name}\" already exists", target.qualified()));
+        body["details"] = json!({"name": name, "group": target.group(), "kind": target.plural});
+        return Reply::json(409, &body);
+    }
+    // The server owns these: a client's values are not kept.
+    for field in ["resourceVersion", "uid", "creationTimestamp"] {
+        if let Some(metadata) = object["metadata"].as_object_mut() {
+            metadata.remove(field);
+        }
+    }
+    Reply::json(201, &cluster.store(key, object))
+}
+
+fn conflict(target: &Target, name: &str, why: &str) -> Reply {
+    let message = format!("Operation cannot be fulfilled on {} \"{name}\": {why}", target.qualified());
+    let mut body = status(409, "Conflict", &message);
+    body["details"] = json!({"name": name, "group": target.group(), "kind": target.plural});
+    Reply::json(409, &body)
+}
+
+fn update(cluster: &mut Cluster, target: &Target, name: &str, req: &Request) -> Reply {
+    let object = match body_object(target, req) {
+        Ok(object) => object,
+        Err(reply) => return reply,
+    };
+    if object["metadata"]["name"].as_str() != Some(name) {
+        let given = object["metadata"]["name"].as_str().unwrap_or_default();
+        return failure(
+            400,
+            "BadRequest",
+            &format!("the name of the object ({given}) does not match the name on the URL ({name})"),
+        );
+    }
+    let key = target.key(name);
+    let Some(current) = cluster.objects.get(&key) else { return target.not_found(name) };
+    // An update without a resourceVersion is unconditional, as for most resources.
+    let expected = object["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty());
+    if expected.is_some_and(|rv| Some(rv) != current["metadata"]["resourceVersion"].as_str()) {
+        return conflict(
+            target,
+            name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        );
+    }
+    Reply::json(200, &cluster.store(key, object))
+}
+
+fn delete(cluster: &mut Cluster, target: &Target, name: &str, req: &Request) -> Reply {
+    let key = target.key(name);
+    let Some(current) = cluster.objects.get(&key) else { return target.not_found(name) };
+    // DeleteOptions may carry preconditions; an unreadable body is treated as none.
+    let options: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    for (field, label) in [("resourceVersion", "ResourceVersion"), ("uid", "UID")] {
+        let (wanted, actual) = (&options["preconditions"][field], &current["metadata"][field]);
+        if let Some(wanted) = wanted.as_str().filter(|w| Some(*w) != actual.as_str()) {
+            let actual = actual.as_str().unwrap_or_default();
+            let why =
+                format!("Precondition failed: {label} in precondition: {wanted}, {label} in object meta: {actual}");
+            return conflict(target, name, &why);
+        }
+    }
+    let object = cluster.remove(&key).expect("the object was just found");
+    let details =
+        json!({"name": name, "group": target.group(), "kind": target.plural, "uid": object["metadata"]["uid"]});
+    Reply::json(
+        200,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
+    )
 }

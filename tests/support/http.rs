@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.1 server for the test doubles (token issuer, fault proxy): one request per
-//! connection, so a handler can misbehave at the socket level (resets, truncation, drips).
+//! A minimal HTTP/1.1 server for the test doubles (token issuer, fault proxy, API server, OTLP
+//! receiver): one request per connection, its body read whole (bounded, `Content-Length` or
+//! chunked), so a handler can misbehave at the socket level (resets, truncation, drips).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -116,23 +117,93 @@ impl Server {
     }
 }
 
-async fn serve_one<F, Fut>(mut stream: TcpStream, handler: &F) -> std::io::Result<()>
-where
-    F: Fn(Request) -> Fut,
-    Fut: Future<Output = Reply>,
-{
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 || buf.len() > 64 << 10 {
-            return Ok(());
-        }
-        buf.extend_from_slice(&chunk[..n]);
+/// Bounds on what a client may send: the doubles read whole requests into memory.
+const MAX_HEAD: usize = 64 << 10;
+const MAX_BODY: usize = 64 << 20;
+
+/// A connection's bytes read so far, past what has been parsed.
+struct Incoming {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Incoming {
+    /// Reads more; `false` at end of stream.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 16 << 10];
+        let n = self.stream.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
     }
-    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n").map_or(buf.len(), |p| p + 4);
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
-    let mut body = buf[head_end..].to_vec();
+
+    /// The bytes up to and including `end`, if it comes within `limit` bytes.
+    async fn until(&mut self, end: &[u8], limit: usize) -> std::io::Result<Option<Vec<u8>>> {
+        loop {
+            if let Some(at) = self.buf.windows(end.len()).position(|w| w == end) {
+                return Ok(Some(self.buf.drain(..at + end.len()).collect()));
+            }
+            if self.buf.len() > limit || !self.fill().await? {
+                return Ok(None);
+            }
+        }
+    }
+
+    async fn exactly(&mut self, n: usize) -> std::io::Result<Option<Vec<u8>>> {
+        while self.buf.len() < n {
+            if !self.fill().await? {
+                return Ok(None);
+            }
+        }
+        Ok(Some(self.buf.drain(..n).collect()))
+    }
+
+    /// A `Transfer-Encoding: chunked` body, trailers dropped; `None` if malformed or too large.
+    async fn chunked(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        let mut body = Vec::new();
+        loop {
+            let Some(line) = self.until(b"\r\n", 1024).await? else { return Ok(None) };
+            let line = String::from_utf8_lossy(&line);
+            let size = line.trim_end().split(';').next().unwrap_or_default().trim();
+            let Ok(size) = usize::from_str_radix(size, 16) else { return Ok(None) };
+            if size == 0 {
+                while self.until(b"\r\n", MAX_HEAD).await?.is_some_and(|l| l.len() > 2) {}
+                return Ok(Some(body));
+            }
+            if body.len() + size > MAX_BODY {
+                return Ok(None);
+            }
+            let Some(chunk) = self.exactly(size + 2).await? else { return Ok(None) };
+            body.extend_from_slice(&chunk[..size]);
+        }
+    }
+}
+
+/// What came in on a connection: a request, or why none can be served.
+enum Received {
+    Request(Request),
+    /// Closed, or not HTTP.
+    Nothing,
+    /// A body over [`MAX_BODY`] or unreadable: answered with this status, not handed on.
+    Refused(u16),
+}
+
+/// The first byte of a TLS handshake record: a TLS client talking to this plain-HTTP server.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn read_request(stream: TcpStream) -> std::io::Result<(TcpStream, Received)> {
+    let mut incoming = Incoming { stream, buf: Vec::new() };
+    // As a real HTTP server does (Go's answers the unparsable request line with a 400), so a TLS
+    // client learns at once that this port speaks plain HTTP.
+    if !incoming.fill().await? {
+        return Ok((incoming.stream, Received::Nothing));
+    }
+    if incoming.buf.first() == Some(&TLS_HANDSHAKE) {
+        return Ok((incoming.stream, Received::Refused(400)));
+    }
+    let Some(head) = incoming.until(b"\r\n\r\n", MAX_HEAD).await? else {
+        return Ok((incoming.stream, Received::Nothing));
+    };
+    let head = String::from_utf8_lossy(&head).to_string();
     let mut lines = head.split("\r\n");
     let mut request_line = lines.next().unwrap_or_default().split(' ');
     let method = request_line.next().unwrap_or_default().to_string();
@@ -142,20 +213,42 @@ where
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
         .collect();
-    let declared: usize = headers
-        .iter()
-        .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case("content-length"))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    while body.len() < declared.min(64 << 20) {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            break;
+    let header = |name: &str| headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str());
+    let chunked = header("transfer-encoding").is_some_and(|t| t.to_ascii_lowercase().contains("chunked"));
+    let body = if chunked {
+        incoming.chunked().await?
+    } else {
+        match header("content-length").map(str::parse::<usize>) {
+            None => Some(Vec::new()),
+            Some(Ok(n)) if n <= MAX_BODY => incoming.exactly(n).await?,
+            Some(_) => None,
         }
-        body.extend_from_slice(&chunk[..n]);
-    }
-    let is_head = method == "HEAD";
-    let reply = handler(Request { method, target, headers, body }).await;
+    };
+    let received = match body {
+        Some(body) => Received::Request(Request { method, target, headers, body }),
+        None => Received::Refused(413),
+    };
+    Ok((incoming.stream, received))
+}
+
+async fn serve_one<F, Fut>(stream: TcpStream, handler: &F) -> std::io::Result<()>
+where
+    F: Fn(Request) -> Fut,
+    Fut: Future<Output = Reply>,
+{
+    let (mut stream, received) = read_request(stream).await?;
+    let request = match received {
+        Received::Request(request) => request,
+        Received::Nothing => return Ok(()),
+        Received::Refused(status) => {
+            stream
+                .write_all(format!("HTTP/1.1 {status} X\r\nConnection: close\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                .await?;
+            return stream.shutdown().await;
+        }
+    };
+    let is_head = request.method == "HEAD";
+    let reply = handler(request).await;
     let write_head = |status: u16, headers: &[(String, String)], len: Option<usize>| {
         let mut head = format!("HTTP/1.1 {status} X\r\nConnection: close\r\n");
         if let Some(len) = len {

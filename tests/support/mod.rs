@@ -5,11 +5,13 @@
 pub mod apiserver;
 pub mod http;
 pub mod otlp;
+pub mod process;
 pub mod proxy;
 pub mod registry;
 pub mod tls;
 pub mod token;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use registry::{Auth, Pusher, Registry};
@@ -81,7 +83,8 @@ impl Env {
     }
 }
 
-fn rand_suffix() -> u64 {
+/// A number no other call in this process gets, for file names.
+pub fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     N.fetch_add(1, Ordering::SeqCst)
@@ -98,6 +101,23 @@ pub async fn eventually(timeout: std::time::Duration, mut condition: impl FnMut(
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     condition()
+}
+
+/// A loopback address where nothing listens, kept so while this lives: the socket is bound but
+/// never listens, so connections are refused and no other process can take the port (as one
+/// could a port found free and released).
+pub struct RefusedPort {
+    pub addr: SocketAddr,
+    _socket: tokio::net::TcpSocket,
+}
+
+impl RefusedPort {
+    pub fn bind() -> RefusedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind(SocketAddr::from(([127, 0, 0, 1], 0))).expect("bind a loopback port");
+        let addr = socket.local_addr().expect("local addr");
+        RefusedPort { addr, _socket: socket }
+    }
 }
 
 /// A workload object for the API-server harness or a manifest file.

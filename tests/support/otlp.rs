@@ -162,9 +162,9 @@ impl Receiver {
 
     async fn grpc_with_tls(tls: Option<tonic::transport::ServerTlsConfig>) -> Receiver {
         let sink = Sink::default();
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("port");
-        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        // Bound here and handed to tonic, so the address is known and already accepting.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP/gRPC receiver");
+        let addr = listener.local_addr().expect("local addr");
         let gzip = tonic::codec::CompressionEncoding::Gzip;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let mut builder = tonic::transport::Server::builder();
@@ -175,20 +175,23 @@ impl Receiver {
             .add_service(MetricsServiceServer::new(sink.clone()).accept_compressed(gzip))
             .add_service(TraceServiceServer::new(sink.clone()).accept_compressed(gzip))
             .add_service(LogsServiceServer::new(sink.clone()).accept_compressed(gzip));
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
         let task = tokio::spawn(async move {
-            let _ = router.serve(addr).await;
+            let _ = router.serve_with_incoming(incoming).await;
         });
-        for _ in 0..200 {
-            if tokio::net::TcpStream::connect(addr).await.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
         Receiver { sink, endpoint: format!("{scheme}://{addr}"), _http: None, _grpc: Some(task) }
     }
 
     pub fn received<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
         f(&self.sink.lock())
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        if let Some(task) = &self._grpc {
+            task.abort();
+        }
     }
 }
 
@@ -227,10 +230,8 @@ pub fn metrics(received: &Received) -> Vec<(BTreeMap<String, String>, Metric)> {
         .collect()
 }
 
-/// The points of the newest export of a gauge or sum: (attributes, value).
-pub fn latest_points(received: &Received, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
-    let newest = metrics(received).into_iter().rev().find(|(_, m)| m.name == name);
-    let Some((_, metric)) = newest else { return Vec::new() };
+/// The points of a gauge or sum: (attributes, value).
+fn number_points(metric: Metric) -> Vec<(BTreeMap<String, String>, f64)> {
     let points = match metric.data {
         Some(metric::Data::Gauge(g)) => g.data_points,
         Some(metric::Data::Sum(s)) => s.data_points,
@@ -249,6 +250,24 @@ pub fn latest_points(received: &Received, name: &str) -> Vec<(BTreeMap<String, S
         .collect()
 }
 
+/// The points of the newest export of a gauge or sum: (attributes, value).
+pub fn latest_points(received: &Received, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    let newest = metrics(received).into_iter().rev().find(|(_, m)| m.name == name);
+    newest.map(|(_, metric)| number_points(metric)).unwrap_or_default()
+}
+
+/// The points of every export of a gauge or sum, oldest first.
+pub fn every_point(received: &Received, name: &str) -> Vec<(BTreeMap<String, String>, f64)> {
+    metrics(received).into_iter().filter(|(_, m)| m.name == name).flat_map(|(_, m)| number_points(m)).collect()
+}
+
+/// The points of the newest export of a histogram: (attributes, count, sum).
+pub fn latest_histogram(received: &Received, name: &str) -> Vec<(BTreeMap<String, String>, u64, f64)> {
+    let newest = metrics(received).into_iter().rev().find(|(_, m)| m.name == name);
+    let Some((_, Metric { data: Some(metric::Data::Histogram(h)), .. })) = newest else { return Vec::new() };
+    h.data_points.into_iter().map(|p| (attributes(&p.attributes), p.count, p.sum.unwrap_or(f64::NAN))).collect()
+}
+
 pub fn spans(received: &Received) -> Vec<Span> {
     received
         .traces
@@ -259,7 +278,7 @@ pub fn spans(received: &Received) -> Vec<Span> {
         .collect()
 }
 
-/// Log records: (body, attributes).
+/// Log records: (body, attributes), oldest first.
 pub fn logs(received: &Received) -> Vec<(String, BTreeMap<String, String>)> {
     received
         .logs

@@ -1,9 +1,8 @@
 //! Debian's `docker-registry` (the CNCF distribution registry) on loopback, and a pusher that
 //! writes images into it through the registry API.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::Duration;
 
 use sha2::Digest as _;
@@ -19,6 +18,8 @@ pub enum Auth {
 pub struct Registry {
     pub addr: String,
     child: Child,
+    /// Its stdout: one combined-format line per request it answered.
+    access_log: PathBuf,
 }
 
 impl Drop for Registry {
@@ -28,15 +29,41 @@ impl Drop for Registry {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+/// One request as the registry's access log has it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Served {
+    pub method: String,
+    /// Path and query.
+    pub target: String,
+    pub status: u16,
+    pub user_agent: String,
+}
+
+impl Served {
+    /// `127.0.0.1 - - [date] "HEAD /v2/a/manifests/v1 HTTP/1.1" 200 0 "" "pullcheck/0.1.0"`
+    fn parse(line: &str) -> Option<Served> {
+        let quoted: Vec<&str> = line.split('"').collect();
+        let mut request = quoted.get(1)?.split(' ');
+        let (method, target) = (request.next()?.to_string(), request.next()?.to_string());
+        let status = quoted.get(2)?.split_whitespace().next()?.parse().ok()?;
+        Some(Served { method, target, status, user_agent: quoted.get(5)?.to_string() })
+    }
+
+    /// `METHOD target status`, for assertions that read as the log does.
+    pub fn line(&self) -> String {
+        format!("{} {} {}", self.method, self.target, self.status)
+    }
+}
+
+/// The address in the registry's `listening on 127.0.0.1:PORT[, tls]` line, if logged yet.
+fn listening_address(log: &str) -> Option<String> {
+    let rest = log.lines().find_map(|l| l.split_once("msg=\"listening on ").map(|(_, rest)| rest))?;
+    Some(rest.split(['"', ',']).next()?.to_string())
 }
 
 impl Registry {
     /// Starts a registry serving `storage`; several registries may share one storage.
     pub async fn start(dir: &Path, name: &str, storage: &Path, tls: Option<(&Path, &Path)>, auth: Auth) -> Registry {
-        let port = free_port();
-        let addr = format!("127.0.0.1:{port}");
         let tls_block = tls
             .map(|(cert, key)| format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()))
             .unwrap_or_default();
@@ -50,32 +77,57 @@ impl Registry {
                 root_cert.display()
             ),
         };
+        // Port 0: the kernel picks the port and the registry logs it, at info level, on
+        // `listening on`; a port picked here and released could be taken before it binds.
         let config = format!(
-            "version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {addr}\n{tls_block}{auth_block}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{tls_block}{auth_block}",
             storage.display()
         );
         let config_path = dir.join(format!("{name}.yml"));
         std::fs::write(&config_path, config).expect("write registry config");
-        let log = std::fs::File::create(dir.join(format!("{name}.log"))).expect("registry log");
+        let log_path = dir.join(format!("{name}.log"));
+        let access_log = dir.join(format!("{name}.access.log"));
+        let log = std::fs::File::create(&log_path).expect("registry log");
         let child = Command::new(REGISTRY_BIN)
             .arg("serve")
             .arg(&config_path)
-            .stdout(Stdio::null())
+            .stdout(std::fs::File::create(&access_log).expect("registry access log"))
             .stderr(log)
             .spawn()
             .expect("docker-registry is installed (.ci/run installs it)");
-        let registry = Registry { addr, child };
-        // Ready when it accepts connections; give up after 20 s with the registry's own log.
+        let mut registry = Registry { addr: String::new(), child, access_log };
+        // It logs the address once it listens; give up after 20 s, or at once if it exits.
         for _ in 0..400 {
-            if tokio::net::TcpStream::connect(&registry.addr).await.is_ok() {
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            if let Some(addr) = listening_address(&log) {
+                registry.addr = addr;
                 return registry;
+            }
+            if let Ok(Some(status)) = registry.child.try_wait() {
+                panic!("{name} exited ({status}): {log}");
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!(
-            "{name} did not start: {}",
-            std::fs::read_to_string(dir.join(format!("{name}.log"))).unwrap_or_default()
-        );
+        panic!("{name} did not start: {}", std::fs::read_to_string(&log_path).unwrap_or_default());
+    }
+
+    /// Every request this registry answered so far, oldest first: what reached the server, not
+    /// what a client believes it sent.
+    pub fn served(&self) -> Vec<Served> {
+        let log = std::fs::read_to_string(&self.access_log).expect("read the registry's access log");
+        log.lines().filter_map(Served::parse).collect()
+    }
+
+    /// The requests answered after the first `mark` ones, once there are at least `at_least`.
+    /// The registry writes a line before the client has the whole answer, so the wait is only a
+    /// bound (10 s) for when fewer come: the caller asserts on what is returned.
+    pub async fn served_since(&self, mark: usize, at_least: usize) -> Vec<Served> {
+        let since = || {
+            let mut all = self.served();
+            all.split_off(mark.min(all.len()))
+        };
+        super::eventually(Duration::from_secs(10), || since().len() >= at_least).await;
+        since()
     }
 }
 

@@ -1,0 +1,80 @@
+//! Child processes of the tests: the pullcheck binary cut off from whatever cluster or collector
+//! the machine running the tests is set up for, and the addresses a child listens on when it was
+//! told to bind port 0 and does not say which port it got.
+
+use std::collections::HashSet;
+use std::ffi::OsString;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+/// `pullcheck` that can reach only what the test hands it: nothing from the environment that
+/// points it at a cluster or a collector (see [`cut_off`]), and `HOME` an empty directory so
+/// `~/.kube/config` is not read. Keep the directory until the process ends.
+pub fn pullcheck() -> (std::process::Command, tempfile::TempDir) {
+    let home = tempfile::tempdir().expect("empty HOME for pullcheck");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pullcheck"));
+    cut_off(&mut command, std::env::vars_os().map(|(name, _)| name), home.path());
+    (command, home)
+}
+
+/// Takes from `command` every variable among `inherited` that could lead it to a real cluster or
+/// collector — `KUBECONFIG`, the in-cluster `KUBERNETES_SERVICE_*`, any `PULLCHECK_*` or `OTEL_*`
+/// setting — and sets `HOME` to `home`. Variables the test sets on the command afterwards stay.
+pub fn cut_off(command: &mut std::process::Command, inherited: impl IntoIterator<Item = OsString>, home: &Path) {
+    for name in inherited {
+        let text = name.to_string_lossy();
+        let reaches_out = ["PULLCHECK_", "OTEL_", "KUBERNETES_SERVICE_"].iter().any(|p| text.starts_with(p));
+        if reaches_out || text == "KUBECONFIG" {
+            command.env_remove(&name);
+        }
+    }
+    command.env("HOME", home);
+}
+
+/// The same, for a test that must not block its runtime while pullcheck runs.
+pub fn pullcheck_async() -> (tokio::process::Command, tempfile::TempDir) {
+    let (command, home) = pullcheck();
+    let mut command = tokio::process::Command::from(command);
+    command.kill_on_drop(true);
+    (command, home)
+}
+
+/// The IPv4 TCP addresses process `pid` listens on (from /proc: its socket inodes matched
+/// against the listening sockets of its network namespace).
+pub fn listening(pid: u32) -> Vec<SocketAddr> {
+    let inodes: HashSet<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+                .filter_map(|target| {
+                    let target = target.to_string_lossy().to_string();
+                    Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let table = std::fs::read_to_string(format!("/proc/{pid}/net/tcp")).unwrap_or_default();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (local, state, inode) = (fields.get(1)?, fields.get(3)?, fields.get(9)?);
+            if *state != "0A" || !inodes.contains(*inode) {
+                return None;
+            }
+            // `0100007F:1F90`: the network-order address bytes printed as a native u32, the port in hex.
+            let (ip, port) = local.split_once(':')?;
+            let ip = Ipv4Addr::from(u32::from_str_radix(ip, 16).ok()?.to_ne_bytes());
+            Some(SocketAddr::from((ip, u16::from_str_radix(port, 16).ok()?)))
+        })
+        .collect()
+}
+
+/// Waits (bounded by `timeout`) until process `pid` listens on `count` addresses, and returns them.
+pub async fn await_listening(pid: u32, count: usize, timeout: Duration) -> Vec<SocketAddr> {
+    super::eventually(timeout, || listening(pid).len() >= count).await;
+    let addrs = listening(pid);
+    assert_eq!(addrs.len(), count, "process {pid} listens on {addrs:?}");
+    addrs
+}
