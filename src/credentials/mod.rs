@@ -1,7 +1,9 @@
 //! Credentials as the nodes find them: docker config files and pull secrets ([`docker`]),
-//! gathered per workload in kubelet's order. A credential's `Debug` never shows its secret.
+//! gathered per workload in kubelet's order, and kubelet's credential-provider plugins
+//! ([`provider`]). A credential's `Debug` never shows its secret.
 
 pub mod docker;
+pub mod provider;
 
 use std::fmt;
 
@@ -9,6 +11,7 @@ use base64::Engine;
 
 use crate::image::ImageRef;
 pub use docker::{CredentialError, DockerCredentials};
+pub use provider::{CredentialProviders, ProviderError};
 
 /// A credential for one registry host. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
