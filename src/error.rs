@@ -18,6 +18,9 @@ pub enum Error {
     HttpClient { what: String, source: reqwest::Error },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
+    /// An endpoint that cannot be addressed (a token realm or hosts.toml URL).
+    #[error("endpoint {name}: {problem}")]
+    Endpoint { name: String, problem: String },
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
     #[error(transparent)]

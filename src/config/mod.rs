@@ -8,8 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::credentials::{Credential, DockerCredentials};
+use std::sync::Arc;
+
+use crate::credentials::{Credential, CredentialProviders, DockerCredentials};
 use crate::image::{DOCKER_HUB, ImageRef};
+use hosts::HostsDir;
 
 /// Default limit of requests in flight to one registry host.
 pub const DEFAULT_MAX_CONCURRENT: usize = 16;
@@ -105,15 +108,45 @@ pub struct RegistryConfig {
     pub default_registry: String,
     hosts: HashMap<String, HostConfig>,
     docker_credentials: DockerCredentials,
+    /// containerd hosts directories (`--hosts-dir`): a registry found there takes its
+    /// endpoints, TLS and headers from it.
+    hosts_dir: Option<Arc<HostsDir>>,
+    /// kubelet credential-provider plugins: node credentials after the registry config's.
+    providers: Option<Arc<CredentialProviders>>,
 }
 
 impl Default for RegistryConfig {
     fn default() -> Self {
-        Self { default_registry: DOCKER_HUB.into(), hosts: HashMap::new(), docker_credentials: Default::default() }
+        Self {
+            default_registry: DOCKER_HUB.into(),
+            hosts: HashMap::new(),
+            docker_credentials: Default::default(),
+            hosts_dir: None,
+            providers: None,
+        }
     }
 }
 
 impl RegistryConfig {
+    /// Registries with a directory under `dir` (or `_default`) are reached as containerd would.
+    pub fn with_hosts_dir(mut self, dir: HostsDir) -> Self {
+        self.hosts_dir = Some(Arc::new(dir));
+        self
+    }
+
+    pub fn with_providers(mut self, providers: CredentialProviders) -> Self {
+        self.providers = Some(Arc::new(providers));
+        self
+    }
+
+    pub fn hosts_dir(&self) -> Option<&HostsDir> {
+        self.hosts_dir.as_deref()
+    }
+
+    pub fn providers(&self) -> Option<&CredentialProviders> {
+        self.providers.as_deref()
+    }
+
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text =
@@ -213,7 +246,7 @@ impl RegistryConfig {
                 return Err(err(&format!("registries.{name}"), format!("{registry} is configured twice")));
             }
         }
-        Ok(Self { default_registry, hosts, docker_credentials })
+        Ok(Self { default_registry, hosts, docker_credentials, hosts_dir: None, providers: None })
     }
 
     pub fn host(&self, registry: &str) -> HostConfig {

@@ -39,19 +39,63 @@ impl Default for ClientSettings {
     }
 }
 
-/// How one registry host (or token realm) is reached.
+/// What one endpoint is: where its API lives and how it is spoken to. Endpoints with the same
+/// spec share one [`Host`].
+#[derive(Clone, Debug)]
+pub(crate) struct HostSpec {
+    /// `host[:port]`: names it in spans and metrics, and keys its request budget.
+    pub name: String,
+    /// Scheme, authority and API base path (`/v2`, or a hosts.toml `override_path`).
+    pub base: reqwest::Url,
+    pub transport: Transport,
+    pub ca_pems: Vec<Vec<u8>>,
+    pub skip_verify: bool,
+    /// A client certificate and its key, PEM.
+    pub identity: Option<Vec<u8>>,
+    /// Sent on every request (hosts.toml `[header]`).
+    pub headers: Vec<(String, String)>,
+}
+
+impl HostSpec {
+    /// The cache key: the same base with other TLS material or headers is another client.
+    fn key(&self) -> String {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        (&self.ca_pems, self.skip_verify, &self.identity, &self.headers).hash(&mut hasher);
+        format!("{}#{:?}#{:x}", self.base, self.transport, hasher.finish())
+    }
+}
+
+/// How one registry endpoint (or token realm) is reached.
 pub(crate) struct Host {
     pub name: String,
     pub http: reqwest::Client,
+    base: reqwest::Url,
     transport: Transport,
     /// For [`Transport::HttpsThenHttp`]: plain HTTP, once HTTPS failed and HTTP answered.
     fell_back: std::sync::atomic::AtomicBool,
-    pub limits: HostLimits,
+    pub headers: Vec<(String, String)>,
+    pub limits: Arc<HostLimits>,
     /// What the host asked for last time, so later probes authenticate up front.
     scheme: Mutex<Option<KnownScheme>>,
 }
 
 impl Host {
+    /// `<base>/<repository>/<tail>` in the scheme spoken now, with `?ns=<registry>` when this
+    /// endpoint serves another registry's content (a mirror).
+    pub fn url(&self, repository: &str, tail: &str, ns: Option<&str>) -> std::result::Result<reqwest::Url, String> {
+        let mut url = self.current(self.base.clone());
+        let path = format!("{}/{repository}/{tail}", self.base.path().trim_end_matches('/'));
+        url.set_path(&path);
+        if let Some(ns) = ns {
+            url.query_pairs_mut().append_pair("ns", ns);
+        }
+        if url.cannot_be_a_base() {
+            return Err(format!("bad URL {url}"));
+        }
+        Ok(url)
+    }
+
     pub fn known_scheme(&self) -> Option<KnownScheme> {
         self.scheme.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
@@ -142,6 +186,8 @@ struct Inner {
     working: WorkingCredentials,
     config_platforms: ConfigPlatforms,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
+    /// Request budgets per endpoint name, shared by every client of that name.
+    limits: Mutex<HashMap<String, Arc<HostLimits>>>,
     requests: AtomicU64,
     observer: Option<RequestObserver>,
 }
@@ -166,6 +212,7 @@ impl RegistryClient {
                 working: WorkingCredentials::default(),
                 config_platforms: ConfigPlatforms::default(),
                 hosts: Mutex::new(HashMap::new()),
+                limits: Mutex::new(HashMap::new()),
                 requests: AtomicU64::new(0),
                 observer,
             }),
@@ -209,23 +256,56 @@ impl RegistryClient {
 
     /// How long a registry (as named in references) still asked us to stay away.
     pub fn pause_remaining(&self, registry: &str) -> Option<Duration> {
-        let hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        hosts.get(crate::image::api_host(registry)).and_then(|h| h.limits.pause_remaining())
+        let limits = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits.get(crate::image::api_host(registry)).and_then(|l| l.pause_remaining())
     }
 
-    /// The client for a host (`registry.example:5000`), built on first use from its config.
-    pub(crate) fn host(&self, name: &str) -> Result<Arc<Host>> {
+    /// The client for a token realm's host (`auth.example:443`), configured from its entry in
+    /// the registry config.
+    pub(crate) fn realm_host(&self, authority: &str, scheme: &str) -> Result<Arc<Host>> {
+        let config = self.inner.config.host(authority);
+        let transport = if scheme == "http" { Transport::Http } else { Transport::Https };
+        let base = reqwest::Url::parse(&format!("{scheme}://{authority}/"))
+            .map_err(|e| Error::Endpoint { name: authority.to_string(), problem: e.to_string() })?;
+        self.host(HostSpec {
+            name: authority.to_string(),
+            base,
+            transport,
+            ca_pems: config.ca_pem.into_iter().collect(),
+            skip_verify: config.skip_tls_verify,
+            identity: None,
+            headers: Vec::new(),
+        })
+    }
+
+    /// The client for an endpoint, built on first use.
+    pub(crate) fn host(&self, spec: HostSpec) -> Result<Arc<Host>> {
+        let key = spec.key();
         let mut hosts = self.inner.hosts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(host) = hosts.get(name) {
+        if let Some(host) = hosts.get(&key) {
             return Ok(host.clone());
         }
-        let host = Arc::new(self.build_host(name)?);
-        hosts.insert(name.to_string(), host.clone());
+        let host = Arc::new(self.build_host(spec)?);
+        hosts.insert(key, host.clone());
         Ok(host)
     }
 
-    fn build_host(&self, name: &str) -> Result<Host> {
-        let config = self.inner.config.host(name);
+    fn limits_of(&self, name: &str) -> Arc<HostLimits> {
+        let mut limits = self.inner.limits.lock().unwrap_or_else(|p| p.into_inner());
+        limits
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                let config = self.inner.config.host(name);
+                Arc::new(HostLimits::new(
+                    config.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT),
+                    config.requests_per_second,
+                ))
+            })
+            .clone()
+    }
+
+    fn build_host(&self, spec: HostSpec) -> Result<Host> {
+        let name = &spec.name;
         let settings = &self.inner.settings;
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("pullcheck/", env!("CARGO_PKG_VERSION")))
@@ -234,23 +314,27 @@ impl RegistryClient {
             // reqwest drops Authorization when a redirect leaves the host.
             .redirect(reqwest::redirect::Policy::limited(5))
             .pool_idle_timeout(Duration::from_secs(90))
-            .tls_danger_accept_invalid_certs(config.skip_tls_verify);
-        if let Some(pem) = &config.ca_pem {
+            .tls_danger_accept_invalid_certs(spec.skip_verify);
+        for pem in &spec.ca_pems {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|source| Error::HttpClient { what: format!("CA bundle for {name}"), source })?;
             builder = builder.tls_certs_merge(certs);
         }
+        if let Some(pem) = &spec.identity {
+            let identity = reqwest::Identity::from_pem(pem)
+                .map_err(|source| Error::HttpClient { what: format!("client certificate for {name}"), source })?;
+            builder = builder.identity(identity);
+        }
         let http =
             builder.build().map_err(|source| Error::HttpClient { what: format!("HTTP client for {name}"), source })?;
         Ok(Host {
-            name: name.to_string(),
+            limits: self.limits_of(name),
+            name: spec.name,
             http,
-            transport: config.transport(name),
+            base: spec.base,
+            transport: spec.transport,
             fell_back: std::sync::atomic::AtomicBool::new(false),
-            limits: HostLimits::new(
-                config.max_concurrent_requests.unwrap_or(DEFAULT_MAX_CONCURRENT),
-                config.requests_per_second,
-            ),
+            headers: spec.headers,
             scheme: Mutex::new(None),
         })
     }

@@ -10,6 +10,7 @@ use tracing::{Instrument, field};
 
 use super::http::Exchange;
 use super::outcome::{Attempt, State};
+use super::routes::Route;
 use crate::credentials::{CredentialSource, SourcedCredential};
 use crate::image::ImageRef;
 
@@ -19,6 +20,12 @@ pub(crate) struct Decided {
     pub credential: Option<CredentialSource>,
     /// The credential's place in the chain.
     pub index: Option<usize>,
+}
+
+impl Decided {
+    pub fn failed(state: State, error: impl Into<String>) -> Self {
+        Self { attempt: Attempt::failed(state, error), credential: None, index: None }
+    }
 }
 
 /// Which credential of a chain worked last, per (image, chain). A fingerprint, not the
@@ -83,10 +90,14 @@ pub(crate) fn settle(mut refused: Vec<(usize, Attempt)>) -> Option<(usize, Attem
 impl Exchange<'_> {
     /// The registry's answer for `image`, trying `chain` in kubelet's order (anonymous when it
     /// is empty). With more than one credential, each attempt is a span of its own.
-    pub(crate) async fn with_credentials(&mut self, image: &ImageRef, chain: &[SourcedCredential]) -> Decided {
-        let registry = image.registry();
+    pub(crate) async fn with_credentials(
+        &mut self,
+        route: &Route,
+        image: &ImageRef,
+        chain: &[SourcedCredential],
+    ) -> Decided {
         if chain.is_empty() {
-            let attempt = self.with_retries(registry, image, None, None).await;
+            let attempt = self.with_retries(route, image, None).await;
             return Decided { attempt, credential: None, index: None };
         }
         let working = self.client.working_credentials();
@@ -94,7 +105,7 @@ impl Exchange<'_> {
         for index in try_order(chain.len(), working.get(image, chain)) {
             let candidate = &chain[index];
             let attempt = if chain.len() == 1 {
-                self.with_retries(registry, image, Some(&candidate.credential), None).await
+                self.with_retries(route, image, Some(&candidate.credential)).await
             } else {
                 let span = tracing::info_span!(
                     "credential",
@@ -103,10 +114,8 @@ impl Exchange<'_> {
                     pullcheck.credential.source = %candidate.source,
                     pullcheck.image.state = field::Empty,
                 );
-                let attempt = self
-                    .with_retries(registry, image, Some(&candidate.credential), None)
-                    .instrument(span.clone())
-                    .await;
+                let attempt =
+                    self.with_retries(route, image, Some(&candidate.credential)).instrument(span.clone()).await;
                 span.record("pullcheck.image.state", attempt.state.as_str());
                 attempt
             };

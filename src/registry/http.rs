@@ -115,6 +115,9 @@ impl Exchange<'_> {
         self.requests += 1;
         self.client.count_request();
         let mut request = host.http.request(method.clone(), url).header(ACCEPT, MANIFEST_ACCEPT);
+        for (name, value) in &host.headers {
+            request = request.header(name.as_str(), value.as_str());
+        }
         if let Some(auth) = authorization {
             request = request.header(AUTHORIZATION, auth);
         }

@@ -6,7 +6,8 @@
 //! and per-request timings that the probe states and spans are made of. oci-client's media types
 //! are used as they are. docs/architecture.md has the measured comparison.
 //!
-//! A probe, top down: [`probe`] tries the mirrors then the registry, [`credentials`] each
+//! A probe, top down: [`probe`] tries the endpoints [`routes`] lists (mirrors, then the
+//! registry), [`credentials`] each
 //! credential in kubelet's order, [`retry`] retries one host,
 //! [`resolve`] runs HEAD/GET with the authentication flow, [`token`] fetches bearer tokens,
 //! [`http`] sends each request in its span with a bounded body, and [`manifest`] reads the answer.
@@ -21,6 +22,7 @@ mod outcome;
 mod probe;
 mod resolve;
 mod retry;
+mod routes;
 mod token;
 
 pub use auth::{Challenge, TokenCache, parse_challenge, token_ttl};

@@ -34,6 +34,30 @@ pub struct ProbeResult {
 }
 
 impl RegistryClient {
+    /// The node's own credentials for an image, after the workload's: the registry config's,
+    /// then each matching credential-provider plugin's; and why a plugin gave none.
+    async fn node_credentials(&self, image: &ImageRef) -> (Vec<SourcedCredential>, Vec<String>) {
+        let config = self.config();
+        let mut chain: Vec<SourcedCredential> = config
+            .credential_for(image)
+            .map(|credential| SourcedCredential { source: CredentialSource::RegistryConfig, credential })
+            .into_iter()
+            .collect();
+        let mut problems = Vec::new();
+        if let Some(providers) = config.providers().filter(|p| p.matches(image)) {
+            for (name, result) in providers.credentials_for(image).await {
+                match result {
+                    Ok(credentials) => chain.extend(credentials.into_iter().map(|credential| SourcedCredential {
+                        source: CredentialSource::Provider(name.clone()),
+                        credential,
+                    })),
+                    Err(e) => problems.push(e.to_string()),
+                }
+            }
+        }
+        (chain, problems)
+    }
+
     /// Probes an image with one credential (or, without one, those configured for its host).
     pub async fn probe(&self, image: &ImageRef, credential: Option<&Credential>) -> ProbeResult {
         let given: Vec<SourcedCredential> = credential
@@ -77,24 +101,40 @@ impl RegistryClient {
         );
         let mut exchange = Exchange { client: self, requests: 0, platforms };
         let (registry, decided) = async {
-            let config = self.config();
-            for mirror in config.host(image.registry()).mirrors {
-                let on_mirror = image.with_registry(&mirror);
-                let mirror_credential = config.host(&mirror).credential;
-                let attempt =
-                    exchange.with_retries(&mirror, &on_mirror, mirror_credential.as_ref(), Some(image.registry())).await;
-                if attempt.state == State::Available {
-                    return (mirror, Decided { attempt, credential: None, index: None });
+            let routes = match self.routes(image.registry()) {
+                Ok(routes) => routes,
+                Err(e) => return (image.registry().to_string(), Decided::failed(State::UnknownError, e.to_string())),
+            };
+            let by_digest = image.digest().is_some();
+            let mut last_mirror = None;
+            for route in routes.iter().filter(|r| r.serves(by_digest)) {
+                if route.mirror {
+                    let attempt = exchange.with_retries(route, image, route.credential.as_ref()).await;
+                    let mirror = route.host.name.clone();
+                    if attempt.state == State::Available {
+                        return (mirror, Decided { attempt, credential: None, index: None });
+                    }
+                    tracing::debug!(%mirror, state = %attempt.state, "mirror did not serve the image, trying the next host");
+                    last_mirror = Some((mirror, Decided { attempt, credential: None, index: None }));
+                    continue;
                 }
-                tracing::debug!(%mirror, state = %attempt.state, "mirror did not serve the image, trying the next host");
+                let (node, problems) = self.node_credentials(image).await;
+                let chain: Vec<SourcedCredential> = credentials.iter().cloned().chain(node).collect();
+                let mut decided = exchange.with_credentials(route, image, &chain).await;
+                if decided.attempt.state != State::Available && !problems.is_empty() {
+                    let error = decided.attempt.error.take().unwrap_or_else(|| decided.attempt.state.to_string());
+                    decided.attempt.error = Some(format!("{error}; {}", problems.join("; ")));
+                }
+                return (image.registry().to_string(), decided);
             }
-            let mut chain = credentials.to_vec();
-            chain.extend(config.credential_for(image).map(|credential| SourcedCredential {
-                source: CredentialSource::RegistryConfig,
-                credential,
-            }));
-            let decided = exchange.with_credentials(image, &chain).await;
-            (image.registry().to_string(), decided)
+            last_mirror.unwrap_or_else(|| {
+                let error = format!(
+                    "no endpoint of {} may {} (hosts.toml capabilities)",
+                    image.registry(),
+                    if by_digest { "pull" } else { "resolve tags" }
+                );
+                (image.registry().to_string(), Decided::failed(State::UnknownError, error))
+            })
         }
         .instrument(span.clone())
         .await;

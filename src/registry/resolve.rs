@@ -14,8 +14,8 @@ use crate::credentials::Credential;
 use crate::image::ImageRef;
 
 impl Exchange<'_> {
-    /// One host's answer for `image`. `mirror_of` names the upstream registry when the host is
-    /// one of its mirrors.
+    /// One endpoint's answer for `image`. `mirror_of` names the registry whose content a mirror
+    /// is asked for (`?ns=`).
     pub(crate) async fn resolve(
         &mut self,
         host: &Host,
@@ -154,21 +154,13 @@ impl Exchange<'_> {
     }
 }
 
-/// `<scheme>://<host>/v2/<repository>/manifests/<tag or digest>`; on a mirror, containerd's
-/// `?ns=<upstream>` so one mirror can serve several registries.
+/// `<base>/<repository>/manifests/<tag or digest>`, with `?ns=` on a mirror.
 fn manifest_url(host: &Host, image: &ImageRef, mirror_of: Option<&str>) -> Result<Url, Attempt> {
-    api_url(host, image, &format!("manifests/{}", image.manifest_reference()), mirror_of)
+    let tail = format!("manifests/{}", image.manifest_reference());
+    host.url(image.repository(), &tail, mirror_of).map_err(|e| Attempt::failed(State::UnknownError, e))
 }
 
 fn blob_url(host: &Host, image: &ImageRef, digest: &str, mirror_of: Option<&str>) -> Result<Url, Attempt> {
-    api_url(host, image, &format!("blobs/{digest}"), mirror_of)
-}
-
-fn api_url(host: &Host, image: &ImageRef, path: &str, mirror_of: Option<&str>) -> Result<Url, Attempt> {
-    let mut url = format!("{}://{}/v2/{}/{path}", host.scheme(), host.name, image.repository());
-    if let Some(upstream) = mirror_of {
-        url.push_str("?ns=");
-        url.push_str(upstream);
-    }
-    Url::parse(&url).map_err(|e| Attempt::failed(State::UnknownError, format!("bad URL {url}: {e}")))
+    host.url(image.repository(), &format!("blobs/{digest}"), mirror_of)
+        .map_err(|e| Attempt::failed(State::UnknownError, e))
 }

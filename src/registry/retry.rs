@@ -7,23 +7,20 @@ use tokio::time::Instant;
 
 use super::http::Exchange;
 use super::outcome::{Attempt, State};
+use super::routes::Route;
 use crate::credentials::Credential;
-use crate::image::{ImageRef, api_host};
+use crate::image::ImageRef;
 
 impl Exchange<'_> {
-    /// `registry`'s answer for `image` after retries. `mirror_of` names the upstream registry
-    /// when `registry` is one of its mirrors.
+    /// An endpoint's answer for `image` after retries.
     pub(crate) async fn with_retries(
         &mut self,
-        registry: &str,
+        route: &Route,
         image: &ImageRef,
         credential: Option<&Credential>,
-        mirror_of: Option<&str>,
     ) -> Attempt {
-        let host = match self.client.host(api_host(registry)) {
-            Ok(h) => h,
-            Err(e) => return Attempt::failed(State::UnknownError, e.to_string()),
-        };
+        let host = &route.host;
+        let registry = &host.name;
         let (retries, max_wait) = (self.client.settings().retries, self.client.settings().max_retry_wait);
         let mut attempt_no = 0;
         loop {
@@ -39,7 +36,7 @@ impl Exchange<'_> {
                 }
                 tokio::time::sleep(wait).await;
             }
-            let attempt = self.resolve(&host, image, credential, mirror_of).await;
+            let attempt = self.resolve(host, image, credential, route.ns.as_deref()).await;
             let retryable = matches!(attempt.state, State::RateLimited | State::RegistryUnavailable);
             if attempt.state == State::RateLimited {
                 let pause = attempt.retry_after.unwrap_or_else(|| backoff(attempt_no));

@@ -47,8 +47,10 @@ impl Exchange<'_> {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_string(),
         };
-        let realm_host =
-            self.client.host(&authority).map_err(|e| Attempt::failed(State::UnknownError, e.to_string()))?;
+        let realm_host = self
+            .client
+            .realm_host(&authority, url.scheme())
+            .map_err(|e| Attempt::failed(State::UnknownError, e.to_string()))?;
         let basic = credential.and_then(Credential::basic_header);
         let (response, body) = self.send(&realm_host, Method::GET, url, basic.as_deref(), MAX_SMALL_BODY).await?;
         let status = response.status;
