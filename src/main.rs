@@ -21,7 +21,9 @@ use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 use pullcheck::check::{CheckSettings, check_cluster, check_files};
 use pullcheck::config::RegistryConfig;
+use pullcheck::config::hosts::HostsDir;
 use pullcheck::controller::{self, ControllerSettings};
+use pullcheck::credentials::CredentialProviders;
 use pullcheck::inventory::selection::{DisabledKind, ImageFilter, IncludeDisabled, Selection};
 use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::platform::Platform;
@@ -227,14 +229,43 @@ struct RegistryArgs {
     /// The longest Retry-After a probe waits for before reporting rate_limited.
     #[arg(long, env = "PULLCHECK_MAX_RETRY_WAIT", default_value = "30s", value_parser = humantime::parse_duration)]
     max_retry_wait: Duration,
+    /// containerd's registry hosts directory (its `config_path`, e.g. /etc/containerd/certs.d):
+    /// `<host>/hosts.toml` mirrors, CAs and headers, as the nodes use them.
+    #[arg(long, env = "PULLCHECK_HOSTS_DIR", value_name = "DIR")]
+    hosts_dir: Option<PathBuf>,
+    /// kubelet's CredentialProviderConfig file: node credentials from plugins (ECR, GAR, ACR).
+    #[arg(
+        long,
+        env = "PULLCHECK_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
+        value_name = "FILE",
+        requires = "image_credential_provider_bin_dir"
+    )]
+    image_credential_provider_config: Option<PathBuf>,
+    /// The directory holding the plugins the provider config names.
+    #[arg(
+        long,
+        env = "PULLCHECK_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
+        value_name = "DIR",
+        requires = "image_credential_provider_config"
+    )]
+    image_credential_provider_bin_dir: Option<PathBuf>,
 }
 
 impl RegistryArgs {
     fn client(&self, observer: Option<RequestObserver>) -> anyhow::Result<RegistryClient> {
-        let config = match &self.registry_config {
+        let mut config = match &self.registry_config {
             Some(path) => RegistryConfig::load(path)?,
             None => RegistryConfig::default(),
         };
+        if let Some(dir) = &self.hosts_dir {
+            config = config.with_hosts_dir(HostsDir::load(dir)?);
+        }
+        if let (Some(file), Some(bin_dir)) =
+            (&self.image_credential_provider_config, &self.image_credential_provider_bin_dir)
+        {
+            // A plugin gets as long as one registry request: it stands in for one.
+            config = config.with_providers(CredentialProviders::load(file, bin_dir, self.request_timeout)?);
+        }
         let settings = ClientSettings {
             request_timeout: self.request_timeout,
             connect_timeout: self.request_timeout.min(Duration::from_secs(5)),

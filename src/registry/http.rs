@@ -49,10 +49,29 @@ impl Response {
     }
 }
 
-/// A request that got no usable answer; `connect` when no connection (or TLS session) was made.
+/// A request that got no usable answer; `plain_http_peer` when the TLS handshake failed
+/// because the peer answered in plain HTTP.
 struct Failed {
     attempt: Attempt,
-    connect: bool,
+    plain_http_peer: bool,
+}
+
+/// containerd falls back to plain HTTP only when the TLS error shows a plain-HTTP server (Go's
+/// "first record does not look like a TLS handshake"); rustls says so as an invalid message. A
+/// certificate the host does not trust is not a reason to drop TLS.
+fn answered_in_plain_http(error: &reqwest::Error) -> bool {
+    let mut next: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = next {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return matches!(tls, rustls::Error::InvalidMessage(_));
+        }
+        // An io::Error's `source()` skips the error it wraps: step into it instead.
+        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(wrapped) => Some(wrapped as &dyn std::error::Error),
+            None => e.source(),
+        };
+    }
+    false
 }
 
 impl Exchange<'_> {
@@ -76,7 +95,7 @@ impl Exchange<'_> {
         });
         match (self.send_once(host, method.clone(), url, authorization, limit).await, fallback) {
             (Ok(answer), _) => Ok(answer),
-            (Err(https), Some(plain)) if https.connect => {
+            (Err(https), Some(plain)) if https.plain_http_peer => {
                 match self.send_once(host, method, plain, authorization, limit).await {
                     Ok(answer) => {
                         host.fall_back();
@@ -124,8 +143,10 @@ impl Exchange<'_> {
         let result = async {
             let sent = request.send().await;
             self.client.observe_request(&host.name, sent.as_ref().ok().map(|r| r.status().as_u16()));
-            let mut response =
-                sent.map_err(|e| Failed { connect: e.is_connect(), attempt: transport_error(&host.name, &e) })?;
+            let mut response = sent.map_err(|e| Failed {
+                plain_http_peer: answered_in_plain_http(&e),
+                attempt: transport_error(&host.name, &e),
+            })?;
             let status = response.status();
             tracing::Span::current().record("http.response.status_code", i64::from(status.as_u16()));
             let headers = response.headers().clone();
@@ -137,7 +158,7 @@ impl Exchange<'_> {
                     return Err(too_large(&host.name, read_limit));
                 }
                 let chunk_error =
-                    |e: reqwest::Error| Failed { connect: false, attempt: transport_error(&host.name, &e) };
+                    |e: reqwest::Error| Failed { plain_http_peer: false, attempt: transport_error(&host.name, &e) };
                 while let Some(chunk) = response.chunk().await.map_err(chunk_error)? {
                     if body.len() + chunk.len() > read_limit {
                         return Err(too_large(&host.name, read_limit));
@@ -164,7 +185,7 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn too_large(host: &str, limit: usize) -> Failed {
     let attempt = Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"));
-    Failed { attempt, connect: false }
+    Failed { attempt, plain_http_peer: false }
 }
 
 /// Connect, DNS, TLS and timeouts: the registry cannot be reached. The cause chain is kept
