@@ -54,6 +54,8 @@ pub(crate) struct HostSpec {
     pub identity: Option<Vec<u8>>,
     /// Sent on every request (hosts.toml `[header]`).
     pub headers: Vec<(String, String)>,
+    /// hosts.toml `dial_timeout`: a shorter connect timeout than the client's.
+    pub connect_timeout: Option<Duration>,
 }
 
 impl HostSpec {
@@ -61,7 +63,7 @@ impl HostSpec {
     fn key(&self) -> String {
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut hasher = DefaultHasher::new();
-        (&self.ca_pems, self.skip_verify, &self.identity, &self.headers).hash(&mut hasher);
+        (&self.ca_pems, self.skip_verify, &self.identity, &self.headers, self.connect_timeout).hash(&mut hasher);
         format!("{}#{:?}#{:x}", self.base, self.transport, hasher.finish())
     }
 }
@@ -275,6 +277,7 @@ impl RegistryClient {
             skip_verify: config.skip_tls_verify,
             identity: None,
             headers: Vec::new(),
+            connect_timeout: None,
         })
     }
 
@@ -310,7 +313,11 @@ impl RegistryClient {
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("pullcheck/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.request_timeout)
-            .connect_timeout(settings.connect_timeout)
+            .connect_timeout(
+                spec.connect_timeout
+                    .filter(|t| !t.is_zero())
+                    .map_or(settings.connect_timeout, |t| t.min(settings.connect_timeout)),
+            )
             // reqwest drops Authorization when a redirect leaves the host.
             .redirect(reqwest::redirect::Policy::limited(5))
             .pool_idle_timeout(Duration::from_secs(90))

@@ -67,6 +67,7 @@ impl RegistryClient {
             skip_verify: host_config.skip_tls_verify,
             identity: None,
             headers: Vec::new(),
+            connect_timeout: None,
         })?;
         Ok(Route { host, mirror: false, resolves_tags: true, pulls_digests: true, ns: None, credential: None })
     }
@@ -94,6 +95,7 @@ impl RegistryClient {
             skip_verify: endpoint.skip_verify.unwrap_or(false),
             identity,
             headers: endpoint.headers.clone(),
+            connect_timeout: endpoint.dial_timeout,
         })?;
         let credential = endpoint.is_mirror.then(|| self.config().host(&endpoint.host).credential).flatten();
         Ok(Route {
