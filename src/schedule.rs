@@ -83,16 +83,26 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             self.entries.remove(k);
         }
         for (key, registry) in seen.drain() {
-            self.entries.entry(key).or_insert(Entry {
-                registry,
-                last_probe: None,
-                probed_this_window: false,
-                urgent: true,
-                retry_at: None,
-                in_flight: false,
-            });
+            self.insert(key, registry);
         }
         removed
+    }
+
+    /// A new key (probed soon); a known one stays as it is.
+    pub fn insert(&mut self, key: K, registry: String) {
+        self.entries.entry(key).or_insert(Entry {
+            registry,
+            last_probe: None,
+            probed_this_window: false,
+            urgent: true,
+            retry_at: None,
+            in_flight: false,
+        });
+    }
+
+    /// A key no workload uses any more.
+    pub fn remove(&mut self, key: &K) {
+        self.entries.remove(key);
     }
 
     /// The workloads using a key changed: probe it soon.

@@ -43,43 +43,108 @@ pub struct Store {
     synced: HashSet<WatchScope>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     namespaces_synced: bool,
-    /// Bumped on every change, so consumers can tell whether to look again.
+    /// Bumped on every change that matters (never on an update that changes no record, such
+    /// as a Deployment's status), so consumers can tell whether to look again.
     pub generation: u64,
+    /// Workloads added, changed or removed since [`Store::take_changes`].
+    changed: HashSet<WorkloadRef>,
+    /// A change that concerns every workload (namespace labels, for the selector).
+    changed_all: bool,
+}
+
+/// What changed since the last look.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Changes {
+    /// Every workload must be looked at again.
+    pub all: bool,
+    pub workloads: Vec<WorkloadRef>,
 }
 
 pub type SharedStore = Arc<RwLock<Store>>;
 
 impl Store {
     pub fn apply(&mut self, update: Update) {
-        self.generation += 1;
         match update {
             Update::Init(scope) => {
                 self.buffers.insert(scope, Vec::new());
             }
             Update::InitRecord(scope, record) => self.buffers.entry(scope).or_default().push(record),
             Update::InitDone(scope) => {
-                let fresh = self.buffers.remove(&scope).unwrap_or_default();
-                self.records.retain(|workload, _| !scope.covers(workload));
-                self.records.extend(fresh.into_iter().map(|r| (r.workload.clone(), r)));
-                self.synced.insert(scope);
+                let fresh: HashMap<WorkloadRef, WorkloadRecord> = self
+                    .buffers
+                    .remove(&scope)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| (r.workload.clone(), r))
+                    .collect();
+                let gone: Vec<WorkloadRef> =
+                    self.records.keys().filter(|w| scope.covers(w) && !fresh.contains_key(*w)).cloned().collect();
+                for workload in gone {
+                    self.records.remove(&workload);
+                    self.mark(workload);
+                }
+                for (workload, record) in fresh {
+                    self.upsert(workload, record);
+                }
+                if self.synced.insert(scope) {
+                    self.generation += 1;
+                }
             }
-            Update::Upsert(record) => {
-                self.records.insert(record.workload.clone(), record);
-            }
+            Update::Upsert(record) => self.upsert(record.workload.clone(), record),
             Update::Remove(workload) => {
-                self.records.remove(&workload);
+                if self.records.remove(&workload).is_some() {
+                    self.mark(workload);
+                }
             }
             Update::GaveUp(scope) => {
-                self.synced.insert(scope);
+                if self.synced.insert(scope) {
+                    self.generation += 1;
+                }
             }
-            Update::Namespace(name, Some(labels)) => {
-                self.namespaces.insert(name, labels);
+            Update::Namespace(name, labels) => {
+                let before = match labels {
+                    Some(labels) => self.namespaces.insert(name.clone(), labels.clone()).filter(|old| *old == labels),
+                    None => self.namespaces.remove(&name).filter(|_| false),
+                };
+                if before.is_none() {
+                    self.changed_all = true;
+                    self.generation += 1;
+                }
             }
-            Update::Namespace(name, None) => {
-                self.namespaces.remove(&name);
+            Update::NamespacesSynced => {
+                if !self.namespaces_synced {
+                    self.namespaces_synced = true;
+                    self.changed_all = true;
+                    self.generation += 1;
+                }
             }
-            Update::NamespacesSynced => self.namespaces_synced = true,
         }
+    }
+
+    /// Inserts or replaces a record; a record equal to the one held changes nothing.
+    fn upsert(&mut self, workload: WorkloadRef, record: WorkloadRecord) {
+        if self.records.get(&workload) == Some(&record) {
+            return;
+        }
+        self.records.insert(workload.clone(), record);
+        self.mark(workload);
+    }
+
+    fn mark(&mut self, workload: WorkloadRef) {
+        self.changed.insert(workload);
+        self.generation += 1;
+    }
+
+    /// What changed since the last call.
+    pub fn take_changes(&mut self) -> Changes {
+        let mut workloads: Vec<WorkloadRef> = self.changed.drain().collect();
+        workloads.sort();
+        Changes { all: std::mem::take(&mut self.changed_all), workloads }
+    }
+
+    /// A workload's record, when it exists and the selection admits it.
+    pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<WorkloadRecord> {
+        self.records.get(workload).filter(|r| selection.admits(r, self.namespaces.get(&r.workload.namespace))).cloned()
     }
 
     /// Every scope listed once (or given up on), and namespaces too when a selector needs them.
@@ -147,6 +212,31 @@ mod tests {
         store.apply(Update::InitDone(deployments.clone()));
         assert_eq!(names(&store), ["web", "pod"].map(String::from).to_vec());
         assert!(store.is_synced(&[deployments], false));
+    }
+
+    #[test]
+    fn only_real_changes_move_the_generation() {
+        let mut store = Store::default();
+        let web = record(WorkloadKind::Deployment, "a", "web", "x");
+        store.apply(Update::Upsert(web.clone()));
+        let changes = store.take_changes();
+        assert_eq!(changes.workloads, vec![web.workload.clone()]);
+        let generation = store.generation;
+        // A status-only update reduces to the same record: nothing moves.
+        for _ in 0..100 {
+            store.apply(Update::Upsert(web.clone()));
+        }
+        assert_eq!(store.generation, generation);
+        assert_eq!(store.take_changes(), Changes::default());
+        store.apply(Update::Upsert(record(WorkloadKind::Deployment, "a", "web", "y")));
+        assert_eq!(store.generation, generation + 1);
+        store.apply(Update::Remove(web.workload.clone()));
+        store.apply(Update::Remove(web.workload.clone()));
+        assert_eq!(store.generation, generation + 2, "removing what is gone changes nothing");
+        assert_eq!(store.take_changes().workloads, vec![web.workload]);
+        store.apply(Update::Namespace("a".into(), Some(BTreeMap::new())));
+        store.apply(Update::Namespace("a".into(), Some(BTreeMap::new())));
+        assert_eq!(store.take_changes(), Changes { all: true, workloads: vec![] });
     }
 
     #[test]

@@ -33,6 +33,23 @@ pub struct ProbeResult {
     pub http_requests: u32,
 }
 
+impl ProbeResult {
+    /// An answer that no registry gave: the probe itself failed.
+    pub fn failed(registry: &str, state: State, error: impl Into<String>) -> Self {
+        Self {
+            state,
+            digest: None,
+            media_type: None,
+            error: Some(error.into()),
+            registry: registry.to_string(),
+            credential: None,
+            credential_index: None,
+            duration: Duration::ZERO,
+            http_requests: 0,
+        }
+    }
+}
+
 impl RegistryClient {
     /// The node's own credentials for an image, after the workload's: the registry config's,
     /// then each matching credential-provider plugin's; and why a plugin gave none.

@@ -16,7 +16,7 @@ use crate::registry::State;
 pub struct Snapshot {
     /// Per (workload, container): its attributes and current state (never `pending`). Shared:
     /// rebuilt only when a state or the inventory changes, not every tick.
-    pub series: Arc<Vec<(Vec<KeyValue>, State)>>,
+    pub series: Arc<Vec<(Arc<[KeyValue]>, State)>>,
     /// Tracked image keys per state, `pending` included.
     pub keys_by_state: Vec<(State, u64)>,
     pub workloads: u64,
@@ -62,7 +62,7 @@ impl Metrics {
             )
             .with_callback(move |observer| {
                 for (attributes, state) in read(&s).series.iter() {
-                    let mut with_state = attributes.clone();
+                    let mut with_state = attributes.to_vec();
                     with_state.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
                     observer.observe(1, &with_state);
                 }

@@ -1,0 +1,284 @@
+//! The decisions of `run`, without I/O: what an inventory change, a tick, a finished probe do
+//! to the schedule, the states and the published series. The loop around it (`run`) only moves
+//! events in and probes out, so everything here is tested under paused time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use opentelemetry::KeyValue;
+use tokio::time::Instant;
+
+use super::tracked::{InventoryChange, Tracked};
+use crate::credentials::SourcedCredential;
+use crate::inventory::keys::ImageKey;
+use crate::registry::{ProbeResult, State};
+use crate::schedule::{ScheduleSettings, Scheduler};
+use crate::telemetry::logs::TransitionLog;
+use crate::telemetry::metrics::{Metrics, Snapshot};
+
+/// A probe to start: the key, its credentials as its users name them, and how many workload
+/// containers it answers for.
+#[derive(Debug)]
+pub struct ProbeJob {
+    pub key: ImageKey,
+    pub chain: Vec<SourcedCredential>,
+    pub workloads: usize,
+}
+
+pub struct Controller {
+    scheduler: Scheduler<ImageKey>,
+    tracked: Tracked,
+    states: HashMap<ImageKey, ProbeResult>,
+    metrics: Arc<Metrics>,
+    log: TransitionLog,
+    /// The inventory arrived once: probing may start.
+    ready: bool,
+    /// Series are rebuilt only when a state or the inventory changed.
+    series_stale: bool,
+    published_series: Arc<Vec<(Arc<[KeyValue]>, State)>>,
+    /// Probes started since the last tick (the tick's batch and what refills added).
+    last_batch: usize,
+}
+
+impl Controller {
+    /// `phase` shifts the window (replicas and clusters do not probe a registry in step).
+    pub fn new(
+        settings: ScheduleSettings,
+        now: Instant,
+        phase: std::time::Duration,
+        metrics: Arc<Metrics>,
+        log: TransitionLog,
+    ) -> Self {
+        Self {
+            scheduler: Scheduler::new(settings, now, phase),
+            tracked: Tracked::default(),
+            states: HashMap::new(),
+            metrics,
+            log,
+            ready: false,
+            series_stale: true,
+            published_series: Arc::new(Vec::new()),
+            last_batch: 0,
+        }
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready
+    }
+
+    pub fn tracked(&self) -> &Tracked {
+        &self.tracked
+    }
+
+    pub fn state_of(&self, key: &ImageKey) -> Option<State> {
+        self.states.get(key).map(|r| r.state)
+    }
+
+    /// New keys are probed first; keys whose users changed are probed again soon; keys no one
+    /// uses are forgotten with their state.
+    pub fn on_inventory_change(&mut self, change: InventoryChange) {
+        let changes = self.tracked.apply(change);
+        for key in changes.removed {
+            self.scheduler.remove(&key);
+            self.states.remove(&key);
+        }
+        for key in changes.added {
+            let registry = key.registry().to_string();
+            self.scheduler.insert(key, registry);
+        }
+        for key in &changes.changed {
+            self.scheduler.mark_changed(key);
+        }
+        self.ready = true;
+        self.series_stale = true;
+    }
+
+    /// The tick's batch (none before the inventory arrived); publishes the metrics snapshot.
+    pub fn on_tick(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<ProbeJob> {
+        if !self.ready {
+            return Vec::new();
+        }
+        let batch = self.scheduler.next_batch(now, registry_open);
+        self.publish();
+        self.last_batch = batch.len();
+        self.jobs(batch)
+    }
+
+    /// What the tick could not start, as in-flight room frees.
+    pub fn on_refill(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<ProbeJob> {
+        let more = self.scheduler.take(now, registry_open);
+        self.last_batch += more.len();
+        self.jobs(more)
+    }
+
+    /// Records a result; a changed state is logged. Returns whether waiting probes may start.
+    pub fn on_probe_done(&mut self, key: ImageKey, result: ProbeResult, now: Instant) -> bool {
+        let room_freed = self.scheduler.wants_room();
+        self.scheduler.complete(&key, now, result.state != State::Available);
+        self.metrics.record_probe(&result.registry, result.state, result.duration);
+        // A key dropped while its probe ran: nothing to record it for.
+        let Some(users) = self.tracked.keys().get(&key) else { return room_freed };
+        let previous = self.states.get(&key).map(|r| r.state);
+        if previous != Some(result.state) {
+            self.log.transition(&key.to_string(), &users.attributes, previous, &result, &users.names());
+            self.series_stale = true;
+        }
+        self.states.insert(key, result);
+        room_freed
+    }
+
+    /// The gauges' snapshot: per-container series (rebuilt only when stale), keys by state.
+    pub fn publish(&mut self) {
+        if std::mem::take(&mut self.series_stale) {
+            self.published_series = Arc::new(
+                self.tracked
+                    .series()
+                    .filter_map(|s| {
+                        let state = match &s.key {
+                            Some(key) => self.states.get(key)?.state,
+                            None => State::BadImageFormat,
+                        };
+                        Some((s.attributes.clone(), state))
+                    })
+                    .collect(),
+            );
+        }
+        let mut by_state: BTreeMap<State, u64> = BTreeMap::new();
+        for key in self.tracked.keys().keys() {
+            *by_state.entry(self.state_of(key).unwrap_or(State::Pending)).or_default() += 1;
+        }
+        let bad = self.tracked.series().filter(|s| s.key.is_none()).count() as u64;
+        if bad > 0 {
+            *by_state.entry(State::BadImageFormat).or_default() += bad;
+        }
+        self.metrics.publish(Snapshot {
+            series: self.published_series.clone(),
+            keys_by_state: by_state.into_iter().collect(),
+            workloads: self.tracked.workloads() as u64,
+            window_coverage: self.scheduler.coverage(),
+            batch_size: self.last_batch as u64,
+        });
+    }
+
+    fn jobs(&self, keys: Vec<ImageKey>) -> Vec<ProbeJob> {
+        keys.into_iter()
+            .map(|key| {
+                let (workloads, chain) =
+                    self.tracked.keys().get(&key).map_or((0, Vec::new()), |u| (u.users.len(), u.chain.clone()));
+                ProbeJob { key, chain, workloads }
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use opentelemetry::logs::LoggerProvider as _;
+    use opentelemetry::metrics::MeterProvider as _;
+
+    use super::*;
+    use crate::config::RegistryConfig;
+    use crate::inventory::keys::resolve;
+    use crate::inventory::selection::ImageFilter;
+    use crate::inventory::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
+
+    fn controller(now: Instant) -> Controller {
+        let meter = opentelemetry_sdk::metrics::SdkMeterProvider::builder().build().meter("test");
+        let logger = opentelemetry_sdk::logs::SdkLoggerProvider::builder().build().logger("test");
+        let settings = ScheduleSettings {
+            window: Duration::from_secs(60),
+            tick: Duration::from_secs(10),
+            failure_retry: Duration::from_secs(20),
+            max_in_flight_per_registry: 16,
+        };
+        Controller::new(settings, now, Duration::ZERO, Arc::new(Metrics::new(&meter)), TransitionLog::new(logger))
+    }
+
+    fn workload(name: &str, image: &str) -> (WorkloadRef, Vec<crate::inventory::keys::ImageUse>) {
+        let record = WorkloadRecord {
+            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: name.into() },
+            containers: vec![ContainerSpec { name: "c".into(), role: ContainerRole::Container, image: image.into() }],
+            pull_secrets: vec![],
+            service_account: "default".into(),
+            replicas: Some(1),
+            suspended: false,
+            platforms: None,
+        };
+        let uses =
+            resolve([&record], |_| None, &RegistryConfig::default(), &ImageFilter::default(), &Arc::from(Vec::new()));
+        (record.workload, uses)
+    }
+
+    fn result(state: State) -> ProbeResult {
+        ProbeResult {
+            state,
+            digest: None,
+            media_type: None,
+            error: None,
+            registry: "docker.io".into(),
+            credential: None,
+            credential_index: None,
+            duration: Duration::from_millis(5),
+            http_requests: 1,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn nothing_is_probed_before_the_inventory_then_new_keys_at_once() {
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        assert!(ctl.on_tick(start, |_| true).is_empty(), "not ready: no probe");
+        ctl.on_inventory_change(InventoryChange::Reset(vec![workload("web", "nginx:1"), workload("api", "redis:7")]));
+        assert!(ctl.is_ready());
+        let jobs = ctl.on_tick(start, |_| true);
+        assert_eq!(jobs.len(), 2, "new keys go in the first batch: {jobs:?}");
+        assert!(jobs.iter().all(|j| j.workloads == 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn results_are_kept_per_key_and_forgotten_with_it() {
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        ctl.on_inventory_change(InventoryChange::Reset(vec![workload("web", "nginx:1")]));
+        let job = ctl.on_tick(start, |_| true).pop().expect("one job");
+        tokio::time::advance(Duration::from_secs(1)).await;
+        ctl.on_probe_done(job.key.clone(), result(State::Absent), Instant::now());
+        assert_eq!(ctl.state_of(&job.key), Some(State::Absent));
+        // The failed key comes back after failure_retry, not before.
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(ctl.on_tick(Instant::now(), |_| true).is_empty());
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(ctl.on_tick(Instant::now(), |_| true).len(), 1, "retried after failure_retry");
+        // The workload goes: its key and state go with it, and a late result is ignored.
+        ctl.on_inventory_change(InventoryChange::Workloads(vec![(
+            WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: "web".into() },
+            None,
+        )]));
+        assert_eq!(ctl.state_of(&job.key), None);
+        ctl.on_probe_done(job.key.clone(), result(State::Available), Instant::now());
+        assert_eq!(ctl.state_of(&job.key), None);
+        assert!(ctl.tracked().keys().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_workload_that_changes_image_gets_its_new_key_probed_first() {
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        let many: Vec<_> = (0..10).map(|i| workload(&format!("w{i}"), &format!("img{i}:1"))).collect();
+        ctl.on_inventory_change(InventoryChange::Reset(many));
+        let first = ctl.on_tick(start, |_| true);
+        assert_eq!(first.len(), 10);
+        for job in first {
+            ctl.on_probe_done(job.key, result(State::Available), start);
+        }
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let (web, uses) = workload("w0", "nginx:2");
+        ctl.on_inventory_change(InventoryChange::Workloads(vec![(web, Some(uses))]));
+        let jobs = ctl.on_tick(Instant::now(), |_| true);
+        let keys: Vec<String> = jobs.iter().map(|j| j.key.to_string()).collect();
+        assert_eq!(keys.first().map(String::as_str), Some("docker.io/library/nginx:2"), "{keys:?}");
+        assert!(!keys.contains(&"docker.io/library/img0:1".to_string()), "w0's old key is gone: {keys:?}");
+    }
+}

@@ -1,0 +1,157 @@
+//! `pullcheck run`: watchers → store → [`tracker`] (image uses, off the loop) → [`core`]
+//! (scheduler, states, series) → probes → telemetry, until shutdown. The loop here only moves
+//! events: it never waits on the API server, so probes, refills and shutdown are always served.
+
+pub mod core;
+pub mod tracked;
+pub mod tracker;
+
+use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+
+use self::core::{Controller, ProbeJob};
+use self::tracker::{Tracker, TrackerSettings};
+use crate::health::serve_health;
+use crate::inventory::keys::ImageKey;
+use crate::inventory::selection::Selection;
+use crate::inventory::store::{SharedStore, Store};
+use crate::platform::Platform;
+use crate::registry::{ProbeResult, RegistryClient, State};
+use crate::schedule::{Jitter, ScheduleSettings};
+use crate::sources::cluster::{scopes, watch_namespaces, watch_scope};
+use crate::sources::secrets::PullSecrets;
+use crate::telemetry::logs::TransitionLog;
+use crate::telemetry::metrics::Metrics;
+
+pub struct ControllerSettings {
+    pub schedule: ScheduleSettings,
+    /// `None`: every namespace.
+    pub namespaces: Option<Vec<String>>,
+    pub selection: Selection,
+    pub health_addr: Option<SocketAddr>,
+    pub secret_ttl: Duration,
+    /// Platforms every index must cover; `None`: those of the cluster's nodes, read again
+    /// with the pull secrets.
+    pub platforms: Option<Vec<Platform>>,
+}
+
+/// Probes that finished free in-flight room; what the tick could not start then starts here.
+const REFILL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// Runs until `shutdown` resolves.
+pub async fn run(
+    kube_client: kube::Client,
+    registry: RegistryClient,
+    metrics: Arc<Metrics>,
+    log: TransitionLog,
+    settings: ControllerSettings,
+    shutdown: impl std::future::Future<Output = ()>,
+) {
+    let store: SharedStore = Arc::new(RwLock::new(Store::default()));
+    let watch_scopes = scopes(settings.namespaces.as_deref());
+    let mut background = JoinSet::new();
+    for scope in watch_scopes.iter().cloned() {
+        background.spawn(watch_scope(kube_client.clone(), scope, store.clone()));
+    }
+    if settings.selection.needs_namespace_labels() {
+        background.spawn(watch_namespaces(kube_client.clone(), store.clone()));
+    }
+    let ready = Arc::new(AtomicBool::new(false));
+    if let Some(addr) = settings.health_addr {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => {
+                let bound = listener.local_addr().map_or_else(|_| addr.to_string(), |a| a.to_string());
+                tracing::info!(address = %bound, "serving /healthz and /readyz");
+                background.spawn(serve_health(listener, ready.clone()));
+            }
+            Err(e) => tracing::error!(%addr, "cannot serve /healthz and /readyz: {e}"),
+        }
+    }
+    let (changes_tx, mut changes) = mpsc::channel(16);
+    let tracker = Tracker::new(
+        store.clone(),
+        PullSecrets::new(kube_client.clone(), settings.secret_ttl),
+        kube_client.clone(),
+        registry.clone(),
+        TrackerSettings {
+            scopes: watch_scopes,
+            selection: settings.selection.clone(),
+            refresh: settings.secret_ttl,
+            platforms: settings.platforms.clone(),
+        },
+    );
+    background.spawn(tracker.run(changes_tx));
+
+    let tick = settings.schedule.tick;
+    let mut jitter = Jitter::from_entropy();
+    let now = Instant::now();
+    let mut controller = Controller::new(settings.schedule.clone(), now, jitter.below(tick), metrics, log);
+    // Replicas started together do not tick together; the first batch goes as soon as the
+    // inventory is in, not at the first tick.
+    let mut ticker = tokio::time::interval_at(now + jitter.below(tick), tick);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut refill = tokio::time::interval(REFILL_INTERVAL.min(tick));
+    refill.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut room_freed = false;
+    let mut probes: JoinSet<(ImageKey, ProbeResult)> = JoinSet::new();
+    let open = |registry: &RegistryClient| {
+        let registry = registry.clone();
+        move |r: &str| registry.pause_remaining(r).is_none()
+    };
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            Some(change) = changes.recv() => {
+                let first = !controller.is_ready();
+                controller.on_inventory_change(change);
+                if first {
+                    ready.store(true, Ordering::Relaxed);
+                    tracing::info!(workloads = controller.tracked().workloads(), "inventory synced");
+                    start(&mut probes, controller.on_tick(Instant::now(), open(&registry)), &registry);
+                }
+            }
+            _ = ticker.tick() => {
+                start(&mut probes, controller.on_tick(Instant::now(), open(&registry)), &registry);
+            }
+            _ = refill.tick(), if room_freed => {
+                room_freed = false;
+                start(&mut probes, controller.on_refill(Instant::now(), open(&registry)), &registry);
+            }
+            Some(done) = probes.join_next(), if !probes.is_empty() => {
+                // Only cancellation fails a join: a probe that panics still reports (see `start`).
+                let Ok((key, result)) = done else { continue };
+                room_freed |= controller.on_probe_done(key, result, Instant::now());
+            }
+        }
+    }
+    tracing::info!("shutting down");
+    probes.abort_all();
+    background.abort_all();
+    controller.publish();
+}
+
+fn start(probes: &mut JoinSet<(ImageKey, ProbeResult)>, jobs: Vec<ProbeJob>, registry: &RegistryClient) {
+    for ProbeJob { key, chain, workloads } in jobs {
+        let client = registry.clone();
+        probes.spawn(async move {
+            let probe = client.probe_for(&key.image, &chain, &key.platforms, workloads);
+            // A probe that panics completes its key as an error, so its in-flight slot is freed.
+            let result = match AssertUnwindSafe(probe).catch_unwind().await {
+                Ok(result) => result,
+                Err(_) => {
+                    ProbeResult::failed(key.registry(), State::UnknownError, "the probe panicked (a pullcheck bug)")
+                }
+            };
+            (key, result)
+        });
+    }
+}
