@@ -6,6 +6,7 @@ pub mod keys;
 pub mod record;
 pub mod selection;
 pub mod selector;
+pub mod slim;
 pub mod store;
 
 use std::fmt;

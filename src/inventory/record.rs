@@ -1,8 +1,9 @@
 //! An object's body reduced to the slim record the inventory keeps: the one reducer behind
 //! manifests on disk and objects from the cluster, so both give the same answer.
 
-use serde_json::Value;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
+use super::slim::{Loose, SlimObject, SlimSpec, SlimTemplate};
 use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
 use crate::platform::{PlatformConstraints, PlatformExpression};
 
@@ -20,82 +21,90 @@ pub enum RecordError {
     PodSpec { kind: WorkloadKind, name: String, problems: Vec<String> },
     #[error("{kind} {name}: no containers")]
     NoContainers { kind: WorkloadKind, name: String },
+    /// A field of the wrong type where pullcheck reads it strictly (`metadata.name: 3`).
+    #[error("{kind}: {problem}")]
+    Undecodable { kind: WorkloadKind, problem: String },
 }
 
-/// The slim record of a workload, from the object's body (the part holding `spec`, or
-/// `template` for PodTemplates). `Ok(None)`: the object is managed by another workload (a
-/// Deployment's ReplicaSet, a CronJob's Job, a controller's Pod) and is reported through it.
-pub fn record_from_body(
-    kind: WorkloadKind,
-    namespace: &str,
-    name: &str,
-    owner_references: Option<&Value>,
-    body: &Value,
-) -> Result<Option<WorkloadRecord>, RecordError> {
+/// The slim record of a workload object. `Ok(None)`: the object is managed by another workload
+/// (a Deployment's ReplicaSet, a CronJob's Job, a controller's Pod) and is reported through it.
+pub fn record_from_object(kind: WorkloadKind, object: &SlimObject) -> Result<Option<WorkloadRecord>, RecordError> {
+    let name = object.metadata.name.as_deref().unwrap_or_default();
     if name.is_empty() {
         return Err(RecordError::NoName { kind });
     }
-    if is_managed(kind, owner_references) {
+    if is_managed(kind, object.metadata.owner_references.as_deref()) {
         return Ok(None);
     }
-    let namespace = if namespace.is_empty() { DEFAULT_NAMESPACE } else { namespace };
+    let namespace = object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
     let workload = WorkloadRef { kind, namespace: namespace.into(), name: name.into() };
-    let mut spec = Some(body);
-    for key in kind.pod_spec_path() {
-        spec = spec.and_then(|v| v.get(*key));
-    }
-    let spec =
-        spec.ok_or_else(|| RecordError::NoPodSpec { kind, name: name.into(), path: kind.pod_spec_path().join(".") })?;
-    let workload_spec = body.get("spec");
+    let spec = object.spec.as_ref();
+    let pod_spec = match kind {
+        WorkloadKind::Pod => spec,
+        WorkloadKind::PodTemplate => template(&object.template),
+        WorkloadKind::CronJob => spec.and_then(|s| template(&s.job_template)).and_then(|job| template(&job.template)),
+        _ => spec.and_then(|s| template(&s.template)),
+    };
+    let pod_spec = pod_spec.ok_or_else(|| RecordError::NoPodSpec {
+        kind,
+        name: name.into(),
+        path: kind.pod_spec_path().join("."),
+    })?;
     let replicas = match kind {
         WorkloadKind::Deployment
         | WorkloadKind::StatefulSet
         | WorkloadKind::ReplicaSet
         | WorkloadKind::ReplicationController => Some(
-            workload_spec
-                .and_then(|s| s.get("replicas"))
-                .and_then(Value::as_i64)
-                .map_or(1, |r| i32::try_from(r).unwrap_or(i32::MAX)),
+            spec.and_then(|s| loose(&s.replicas))
+                .map_or(1, |r| i32::try_from(*r).unwrap_or(if *r < 0 { 0 } else { i32::MAX })),
         ),
         _ => None,
     };
     let suspended = matches!(kind, WorkloadKind::CronJob | WorkloadKind::Job)
-        && workload_spec.and_then(|s| s.get("suspend")).and_then(Value::as_bool).unwrap_or(false);
-    let (containers, pull_secrets, service_account) = extract_pod_spec(&workload, spec)?;
-    let platforms = platform_constraints(spec).map(Box::new);
+        && spec.and_then(|s| loose(&s.suspend)).copied().unwrap_or(false);
+    let (containers, pull_secrets, service_account) = extract_pod_spec(&workload, pod_spec)?;
+    let platforms = platform_constraints(pod_spec).map(Box::new);
     Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended, platforms }))
+}
+
+/// A template's pod spec.
+fn template(template: &Option<SlimTemplate>) -> Option<&SlimSpec> {
+    template.as_ref().and_then(|t| t.spec.as_deref())
+}
+
+/// The value of a field that is there and of the right shape.
+fn loose<T>(field: &Option<Loose<T>>) -> Option<&T> {
+    field.as_ref().and_then(Loose::get)
 }
 
 /// The pod spec's `nodeSelector` and required node affinity on platform labels; `None` when
 /// it has none (every node platform will do). Malformed parts are left out: the API server
 /// would have refused them, and a manifest's typo must not drop the workload.
-fn platform_constraints(spec: &Value) -> Option<PlatformConstraints> {
-    let node_selector: Vec<(String, String)> = spec
-        .get("nodeSelector")
-        .and_then(Value::as_object)
+fn platform_constraints(spec: &SlimSpec) -> Option<PlatformConstraints> {
+    let node_selector: Vec<(String, String)> = loose(&spec.node_selector)
         .into_iter()
         .flatten()
         .filter(|(k, _)| PlatformConstraints::is_platform_label(k))
-        .filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_string())))
+        .filter_map(|(k, v)| v.get().map(|v| (k.clone(), v.clone())))
         .collect();
-    let terms: Vec<Vec<PlatformExpression>> = spec
-        .pointer("/affinity/nodeAffinity/requiredDuringSchedulingIgnoredDuringExecution/nodeSelectorTerms")
-        .and_then(Value::as_array)
+    let terms: Vec<Vec<PlatformExpression>> = loose(&spec.affinity)
+        .and_then(|a| loose(&a.node_affinity))
+        .and_then(|n| loose(&n.required_during_scheduling_ignored_during_execution))
+        .and_then(|r| loose(&r.node_selector_terms))
         .into_iter()
         .flatten()
+        .filter_map(Loose::get)
         .map(|term| {
-            term.get("matchExpressions")
-                .and_then(Value::as_array)
+            loose(&term.match_expressions)
                 .into_iter()
                 .flatten()
+                .filter_map(Loose::get)
                 .filter_map(|e| {
-                    let key = e.get("key").and_then(Value::as_str)?;
-                    let operator = e.get("operator").and_then(Value::as_str)?;
-                    let values = e.get("values").and_then(Value::as_array).into_iter().flatten();
+                    let values = loose(&e.values).into_iter().flatten().filter_map(Loose::get).cloned().collect();
                     Some(PlatformExpression {
-                        key: key.to_string(),
-                        operator: operator.to_string(),
-                        values: values.filter_map(Value::as_str).map(str::to_string).collect(),
+                        key: loose(&e.key)?.clone(),
+                        operator: loose(&e.operator)?.clone(),
+                        values,
                     })
                 })
                 .filter(|e| PlatformConstraints::is_platform_label(&e.key))
@@ -109,63 +118,58 @@ fn platform_constraints(spec: &Value) -> Option<PlatformConstraints> {
 }
 
 /// Managed objects: ReplicaSets and Jobs whose controller is another workload, Pods with any controller.
-fn is_managed(kind: WorkloadKind, owner_references: Option<&Value>) -> bool {
-    let controllers = owner_references
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter(|o| o.get("controller").and_then(Value::as_bool).unwrap_or(false));
-    let mut owner_kinds = controllers.map(|o| o.get("kind").and_then(Value::as_str).unwrap_or_default());
+fn is_managed(kind: WorkloadKind, owner_references: Option<&[OwnerReference]>) -> bool {
+    let mut controllers =
+        owner_references.into_iter().flatten().filter(|o| o.controller.unwrap_or(false)).map(|o| o.kind.as_str());
     match kind {
-        WorkloadKind::Pod => owner_kinds.next().is_some(),
-        _ => owner_kinds.any(|k| WorkloadKind::from_kind(k).is_some()),
+        WorkloadKind::Pod => controllers.next().is_some(),
+        _ => controllers.any(|k| WorkloadKind::from_kind(k).is_some()),
     }
 }
 
 /// Containers, init containers and ephemeral containers, pull secrets and service account of a pod spec.
 fn extract_pod_spec(
     workload: &WorkloadRef,
-    spec: &Value,
+    spec: &SlimSpec,
 ) -> Result<(Vec<ContainerSpec>, Vec<String>, String), RecordError> {
     let mut problems = Vec::new();
-    let pull_secrets = match spec.get("imagePullSecrets") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(secrets)) => {
-            secrets.iter().filter_map(|s| s.get("name").and_then(Value::as_str)).map(str::to_string).collect()
+    let pull_secrets = match &spec.image_pull_secrets {
+        None => Vec::new(),
+        Some(Loose(Some(secrets))) => {
+            secrets.iter().filter_map(Loose::get).filter_map(|s| loose(&s.name)).cloned().collect()
         }
-        Some(_) => {
+        Some(Loose(None)) => {
             problems.push("imagePullSecrets is not a list".to_string());
             Vec::new()
         }
     };
-    let service_account = spec
-        .get("serviceAccountName")
-        .or_else(|| spec.get("serviceAccount"))
-        .and_then(Value::as_str)
+    let service_account = loose(&spec.service_account_name)
+        .or_else(|| loose(&spec.service_account))
         .filter(|s| !s.is_empty())
-        .unwrap_or("default")
+        .map_or("default", String::as_str)
         .to_string();
     let mut containers = Vec::new();
-    for (field, role) in [
-        ("initContainers", ContainerRole::Init),
-        ("containers", ContainerRole::Container),
-        ("ephemeralContainers", ContainerRole::Ephemeral),
+    for (field, role, list) in [
+        ("initContainers", ContainerRole::Init, &spec.init_containers),
+        ("containers", ContainerRole::Container, &spec.containers),
+        ("ephemeralContainers", ContainerRole::Ephemeral, &spec.ephemeral_containers),
     ] {
-        let list = match spec.get(field) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(c)) => c,
-            Some(_) => {
+        let list = match list {
+            None => continue,
+            Some(Loose(Some(list))) => list,
+            Some(Loose(None)) => {
                 problems.push(format!("{field} is not a list"));
                 continue;
             }
         };
         for (i, container) in list.iter().enumerate() {
-            let name = container.get("name").and_then(Value::as_str).unwrap_or_default();
-            match container.get("image").and_then(Value::as_str) {
+            let container = container.get();
+            let name = container.and_then(|c| loose(&c.name)).map_or("", String::as_str);
+            match container.and_then(|c| loose(&c.image)) {
                 Some(image) => containers.push(ContainerSpec {
                     name: if name.is_empty() { format!("{field}[{i}]") } else { name.to_string() },
                     role,
-                    image: image.to_string(),
+                    image: image.clone(),
                 }),
                 None => problems.push(format!("{field}[{i}] ({name}) has no image")),
             }
@@ -186,8 +190,9 @@ mod tests {
     use super::*;
 
     fn record(spec: serde_json::Value) -> WorkloadRecord {
-        let body = serde_json::json!({"spec": spec});
-        record_from_body(WorkloadKind::Pod, "ns", "p", None, &body).ok().flatten().expect("a record")
+        let body = serde_json::json!({"metadata": {"name": "p", "namespace": "ns"}, "spec": spec});
+        let object: SlimObject = serde_json::from_value(body).expect("decodes");
+        record_from_object(WorkloadKind::Pod, &object).ok().flatten().expect("a record")
     }
 
     #[test]

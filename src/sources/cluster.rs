@@ -1,16 +1,18 @@
 //! Workloads from the Kubernetes API: one paged list per kind (`check`), or kube-runtime
-//! watchers feeding the store (`run`). Objects are read as `DynamicObject`s and reduced by the
+//! watchers feeding the store (`run`). Objects are decoded slim (`SlimObject`: only the fields
+//! pullcheck reads, `managedFields` and `status` skipped while parsing) and reduced by the
 //! same code as manifests on disk, so a cluster and its manifests give the same answer.
 
 use std::collections::BTreeMap;
 
 use futures_util::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
 use crate::error::{Warning, WarningKind};
-use crate::inventory::record::{RecordError, record_from_body};
+use crate::inventory::record::{RecordError, record_from_object};
+use crate::inventory::slim::SlimObject;
 use crate::inventory::store::{SharedStore, Update, WatchScope};
 use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
 
@@ -48,7 +50,7 @@ pub fn scopes(namespaces: Option<&[String]>) -> Vec<WatchScope> {
         .collect()
 }
 
-fn api(client: &kube::Client, scope: &WatchScope) -> Api<DynamicObject> {
+fn api(client: &kube::Client, scope: &WatchScope) -> Api<SlimObject> {
     let resource = api_resource(scope.kind);
     match &scope.namespace {
         Some(ns) => Api::namespaced_with(client.clone(), ns, &resource),
@@ -56,7 +58,7 @@ fn api(client: &kube::Client, scope: &WatchScope) -> Api<DynamicObject> {
     }
 }
 
-fn identity(kind: WorkloadKind, object: &DynamicObject) -> WorkloadRef {
+fn identity(kind: WorkloadKind, object: &SlimObject) -> WorkloadRef {
     WorkloadRef {
         kind,
         namespace: object.metadata.namespace.clone().unwrap_or_default(),
@@ -65,15 +67,8 @@ fn identity(kind: WorkloadKind, object: &DynamicObject) -> WorkloadRef {
 }
 
 /// The slim record of an object; `Ok(None)` when another workload manages it.
-pub fn record_of(kind: WorkloadKind, object: &DynamicObject) -> Result<Option<WorkloadRecord>, RecordError> {
-    let owners = object.metadata.owner_references.as_ref().and_then(|o| serde_json::to_value(o).ok());
-    record_from_body(
-        kind,
-        object.metadata.namespace.as_deref().unwrap_or_default(),
-        object.metadata.name.as_deref().unwrap_or_default(),
-        owners.as_ref(),
-        &object.data,
-    )
+pub fn record_of(kind: WorkloadKind, object: &SlimObject) -> Result<Option<WorkloadRecord>, RecordError> {
+    record_from_object(kind, object)
 }
 
 pub(crate) fn is_forbidden(error: &kube::Error) -> bool {
@@ -196,7 +191,7 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
     }
 }
 
-fn read(kind: WorkloadKind, object: &DynamicObject) -> Option<WorkloadRecord> {
+fn read(kind: WorkloadKind, object: &SlimObject) -> Option<WorkloadRecord> {
     match record_of(kind, object) {
         Ok(record) => record,
         Err(e) => {

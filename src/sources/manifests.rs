@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use crate::inventory::record::{RecordError, record_from_body};
+use serde::Deserialize;
+
+use crate::inventory::record::{RecordError, record_from_object};
+use crate::inventory::slim::SlimObject;
 use crate::inventory::{WorkloadKind, WorkloadRecord};
 
 /// Larger inputs are refused rather than read into memory.
@@ -225,10 +228,10 @@ pub fn extract_object(object: &Value, out: &mut Vec<WorkloadRecord>) -> Result<b
     let Some(workload_kind) = WorkloadKind::from_kind(kind) else {
         return Ok(false);
     };
-    let metadata = object.get("metadata").unwrap_or(&Value::Null);
-    let name = metadata.get("name").and_then(Value::as_str).unwrap_or_default();
-    let namespace = metadata.get("namespace").and_then(Value::as_str).unwrap_or_default();
-    if let Some(record) = record_from_body(workload_kind, namespace, name, metadata.get("ownerReferences"), object)? {
+    // The same slim decoding as objects from the cluster.
+    let slim = SlimObject::deserialize(object)
+        .map_err(|e| RecordError::Undecodable { kind: workload_kind, problem: e.to_string() })?;
+    if let Some(record) = record_from_object(workload_kind, &slim)? {
         out.push(record);
     }
     Ok(true)
