@@ -86,20 +86,26 @@ pub async fn check_cluster(
     Ok(report)
 }
 
-/// Probes every key once, and reports one entry per (reference as written, credential).
+/// What a report entry stands for: the reference as written, the credentials and the platforms.
+type EntryKey<'a> = (&'a str, &'a [Credential], &'a [Platform]);
+
+/// Probes every key once, and reports one entry per (reference as written, credential, platforms).
 async fn probe_uses(uses: Vec<ImageUse>, client: &RegistryClient, settings: &CheckSettings) -> Report {
     // Each key probed once, its credentials named as its first use knows them.
     let keys: Vec<(ImageKey, Vec<SourcedCredential>)> =
         by_key(&uses).into_iter().map(|(key, users)| (key.clone(), users[0].chain())).collect();
     let results = probe_keys(keys, client, settings).await;
-    let mut entries: BTreeMap<(&str, &[Credential]), Vec<&ImageUse>> = BTreeMap::new();
+    // One entry per key as written: workloads whose nodes differ in platform get their own
+    // answers, as their credentials do.
+    let mut entries: BTreeMap<EntryKey, Vec<&ImageUse>> = BTreeMap::new();
     for image_use in &uses {
-        let credentials = image_use.key.as_ref().map_or(&[][..], |k| k.credentials.as_slice());
-        entries.entry((image_use.written.as_str(), credentials)).or_default().push(image_use);
+        let (credentials, platforms) =
+            image_use.key.as_ref().map_or((&[][..], &[][..]), |k| (k.credentials.as_slice(), &*k.platforms));
+        entries.entry((image_use.written.as_str(), credentials, platforms)).or_default().push(image_use);
     }
     let images = entries
         .into_iter()
-        .map(|((written, _), users)| {
+        .map(|((written, _, _), users)| {
             let mut workloads: Vec<_> = users.iter().map(|u| u.user.clone()).collect();
             workloads.sort_by(|a, b| as_written_order(a).cmp(&as_written_order(b)));
             workloads.dedup();

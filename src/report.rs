@@ -1,5 +1,6 @@
-//! The answer of `check`: one entry per image as written (and credential), with the containers
-//! using it, as a table for people or JSON for scripts (docs/check.md), and the exit code.
+//! The answer of `check`: one entry per image as written (and credential, and platforms), with
+//! the containers using it, as a table for people or JSON for scripts (docs/check.md), and the
+//! exit code.
 
 use std::collections::BTreeMap;
 

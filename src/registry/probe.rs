@@ -85,11 +85,12 @@ impl RegistryClient {
     }
 
     /// A probe on behalf of `workloads` workload containers, whose nodes need `platforms`
-    /// (an index must cover each; a single manifest is not checked, as the runtime pulls it
-    /// anywhere). `credentials` are the workload's, in kubelet's order; the node's (the
-    /// registry config's) follow them. Each is tried until the registry accepts one, the one
-    /// that worked last time first; anonymous only when none matches the registry. Mirrors are
-    /// tried before the registry, with their own configured credentials only.
+    /// (an index must cover each; so must a single-platform manifest, whose config names the one
+    /// platform it runs on: the runtime refuses it elsewhere). `credentials` are the workload's,
+    /// in kubelet's order; the node's (the registry config's) follow them. Each is tried until
+    /// the registry accepts one, the one that worked last time first; anonymous only when none
+    /// matches the registry. Mirrors are tried before the registry, with their own configured
+    /// credentials only.
     pub async fn probe_for(
         &self,
         image: &ImageRef,

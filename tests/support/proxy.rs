@@ -28,7 +28,34 @@ pub enum Fault {
     StripDigest,
     /// A 200 whose body is not a manifest.
     Garbage,
+    /// A Docker schema 1 manifest (`application/vnd.docker.distribution.manifest.v1+prettyjws`,
+    /// `schemaVersion: 1`) for HEAD and GET alike, with its own digest announced: what a registry
+    /// still holding an image pushed by Docker before 1.10 serves (docker-registry 2.8 refuses
+    /// to store one without a libtrust signature).
+    Schema1,
+    /// The registry's answer with `Docker-Content-Digest` replaced by this digest.
+    WrongDigest(String),
+    /// The registry's status and headers with this body instead of its own (GET; HEAD is
+    /// forwarded as is): content corrupted between the registry and the client.
+    Body(Vec<u8>),
 }
+
+/// The schema 1 manifest [`Fault::Schema1`] serves.
+pub fn schema1_manifest() -> Vec<u8> {
+    serde_json::json!({
+        "schemaVersion": 1,
+        "name": "legacy/app",
+        "tag": "v1",
+        "architecture": "amd64",
+        "fsLayers": [{"blobSum": "sha256:a3ed95caeb02ffe68cdd9fd84406680ae93d633cb16422d00e8a7c22955b46d4"}],
+        "history": [{"v1Compatibility": "{\"id\":\"e45a5af57b00862e5ef5782a9925979a02ba2b12dff832fd0991335f4a11e5c5\"}"}],
+        "signatures": [{"header": {"alg": "ES256"}, "signature": "c2lnbmF0dXJl", "protected": "e30"}]
+    })
+    .to_string()
+    .into_bytes()
+}
+
+pub const SCHEMA1_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.v1+prettyjws";
 
 impl Fault {
     /// Faults of the body reach the client only on GET: HEAD is refused so the client falls back.
@@ -130,6 +157,14 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
         Fault::Garbage => {
             return Reply::Full { status: 200, headers: vec![], body: b"<html>not a manifest</html>".to_vec() };
         }
+        Fault::Schema1 => {
+            let body = schema1_manifest();
+            let headers = vec![
+                ("Content-Type".into(), SCHEMA1_MEDIA_TYPE.into()),
+                ("Docker-Content-Digest".into(), super::registry::sha256(&body)),
+            ];
+            return Reply::Full { status: 200, headers, body };
+        }
         _ => {}
     }
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
@@ -141,14 +176,22 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
     }
     let Ok(response) = forward.send().await else { return Reply::status(502) };
     let status = response.status().as_u16();
-    let headers: Vec<(String, String)> = response
+    let mut headers: Vec<(String, String)> = response
         .headers()
         .iter()
         .filter(|(k, _)| !matches!(fault, Fault::StripDigest) || k.as_str() != "docker-content-digest")
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
         .collect();
+    if let Fault::WrongDigest(digest) = &fault {
+        for (k, v) in &mut headers {
+            if k.eq_ignore_ascii_case("docker-content-digest") {
+                *v = digest.clone();
+            }
+        }
+    }
     let body = response.bytes().await.map(|b| b.to_vec()).unwrap_or_default();
     match fault {
+        Fault::Body(replaced) if req.method != "HEAD" => Reply::Full { status, headers, body: replaced },
         Fault::Drip(delay) => Reply::Drip { status, headers, body, delay },
         Fault::Truncate => {
             let declared = body.len() + 100;
