@@ -13,6 +13,7 @@ use super::client::{Host, RegistryClient};
 use super::limits::parse_retry_after;
 use super::manifest::MANIFEST_ACCEPT;
 use super::outcome::{Attempt, State};
+use crate::image::host_and_port;
 use crate::platform::Platform;
 
 /// Tokens and error documents are small; anything bigger is not what we asked for.
@@ -49,11 +50,13 @@ impl Response {
     }
 }
 
-/// A request that got no usable answer; `plain_http_peer` when the TLS handshake failed
-/// because the peer answered in plain HTTP.
+/// A request that got no usable answer; `try_plain_http` when a host that may fall back is
+/// worth asking over plain HTTP (containerd's `NewHTTPFallback`): the TLS handshake failed
+/// because the peer answered in plain HTTP, or, for a host written without a port, HTTPS could
+/// not connect (refused or timed out: plain HTTP is on another port, 80).
 struct Failed {
     attempt: Attempt,
-    plain_http_peer: bool,
+    try_plain_http: bool,
 }
 
 /// containerd falls back to plain HTTP only when the TLS error shows a plain-HTTP server (Go's
@@ -74,11 +77,33 @@ fn answered_in_plain_http(error: &reqwest::Error) -> bool {
     false
 }
 
+/// containerd's `isPortError`: the connection was refused or timed out.
+fn refused_or_timed_out(error: &reqwest::Error) -> bool {
+    if error.is_timeout() {
+        return true;
+    }
+    let mut next: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::TimedOut) {
+                return true;
+            }
+            if let Some(wrapped) = io.get_ref() {
+                next = Some(wrapped as &dyn std::error::Error);
+                continue;
+            }
+        }
+        next = e.source();
+    }
+    false
+}
+
 impl Exchange<'_> {
     /// Sends one request and reads at most `limit` bytes of its body (`0`: none; error bodies
     /// at most [`MAX_SMALL_BODY`]). A transport failure or an oversized body is the attempt's
-    /// answer, ready to return. A loopback host that may fall back (containerd 2.x) is asked
-    /// over plain HTTP when HTTPS cannot connect, and spoken to that way from then on.
+    /// answer, ready to return. A host that may fall back (containerd 2.x) is asked over plain
+    /// HTTP when HTTPS shows a plain-HTTP peer (or, written without a port, cannot connect), and
+    /// spoken to that way from then on.
     pub async fn send(
         &mut self,
         host: &Host,
@@ -95,7 +120,7 @@ impl Exchange<'_> {
         });
         match (self.send_once(host, method.clone(), url, authorization, limit).await, fallback) {
             (Ok(answer), _) => Ok(answer),
-            (Err(https), Some(plain)) if https.plain_http_peer => {
+            (Err(https), Some(plain)) if https.try_plain_http => {
                 match self.send_once(host, method, plain, authorization, limit).await {
                     Ok(answer) => {
                         host.fall_back();
@@ -144,7 +169,8 @@ impl Exchange<'_> {
             let sent = request.send().await;
             self.client.observe_request(&host.name, sent.as_ref().ok().map(|r| r.status().as_u16()));
             let mut response = sent.map_err(|e| Failed {
-                plain_http_peer: answered_in_plain_http(&e),
+                try_plain_http: answered_in_plain_http(&e)
+                    || (host_and_port(&host.name).1.is_none() && e.is_connect() && refused_or_timed_out(&e)),
                 attempt: transport_error(&host.name, &e),
             })?;
             let status = response.status();
@@ -158,7 +184,7 @@ impl Exchange<'_> {
                     return Err(too_large(&host.name, read_limit));
                 }
                 let chunk_error =
-                    |e: reqwest::Error| Failed { plain_http_peer: false, attempt: transport_error(&host.name, &e) };
+                    |e: reqwest::Error| Failed { try_plain_http: false, attempt: transport_error(&host.name, &e) };
                 while let Some(chunk) = response.chunk().await.map_err(chunk_error)? {
                     if body.len() + chunk.len() > read_limit {
                         return Err(too_large(&host.name, read_limit));
@@ -185,7 +211,7 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn too_large(host: &str, limit: usize) -> Failed {
     let attempt = Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"));
-    Failed { attempt, plain_http_peer: false }
+    Failed { attempt, try_plain_http: false }
 }
 
 /// Connect, DNS, TLS and timeouts: the registry cannot be reached. The cause chain is kept

@@ -263,8 +263,9 @@ pub(crate) fn status_error(host: &str, response: &Response, insufficient_scope: 
     let mut message = format!("{host}: HTTP {}", response.status.as_u16());
     if response.status == StatusCode::BAD_REQUEST && response.plain_http && codes.is_empty() {
         message.push_str(
-            " to a plain-HTTP request: a TLS server answers those so; give this host caFile or skipTlsVerify \
-             (or plainHttp: false) in the registry config",
+            " to a plain-HTTP request: a TLS server answers those so; speak HTTPS to it: plainHttp: false in \
+             the registry config (with caFile or skipTlsVerify for a certificate not publicly trusted), or an \
+             https:// URL in its hosts.toml (with ca or skip_verify)",
         );
     }
     if insufficient_scope {
