@@ -315,9 +315,18 @@ async fn loopback_tls_as_containerd_2_reaches_it() {
     let r = probe(&with_ca, &basic, &alice).await;
     assert_eq!(r.state, State::Available, "{r:?}");
 
-    // Unconfigured: HTTPS first; an untrusted certificate is no reason to try plain HTTP.
+    // Unconfigured, on a port of its own: HTTPS first, without verifying the certificate, as
+    // containerd 2.x reaches a local registry — so a self-signed one pulls.
     let mark = env.basic.served().len();
     let r = probe(&client(RegistryConfig::default()), &basic, &alice).await;
+    assert_eq!(r.state, State::Available, "{r:?}");
+    let served: Vec<String> = env.basic.served_since(mark, 2).await.iter().map(|s| s.line()).collect();
+    assert_eq!(served, ["HEAD /v2/private/app/manifests/v1 401", "HEAD /v2/private/app/manifests/v1 200"]);
+
+    // HTTPS asked for explicitly, no CA: an untrusted certificate is no reason to try plain HTTP.
+    let mark = env.basic.served().len();
+    let https = config("https.yaml", format!("registries:\n  {}:\n    plainHttp: false\n", env.basic.addr));
+    let r = probe(&https, &basic, &alice).await;
     assert_eq!(r.state, State::RegistryUnavailable, "{r:?}");
     assert!(r.error.as_deref().is_some_and(|e| e.to_lowercase().contains("certificate")), "{r:?}");
     assert_eq!(r.http_requests, 1, "no plain-HTTP attempt after the TLS failure: {r:?}");

@@ -77,6 +77,10 @@ pub(crate) struct Host {
     /// For [`Transport::HttpsThenHttp`]: plain HTTP, once HTTPS failed and HTTP answered.
     fell_back: std::sync::atomic::AtomicBool,
     pub headers: Vec<(String, String)>,
+    /// The TLS material it was built with: its token realm is reached with the same.
+    ca_pems: Vec<Vec<u8>>,
+    skip_verify: bool,
+    identity: Option<Vec<u8>>,
     pub limits: Arc<HostLimits>,
     /// What the host asked for last time, so later probes authenticate up front.
     scheme: Mutex<Option<KnownScheme>>,
@@ -262,21 +266,24 @@ impl RegistryClient {
         limits.get(crate::image::api_host(registry)).and_then(|l| l.pause_remaining())
     }
 
-    /// The client for a token realm's host (`auth.example:443`), configured from its entry in
-    /// the registry config.
-    pub(crate) fn realm_host(&self, authority: &str, scheme: &str) -> Result<Arc<Host>> {
+    /// The client for a token realm's host (`auth.example:443`), as containerd reaches it: with
+    /// the TLS material and headers of the registry endpoint that named it, and whatever the
+    /// registry config says of the realm's own host.
+    pub(crate) fn realm_host(&self, authority: &str, scheme: &str, named_by: &Host) -> Result<Arc<Host>> {
         let config = self.inner.config.host(authority);
         let transport = if scheme == "http" { Transport::Http } else { Transport::Https };
         let base = reqwest::Url::parse(&format!("{scheme}://{authority}/"))
             .map_err(|e| Error::Endpoint { name: authority.to_string(), problem: e.to_string() })?;
+        let mut ca_pems = named_by.ca_pems.clone();
+        ca_pems.extend(config.ca_pem);
         self.host(HostSpec {
             name: authority.to_string(),
             base,
             transport,
-            ca_pems: config.ca_pem.into_iter().collect(),
-            skip_verify: config.skip_tls_verify,
-            identity: None,
-            headers: Vec::new(),
+            ca_pems,
+            skip_verify: named_by.skip_verify || config.skip_tls_verify,
+            identity: named_by.identity.clone(),
+            headers: named_by.headers.clone(),
             connect_timeout: None,
         })
     }
@@ -342,6 +349,9 @@ impl RegistryClient {
             transport: spec.transport,
             fell_back: std::sync::atomic::AtomicBool::new(false),
             headers: spec.headers,
+            ca_pems: spec.ca_pems,
+            skip_verify: spec.skip_verify,
+            identity: spec.identity,
             scheme: Mutex::new(None),
         })
     }

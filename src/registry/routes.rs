@@ -59,12 +59,15 @@ impl RegistryClient {
         let scheme = if transport == Transport::Http { "http" } else { "https" };
         let base = reqwest::Url::parse(&format!("{scheme}://{name}/v2"))
             .map_err(|e| Error::Endpoint { name: name.to_string(), problem: e.to_string() })?;
+        // containerd 2.x skips verification for an unconfigured loopback host it reaches over
+        // HTTPS first (a local registry with a self-signed certificate pulls).
+        let skip_verify = host_config.skip_tls_verify || transport == Transport::HttpsThenHttp;
         let host = self.host(HostSpec {
             name: name.to_string(),
             base,
             transport,
             ca_pems: host_config.ca_pem.into_iter().collect(),
-            skip_verify: host_config.skip_tls_verify,
+            skip_verify,
             identity: None,
             headers: Vec::new(),
             connect_timeout: None,

@@ -49,7 +49,7 @@ impl Exchange<'_> {
         };
         let realm_host = self
             .client
-            .realm_host(&authority, url.scheme())
+            .realm_host(&authority, url.scheme(), registry)
             .map_err(|e| Attempt::failed(State::UnknownError, e.to_string()))?;
         let basic = credential.and_then(Credential::basic_header);
         let (response, body) = self.send(&realm_host, Method::GET, url, basic.as_deref(), MAX_SMALL_BODY).await?;
