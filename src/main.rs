@@ -22,6 +22,7 @@ use tracing_subscriber::{EnvFilter, Layer, fmt};
 use pullcheck::check::{CheckSettings, check_cluster, check_files};
 use pullcheck::config::RegistryConfig;
 use pullcheck::config::hosts::HostsDir;
+use pullcheck::controller::leader::LeaderSettings;
 use pullcheck::controller::{self, ControllerSettings};
 use pullcheck::credentials::CredentialProviders;
 use pullcheck::inventory::selection::{DisabledKind, ImageFilter, IncludeDisabled, Selection};
@@ -121,6 +122,76 @@ struct RunArgs {
     /// `k8s.cluster.name` on the resource (OTEL_RESOURCE_ATTRIBUTES can set it too).
     #[arg(long, env = "PULLCHECK_CLUSTER_NAME")]
     cluster_name: Option<String>,
+    #[command(flatten)]
+    leader: LeaderArgs,
+}
+
+/// Leader election, with the flags every Kubernetes controller uses.
+#[derive(Args)]
+struct LeaderArgs {
+    /// Run several replicas: only the one holding the Lease probes and exports image series.
+    #[arg(long, env = "PULLCHECK_LEADER_ELECT")]
+    leader_elect: bool,
+    /// How long a lease lasts after its last renewal before a standby may take it.
+    #[arg(long, env = "PULLCHECK_LEADER_ELECT_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    leader_elect_lease_duration: Duration,
+    /// A leader that could not renew for this long stops leading (less than the lease duration).
+    #[arg(long, env = "PULLCHECK_LEADER_ELECT_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    leader_elect_renew_deadline: Duration,
+    /// How often the lease is renewed or tried for.
+    #[arg(long, env = "PULLCHECK_LEADER_ELECT_RETRY_PERIOD", default_value = "2s", value_parser = humantime::parse_duration)]
+    leader_elect_retry_period: Duration,
+    /// The Lease's name.
+    #[arg(long, env = "PULLCHECK_LEADER_ELECT_RESOURCE_NAME", default_value = "pullcheck")]
+    leader_elect_resource_name: String,
+    /// The Lease's namespace (default: the pod's own, from POD_NAMESPACE or the service account).
+    #[arg(long, env = "PULLCHECK_LEADER_ELECT_RESOURCE_NAMESPACE")]
+    leader_elect_resource_namespace: Option<String>,
+}
+
+impl LeaderArgs {
+    /// The election's settings, when asked for. `context_namespace`: the kubeconfig's.
+    fn settings(&self, context_namespace: &str) -> anyhow::Result<Option<LeaderSettings>> {
+        if !self.leader_elect {
+            return Ok(None);
+        }
+        if self.leader_elect_renew_deadline >= self.leader_elect_lease_duration {
+            anyhow::bail!("--leader-elect-renew-deadline must be shorter than --leader-elect-lease-duration");
+        }
+        if self.leader_elect_retry_period >= self.leader_elect_renew_deadline {
+            anyhow::bail!("--leader-elect-retry-period must be shorter than --leader-elect-renew-deadline");
+        }
+        let namespace = self
+            .leader_elect_resource_namespace
+            .clone()
+            .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
+            .or_else(|| {
+                std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                    .ok()
+                    .map(|n| n.trim().to_string())
+                    .filter(|n| !n.is_empty())
+            })
+            .unwrap_or_else(|| context_namespace.to_string());
+        Ok(Some(LeaderSettings {
+            lease_duration: self.leader_elect_lease_duration,
+            renew_deadline: self.leader_elect_renew_deadline,
+            retry_period: self.leader_elect_retry_period,
+            name: self.leader_elect_resource_name.clone(),
+            namespace,
+            identity: leader_identity(),
+        }))
+    }
+}
+
+/// The pod name (or the host's) and a per-process suffix: two processes never share one.
+fn leader_identity() -> String {
+    let pod = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "pullcheck".to_string());
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    format!("{pod}_{:x}{:05x}", std::process::id(), nanos & 0xfffff)
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -384,7 +455,8 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |host, status| observer_metrics.record_request(host, status));
     let registry = args.registry.client(Some(observer))?;
-    let (kube_client, _) = args.cluster.connect().await?;
+    let (kube_client, context_namespace) = args.cluster.connect().await?;
+    let leader_election = args.leader.settings(&context_namespace)?;
     let settings = ControllerSettings {
         schedule: ScheduleSettings {
             window: args.window,
@@ -398,6 +470,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
         health_addr: args.health_addr.0,
         secret_ttl: args.cluster.secret_ttl,
         platforms: args.selection.platforms(),
+        leader_election,
     };
     if !telemetry.exporting {
         tracing::warn!("OTEL_SDK_DISABLED=true: probing, but exporting nothing");
@@ -480,6 +553,28 @@ mod tests {
         ] {
             assert!(parse(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn leader_election_flags() {
+        let Command::Run(run) = parse(&["run"]).expect("valid").command else { panic!("run") };
+        assert!(run.leader.settings("ns").expect("valid").is_none(), "off by default");
+        let Command::Run(run) =
+            parse(&["run", "--leader-elect", "--leader-elect-resource-namespace", "ops"]).expect("valid").command
+        else {
+            panic!("run")
+        };
+        let settings = run.leader.settings("ns").expect("valid").expect("on");
+        assert_eq!((settings.name.as_str(), settings.namespace.as_str()), ("pullcheck", "ops"));
+        assert_eq!(settings.lease_duration, Duration::from_secs(15));
+        let suffix = format!("_{:x}", std::process::id());
+        assert!(settings.identity.contains(&suffix), "the process's own suffix: {}", settings.identity);
+        let Command::Run(run) =
+            parse(&["run", "--leader-elect", "--leader-elect-renew-deadline", "20s"]).expect("valid").command
+        else {
+            panic!("run")
+        };
+        assert!(run.leader.settings("ns").is_err(), "a renew deadline past the lease duration is refused");
     }
 
     #[test]

@@ -105,6 +105,15 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         self.entries.remove(key);
     }
 
+    /// Every key as if new (a replica that just took over leadership): all probed first.
+    pub fn mark_all_changed(&mut self) {
+        for e in self.entries.values_mut() {
+            e.urgent = true;
+            e.probed_this_window = false;
+            e.retry_at = None;
+        }
+    }
+
     /// The workloads using a key changed: probe it soon.
     pub fn mark_changed(&mut self, key: &K) {
         if let Some(e) = self.entries.get_mut(key) {

@@ -38,6 +38,8 @@ pub struct Controller {
     published_series: Arc<Vec<(Arc<[KeyValue]>, State)>>,
     /// Probes started since the last tick (the tick's batch and what refills added).
     last_batch: usize,
+    /// This replica probes and exports image series (always, without leader election).
+    leading: bool,
 }
 
 impl Controller {
@@ -59,7 +61,28 @@ impl Controller {
             series_stale: true,
             published_series: Arc::new(Vec::new()),
             last_batch: 0,
+            leading: true,
         }
+    }
+
+    pub fn is_leading(&self) -> bool {
+        self.leading
+    }
+
+    /// Leadership won: every key is probed at once, first priority, within the per-registry
+    /// budgets, so no series is missing for longer than the takeover and that first pass.
+    pub fn on_leading(&mut self) {
+        self.leading = true;
+        self.scheduler.mark_all_changed();
+        self.series_stale = true;
+    }
+
+    /// Leadership lost (or not won): no probe, no image series — another replica reports them.
+    /// The inventory stays warm for a takeover.
+    pub fn on_standby(&mut self) {
+        self.leading = false;
+        self.series_stale = true;
+        self.publish();
     }
 
     pub fn is_ready(&self) -> bool {
@@ -95,7 +118,8 @@ impl Controller {
 
     /// The tick's batch (none before the inventory arrived); publishes the metrics snapshot.
     pub fn on_tick(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<ProbeJob> {
-        if !self.ready {
+        if !self.ready || !self.leading {
+            self.publish();
             return Vec::new();
         }
         let batch = self.scheduler.next_batch(now, registry_open);
@@ -106,6 +130,9 @@ impl Controller {
 
     /// What the tick could not start, as in-flight room frees.
     pub fn on_refill(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<ProbeJob> {
+        if !self.leading {
+            return Vec::new();
+        }
         let more = self.scheduler.take(now, registry_open);
         self.last_batch += more.len();
         self.jobs(more)
@@ -129,6 +156,15 @@ impl Controller {
 
     /// The gauges' snapshot: per-container series (rebuilt only when stale), keys by state.
     pub fn publish(&mut self) {
+        if !self.leading {
+            self.published_series = Arc::new(Vec::new());
+            self.metrics.publish(Snapshot {
+                leader: false,
+                workloads: self.tracked.workloads() as u64,
+                ..Snapshot::default()
+            });
+            return;
+        }
         if std::mem::take(&mut self.series_stale) {
             self.published_series = Arc::new(
                 self.tracked
@@ -157,6 +193,7 @@ impl Controller {
             workloads: self.tracked.workloads() as u64,
             window_coverage: self.scheduler.coverage(),
             batch_size: self.last_batch as u64,
+            leader: true,
         });
     }
 
@@ -260,6 +297,28 @@ mod tests {
         ctl.on_probe_done(job.key.clone(), result(State::Available), Instant::now());
         assert_eq!(ctl.state_of(&job.key), None);
         assert!(ctl.tracked().keys().is_empty());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_standby_probes_nothing_and_a_new_leader_probes_everything_at_once() {
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        ctl.on_standby();
+        let many: Vec<_> = (0..8).map(|i| workload(&format!("w{i}"), &format!("img{i}:1"))).collect();
+        ctl.on_inventory_change(InventoryChange::Reset(many));
+        assert!(ctl.on_tick(start, |_| true).is_empty(), "a standby keeps its inventory warm but probes nothing");
+        ctl.on_leading();
+        let first = ctl.on_tick(start, |_| true);
+        assert_eq!(first.len(), 8);
+        for job in first {
+            ctl.on_probe_done(job.key, result(State::Available), start);
+        }
+        // Leadership lost and won back within the window: everything again, at once.
+        tokio::time::advance(Duration::from_secs(5)).await;
+        ctl.on_standby();
+        assert!(ctl.on_tick(Instant::now(), |_| true).is_empty());
+        ctl.on_leading();
+        assert_eq!(ctl.on_tick(Instant::now(), |_| true).len(), 8, "a takeover probes every key first");
     }
 
     #[tokio::test(start_paused = true)]

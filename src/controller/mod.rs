@@ -3,6 +3,7 @@
 //! events: it never waits on the API server, so probes, refills and shutdown are always served.
 
 pub mod core;
+pub mod leader;
 pub mod tracked;
 pub mod tracker;
 
@@ -13,11 +14,12 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, MissedTickBehavior};
 
 use self::core::{Controller, ProbeJob};
+use self::leader::{Election, LeaderSettings};
 use self::tracker::{Tracker, TrackerSettings};
 use crate::health::serve_health;
 use crate::inventory::keys::ImageKey;
@@ -41,6 +43,20 @@ pub struct ControllerSettings {
     /// Platforms every index must cover; `None`: those of the cluster's nodes, read again
     /// with the pull secrets.
     pub platforms: Option<Vec<Platform>>,
+    /// `--leader-elect`: probe and export image series only while holding the lease.
+    pub leader_election: Option<LeaderSettings>,
+}
+
+/// Waits for a leadership change; `None` when there is no election (or it ended).
+async fn leadership_change(leading: &mut Option<watch::Receiver<bool>>) -> Option<bool> {
+    let Some(receiver) = leading.as_mut() else { return std::future::pending().await };
+    match receiver.changed().await {
+        Ok(()) => Some(*receiver.borrow_and_update()),
+        Err(_) => {
+            *leading = None;
+            None
+        }
+    }
 }
 
 /// Probes that finished free in-flight room; what the tick could not start then starts here.
@@ -102,6 +118,11 @@ pub async fn run(
     refill.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut room_freed = false;
     let mut probes: JoinSet<(ImageKey, ProbeResult)> = JoinSet::new();
+    let election = settings.leader_election.clone().map(|s| Election::start(kube_client.clone(), s));
+    let mut leading = election.as_ref().map(|e| e.leading.clone());
+    if election.is_some() {
+        controller.on_standby();
+    }
     let open = |registry: &RegistryClient| {
         let registry = registry.clone();
         move |r: &str| registry.pause_remaining(r).is_none()
@@ -110,6 +131,16 @@ pub async fn run(
     loop {
         tokio::select! {
             () = &mut shutdown => break,
+            Some(now_leading) = leadership_change(&mut leading) => {
+                if now_leading && !controller.is_leading() {
+                    controller.on_leading();
+                    start(&mut probes, controller.on_tick(Instant::now(), open(&registry)), &registry);
+                } else if !now_leading && controller.is_leading() {
+                    // Stop at once: the lease may pass to another replica soon.
+                    probes.abort_all();
+                    controller.on_standby();
+                }
+            }
             Some(change) = changes.recv() => {
                 let first = !controller.is_ready();
                 controller.on_inventory_change(change);
@@ -137,6 +168,10 @@ pub async fn run(
     probes.abort_all();
     background.abort_all();
     controller.publish();
+    if let Some(election) = election {
+        // A graceful exit hands the lease over: the standby takes over at its next retry.
+        election.release(Duration::from_secs(1)).await;
+    }
 }
 
 fn start(probes: &mut JoinSet<(ImageKey, ProbeResult)>, jobs: Vec<ProbeJob>, registry: &RegistryClient) {

@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub workloads: u64,
     pub window_coverage: f64,
     pub batch_size: u64,
+    /// This replica leads (always, without leader election): only a leader has image series.
+    pub leader: bool,
 }
 
 pub struct Metrics {
@@ -88,13 +90,30 @@ impl Metrics {
         let batch = meter
             .i64_observable_gauge("pullcheck.schedule.batch.size")
             .with_description("Keys probed in the last scheduler tick")
-            .with_callback(move |observer| observer.observe(read(&s).batch_size as i64, &[]))
+            .with_callback(move |observer| {
+                let snapshot = read(&s);
+                // A standby schedules nothing: it reports no schedule.
+                if snapshot.leader {
+                    observer.observe(snapshot.batch_size as i64, &[]);
+                }
+            })
+            .build();
+        let s = snapshot.clone();
+        let leader = meter
+            .i64_observable_gauge("pullcheck.leader")
+            .with_description("1 on the replica that probes and exports image series, 0 on standbys")
+            .with_callback(move |observer| observer.observe(i64::from(read(&s).leader), &[]))
             .build();
         let s = snapshot.clone();
         let coverage = meter
             .f64_observable_gauge("pullcheck.schedule.window.coverage")
             .with_description("Fraction of image keys probed within the current window")
-            .with_callback(move |observer| observer.observe(read(&s).window_coverage, &[]))
+            .with_callback(move |observer| {
+                let snapshot = read(&s);
+                if snapshot.leader {
+                    observer.observe(snapshot.window_coverage, &[]);
+                }
+            })
             .build();
         Self {
             probes: meter.u64_counter("pullcheck.probes").with_description("Registry probes by outcome").build(),
@@ -109,7 +128,7 @@ impl Metrics {
                 .with_description("HTTP requests to registries and token services")
                 .build(),
             snapshot,
-            _gauges: vec![available, status, images, workloads, batch],
+            _gauges: vec![available, status, images, workloads, batch, leader],
             _ratios: vec![coverage],
         }
     }

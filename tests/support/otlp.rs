@@ -231,7 +231,7 @@ pub fn metrics(received: &Received) -> Vec<(BTreeMap<String, String>, Metric)> {
 }
 
 /// The points of a gauge or sum: (attributes, value).
-fn number_points(metric: Metric) -> Vec<(BTreeMap<String, String>, f64)> {
+pub fn number_points(metric: Metric) -> Vec<(BTreeMap<String, String>, f64)> {
     let points = match metric.data {
         Some(metric::Data::Gauge(g)) => g.data_points,
         Some(metric::Data::Sum(s)) => s.data_points,

@@ -174,7 +174,7 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
             forward = forward.header(k, v);
         }
     }
-    let Ok(response) = forward.send().await else { return Reply::status(502) };
+    let Ok(response) = forward.body(req.body.clone()).send().await else { return Reply::status(502) };
     let status = response.status().as_u16();
     let mut headers: Vec<(String, String)> = response
         .headers()
