@@ -10,9 +10,11 @@ use tokio::time::Instant;
 
 use super::tracked::{InventoryChange, Tracked};
 use crate::credentials::SourcedCredential;
+use crate::image::ImageRef;
 use crate::inventory::keys::ImageKey;
-use crate::registry::{ProbeResult, State};
+use crate::registry::{ProbeResult, State, Trigger};
 use crate::schedule::{ScheduleSettings, Scheduler};
+use crate::sources::events::PullFailure;
 use crate::telemetry::logs::TransitionLog;
 use crate::telemetry::metrics::{Metrics, Snapshot};
 
@@ -23,6 +25,10 @@ pub struct ProbeJob {
     pub key: ImageKey,
     pub chain: Vec<SourcedCredential>,
     pub workloads: usize,
+    /// The failed pull that set it off, if one did.
+    pub trigger: Option<Trigger>,
+    /// An image a failed pull named that no tracked workload uses: told once, not tracked.
+    pub orphan: bool,
 }
 
 pub struct Controller {
@@ -40,6 +46,10 @@ pub struct Controller {
     last_batch: usize,
     /// This replica probes and exports image series (always, without leader election).
     leading: bool,
+    /// When a failed pull last set each key's probe off: at most once per failure retry.
+    last_triggered: HashMap<ImageKey, Instant>,
+    /// Failed pulls waiting for their key's next probe, then riding along with it.
+    triggers: HashMap<ImageKey, Trigger>,
 }
 
 impl Controller {
@@ -62,7 +72,53 @@ impl Controller {
             published_series: Arc::new(Vec::new()),
             last_batch: 0,
             leading: true,
+            last_triggered: HashMap::new(),
+            triggers: HashMap::new(),
         }
+    }
+
+    /// A node failed to pull `image` (as the event wrote it, canonicalised) for a pod in
+    /// `failure.namespace`: its keys in that namespace go to the front, probed within one tick;
+    /// an image no tracked workload uses is probed once, now. At most once per failure retry
+    /// per key.
+    pub fn on_pull_failure(&mut self, failure: PullFailure, image: ImageRef, now: Instant) -> Vec<ProbeJob> {
+        if !self.ready || !self.leading {
+            return Vec::new();
+        }
+        let retry = self.scheduler.settings().failure_retry;
+        self.last_triggered.retain(|_, at| now.duration_since(*at) < retry);
+        let trigger = Trigger {
+            reason: failure.reason,
+            namespace: failure.namespace,
+            pod: failure.pod,
+            message: failure.message,
+        };
+        let keys: Vec<ImageKey> = self
+            .tracked
+            .keys()
+            .iter()
+            .filter(|(key, users)| {
+                key.image == image && users.users.iter().any(|u| u.workload.namespace == trigger.namespace)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        if keys.is_empty() {
+            let key = ImageKey { image, credentials: Vec::new(), platforms: Arc::from(Vec::new()) };
+            if self.last_triggered.contains_key(&key) {
+                return Vec::new();
+            }
+            self.last_triggered.insert(key.clone(), now);
+            return vec![ProbeJob { key, chain: Vec::new(), workloads: 0, trigger: Some(trigger), orphan: true }];
+        }
+        for key in keys {
+            if self.last_triggered.contains_key(&key) {
+                continue;
+            }
+            self.last_triggered.insert(key.clone(), now);
+            self.scheduler.mark_changed(&key);
+            self.triggers.insert(key, trigger.clone());
+        }
+        Vec::new()
     }
 
     pub fn is_leading(&self) -> bool {
@@ -139,15 +195,29 @@ impl Controller {
     }
 
     /// Records a result; a changed state is logged. Returns whether waiting probes may start.
-    pub fn on_probe_done(&mut self, key: ImageKey, result: ProbeResult, now: Instant) -> bool {
+    pub fn on_probe_done(&mut self, done: ProbeJob, result: ProbeResult, now: Instant) -> bool {
+        self.metrics.record_probe(&result.registry, result.state, result.duration);
+        let ProbeJob { key, trigger, orphan, .. } = done;
+        if orphan {
+            if let Some(trigger) = &trigger {
+                self.log.triggered_probe(&key.to_string(), &result, trigger);
+            }
+            return false;
+        }
         let room_freed = self.scheduler.wants_room();
         self.scheduler.complete(&key, now, result.state != State::Available);
-        self.metrics.record_probe(&result.registry, result.state, result.duration);
         // A key dropped while its probe ran: nothing to record it for.
         let Some(users) = self.tracked.keys().get(&key) else { return room_freed };
         let previous = self.states.get(&key).map(|r| r.state);
         if previous != Some(result.state) {
-            self.log.transition(&key.to_string(), &users.attributes, previous, &result, &users.names());
+            self.log.transition(
+                &key.to_string(),
+                &users.attributes,
+                previous,
+                &result,
+                &users.names(),
+                trigger.as_ref(),
+            );
             self.series_stale = true;
         }
         self.states.insert(key, result);
@@ -197,12 +267,13 @@ impl Controller {
         });
     }
 
-    fn jobs(&self, keys: Vec<ImageKey>) -> Vec<ProbeJob> {
+    fn jobs(&mut self, keys: Vec<ImageKey>) -> Vec<ProbeJob> {
         keys.into_iter()
             .map(|key| {
                 let (workloads, chain) =
                     self.tracked.keys().get(&key).map_or((0, Vec::new()), |u| (u.users.len(), u.chain.clone()));
-                ProbeJob { key, chain, workloads }
+                let trigger = self.triggers.remove(&key);
+                ProbeJob { key, chain, workloads, trigger, orphan: false }
             })
             .collect()
     }
@@ -280,23 +351,78 @@ mod tests {
         let mut ctl = controller(start);
         ctl.on_inventory_change(InventoryChange::Reset(vec![workload("web", "nginx:1")]));
         let job = ctl.on_tick(start, |_| true).pop().expect("one job");
+        let key = job.key.clone();
         tokio::time::advance(Duration::from_secs(1)).await;
-        ctl.on_probe_done(job.key.clone(), result(State::Absent), Instant::now());
-        assert_eq!(ctl.state_of(&job.key), Some(State::Absent));
+        ctl.on_probe_done(job, result(State::Absent), Instant::now());
+        assert_eq!(ctl.state_of(&key), Some(State::Absent));
         // The failed key comes back after failure_retry, not before.
         tokio::time::advance(Duration::from_secs(10)).await;
         assert!(ctl.on_tick(Instant::now(), |_| true).is_empty());
         tokio::time::advance(Duration::from_secs(15)).await;
-        assert_eq!(ctl.on_tick(Instant::now(), |_| true).len(), 1, "retried after failure_retry");
+        let mut retried = ctl.on_tick(Instant::now(), |_| true);
+        assert_eq!(retried.len(), 1, "retried after failure_retry");
         // The workload goes: its key and state go with it, and a late result is ignored.
         ctl.on_inventory_change(InventoryChange::Workloads(vec![(
             WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: "web".into() },
             None,
         )]));
-        assert_eq!(ctl.state_of(&job.key), None);
-        ctl.on_probe_done(job.key.clone(), result(State::Available), Instant::now());
-        assert_eq!(ctl.state_of(&job.key), None);
+        assert_eq!(ctl.state_of(&key), None);
+        let late = retried.pop().expect("the retry");
+        ctl.on_probe_done(late, result(State::Available), Instant::now());
+        assert_eq!(ctl.state_of(&key), None);
         assert!(ctl.tracked().keys().is_empty());
+    }
+
+    fn failure(namespace: &str, image: &str) -> PullFailure {
+        PullFailure {
+            namespace: namespace.into(),
+            pod: "web-1".into(),
+            reason: "BackOff".into(),
+            message: format!("Back-off pulling image \"{image}\""),
+            image: image.into(),
+        }
+    }
+
+    fn canonical(image: &str) -> ImageRef {
+        ImageRef::parse(image).expect("valid")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_failed_pull_puts_its_key_first_at_most_once_per_failure_retry() {
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        let many: Vec<_> = (0..10).map(|i| workload(&format!("w{i}"), &format!("img{i}:1"))).collect();
+        ctl.on_inventory_change(InventoryChange::Reset(many));
+        for job in ctl.on_tick(start, |_| true) {
+            ctl.on_probe_done(job, result(State::Available), start);
+        }
+        tokio::time::advance(Duration::from_secs(2)).await;
+        // Probed a moment ago, not due for a window: the event brings it back at the next tick.
+        let jobs = ctl.on_pull_failure(failure("ns", "img7:1"), canonical("img7:1"), Instant::now());
+        assert!(jobs.is_empty(), "a tracked key waits for the tick");
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let jobs = ctl.on_tick(Instant::now(), |_| true);
+        let first = jobs.first().expect("a job");
+        assert_eq!(first.key.to_string(), "docker.io/library/img7:1");
+        assert_eq!(first.trigger.as_ref().map(|t| t.pod.as_str()), Some("web-1"), "the trigger rides with it");
+        // Another event within failure_retry (20s): nothing more.
+        for job in jobs {
+            ctl.on_probe_done(job, result(State::Absent), Instant::now());
+        }
+        ctl.on_pull_failure(failure("ns", "img7:1"), canonical("img7:1"), Instant::now());
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert!(ctl.on_tick(Instant::now(), |_| true).iter().all(|j| j.trigger.is_none()));
+        // Another namespace's pod failing on the same image is not this key's business: an orphan.
+        let orphan = ctl.on_pull_failure(failure("elsewhere", "img3:1"), canonical("img3:1"), Instant::now());
+        assert_eq!(orphan.len(), 1, "probed once, now");
+        assert!(orphan[0].key.credentials.is_empty() && orphan[0].workloads == 0);
+        let key = orphan[0].key.clone();
+        let before = ctl.state_of(&key);
+        for job in orphan {
+            ctl.on_probe_done(job, result(State::RateLimited), Instant::now());
+        }
+        assert_eq!(ctl.state_of(&key), before, "an orphan is told, not tracked: w3's own state stands");
+        assert!(ctl.on_pull_failure(failure("elsewhere", "img3:1"), canonical("img3:1"), Instant::now()).is_empty());
     }
 
     #[tokio::test(start_paused = true)]
@@ -311,7 +437,7 @@ mod tests {
         let first = ctl.on_tick(start, |_| true);
         assert_eq!(first.len(), 8);
         for job in first {
-            ctl.on_probe_done(job.key, result(State::Available), start);
+            ctl.on_probe_done(job, result(State::Available), start);
         }
         // Leadership lost and won back within the window: everything again, at once.
         tokio::time::advance(Duration::from_secs(5)).await;
@@ -330,7 +456,7 @@ mod tests {
         let first = ctl.on_tick(start, |_| true);
         assert_eq!(first.len(), 10);
         for job in first {
-            ctl.on_probe_done(job.key, result(State::Available), start);
+            ctl.on_probe_done(job, result(State::Available), start);
         }
         tokio::time::advance(Duration::from_secs(10)).await;
         let (web, uses) = workload("w0", "nginx:2");

@@ -22,13 +22,13 @@ use self::core::{Controller, ProbeJob};
 use self::leader::{Election, LeaderSettings};
 use self::tracker::{Tracker, TrackerSettings};
 use crate::health::serve_health;
-use crate::inventory::keys::ImageKey;
 use crate::inventory::selection::Selection;
 use crate::inventory::store::{SharedStore, Store};
 use crate::platform::Platform;
 use crate::registry::{ProbeResult, RegistryClient, State};
 use crate::schedule::{Jitter, ScheduleSettings};
 use crate::sources::cluster::{scopes, watch_namespaces, watch_scope};
+use crate::sources::events::watch_pull_failures;
 use crate::sources::secrets::PullSecrets;
 use crate::telemetry::logs::TransitionLog;
 use crate::telemetry::metrics::Metrics;
@@ -80,6 +80,22 @@ pub async fn run(
     if settings.selection.needs_namespace_labels() {
         background.spawn(watch_namespaces(kube_client.clone(), store.clone()));
     }
+    // Failed pulls kubelet reports: their images are probed at once.
+    let (failures_tx, mut failures) = mpsc::channel(256);
+    match &settings.namespaces {
+        None => {
+            background.spawn(watch_pull_failures(kube_client.clone(), None, failures_tx));
+        }
+        Some(namespaces) => {
+            for namespace in namespaces {
+                background.spawn(watch_pull_failures(
+                    kube_client.clone(),
+                    Some(namespace.clone()),
+                    failures_tx.clone(),
+                ));
+            }
+        }
+    }
     let ready = Arc::new(AtomicBool::new(false));
     if let Some(addr) = settings.health_addr {
         match tokio::net::TcpListener::bind(addr).await {
@@ -117,7 +133,7 @@ pub async fn run(
     let mut refill = tokio::time::interval(REFILL_INTERVAL.min(tick));
     refill.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut room_freed = false;
-    let mut probes: JoinSet<(ImageKey, ProbeResult)> = JoinSet::new();
+    let mut probes: JoinSet<(ProbeJob, ProbeResult)> = JoinSet::new();
     let election = settings.leader_election.clone().map(|s| Election::start(kube_client.clone(), s));
     let mut leading = election.as_ref().map(|e| e.leading.clone());
     if election.is_some() {
@@ -141,6 +157,15 @@ pub async fn run(
                     controller.on_standby();
                 }
             }
+            Some(failure) = failures.recv() => {
+                if !settings.selection.admits_namespace_name(&failure.namespace) {
+                    continue;
+                }
+                match registry.config().parse_image(&failure.image) {
+                    Ok(image) => start(&mut probes, controller.on_pull_failure(failure, image, Instant::now()), &registry),
+                    Err(e) => tracing::debug!(image = %failure.image, "failed-pull event names an unparsable image: {e}"),
+                }
+            }
             Some(change) = changes.recv() => {
                 let first = !controller.is_ready();
                 controller.on_inventory_change(change);
@@ -159,8 +184,8 @@ pub async fn run(
             }
             Some(done) = probes.join_next(), if !probes.is_empty() => {
                 // Only cancellation fails a join: a probe that panics still reports (see `start`).
-                let Ok((key, result)) = done else { continue };
-                room_freed |= controller.on_probe_done(key, result, Instant::now());
+                let Ok((job, result)) = done else { continue };
+                room_freed |= controller.on_probe_done(job, result, Instant::now());
             }
         }
     }
@@ -174,11 +199,13 @@ pub async fn run(
     }
 }
 
-fn start(probes: &mut JoinSet<(ImageKey, ProbeResult)>, jobs: Vec<ProbeJob>, registry: &RegistryClient) {
-    for ProbeJob { key, chain, workloads } in jobs {
+fn start(probes: &mut JoinSet<(ProbeJob, ProbeResult)>, jobs: Vec<ProbeJob>, registry: &RegistryClient) {
+    for job in jobs {
         let client = registry.clone();
         probes.spawn(async move {
-            let probe = client.probe_for(&key.image, &chain, &key.platforms, workloads);
+            let key = &job.key;
+            let probe =
+                client.probe_triggered(&key.image, &job.chain, &key.platforms, job.workloads, job.trigger.as_ref());
             // A probe that panics completes its key as an error, so its in-flight slot is freed.
             let result = match AssertUnwindSafe(probe).catch_unwind().await {
                 Ok(result) => result,
@@ -186,7 +213,7 @@ fn start(probes: &mut JoinSet<(ImageKey, ProbeResult)>, jobs: Vec<ProbeJob>, reg
                     ProbeResult::failed(key.registry(), State::UnknownError, "the probe panicked (a pullcheck bug)")
                 }
             };
-            (key, result)
+            (job, result)
         });
     }
 }

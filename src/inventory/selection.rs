@@ -30,6 +30,12 @@ impl Selection {
         !self.namespace_selector.is_empty()
     }
 
+    /// Whether a namespace is ours by name (its labels not known here).
+    pub fn admits_namespace_name(&self, namespace: &str) -> bool {
+        (self.include_namespaces.is_empty() || self.include_namespaces.iter().any(|n| n == namespace))
+            && !self.exclude_namespaces.iter().any(|n| n == namespace)
+    }
+
     fn admits_namespace(&self, namespace: &str, labels: Option<&BTreeMap<String, String>>) -> bool {
         let empty = BTreeMap::new();
         (self.include_namespaces.is_empty() || self.include_namespaces.iter().any(|n| n == namespace))

@@ -29,4 +29,4 @@ pub use auth::{Challenge, TokenCache, parse_challenge, token_ttl};
 pub use client::{ClientSettings, RegistryClient, RequestObserver};
 pub use limits::parse_retry_after;
 pub use outcome::{State, classify_status};
-pub use probe::ProbeResult;
+pub use probe::{ProbeResult, Trigger};

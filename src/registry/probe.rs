@@ -15,6 +15,16 @@ use crate::credentials::{Credential, CredentialSource, SourcedCredential};
 use crate::image::{ImageRef, host_and_port};
 use crate::platform::Platform;
 
+/// Why a probe runs out of turn: a node just failed to pull the image. Carried on the probe's
+/// span so the trace says what set it off.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Trigger {
+    pub reason: String,
+    pub namespace: String,
+    pub pod: String,
+    pub message: String,
+}
+
 /// What a probe found.
 #[derive(Clone, Debug)]
 pub struct ProbeResult {
@@ -98,6 +108,18 @@ impl RegistryClient {
         platforms: &[Platform],
         workloads: usize,
     ) -> ProbeResult {
+        self.probe_triggered(image, credentials, platforms, workloads, None).await
+    }
+
+    /// [`probe_for`](Self::probe_for), set off by `trigger` (on the span).
+    pub async fn probe_triggered(
+        &self,
+        image: &ImageRef,
+        credentials: &[SourcedCredential],
+        platforms: &[Platform],
+        workloads: usize,
+        trigger: Option<&Trigger>,
+    ) -> ProbeResult {
         let started = Instant::now();
         let (address, port) = host_and_port(image.registry());
         let span = tracing::info_span!(
@@ -113,10 +135,20 @@ impl RegistryClient {
             server.port = port.map(i64::from),
             pullcheck.workloads.count = i64::try_from(workloads).unwrap_or(i64::MAX),
             pullcheck.credential.source = field::Empty,
+            pullcheck.trigger.reason = field::Empty,
+            pullcheck.trigger.message = field::Empty,
+            k8s.namespace.name = field::Empty,
+            k8s.pod.name = field::Empty,
             pullcheck.image.state = field::Empty,
             oci.manifest.digest = field::Empty,
             error.type = field::Empty,
         );
+        if let Some(trigger) = trigger {
+            span.record("pullcheck.trigger.reason", trigger.reason.as_str());
+            span.record("pullcheck.trigger.message", trigger.message.as_str());
+            span.record("k8s.namespace.name", trigger.namespace.as_str());
+            span.record("k8s.pod.name", trigger.pod.as_str());
+        }
         let mut exchange = Exchange { client: self, requests: 0, platforms };
         let (registry, decided) = async {
             let routes = match self.routes(image.registry()) {

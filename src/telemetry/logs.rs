@@ -4,7 +4,7 @@ use opentelemetry::logs::{AnyValue, LogRecord, Logger, Severity};
 use opentelemetry::{Key, KeyValue};
 use opentelemetry_sdk::logs::SdkLogger;
 
-use crate::registry::{ProbeResult, State};
+use crate::registry::{ProbeResult, State, Trigger};
 
 pub struct TransitionLog {
     logger: SdkLogger,
@@ -15,7 +15,8 @@ impl TransitionLog {
         Self { logger }
     }
 
-    /// `previous` is `None` for a key's first probe.
+    /// `previous` is `None` for a key's first probe; `trigger`, the failed pull that set the
+    /// probe off, if one did.
     pub fn transition(
         &self,
         image: &str,
@@ -23,6 +24,7 @@ impl TransitionLog {
         previous: Option<State>,
         result: &ProbeResult,
         workloads: &[String],
+        trigger: Option<&Trigger>,
     ) {
         let was = previous.map_or("pending", State::as_str);
         let message = format!("{image} is now {} (was {was})", result.state);
@@ -57,8 +59,41 @@ impl TransitionLog {
         }
         let users: Vec<AnyValue> = workloads.iter().map(|w| AnyValue::from(w.clone())).collect();
         record.add_attribute(Key::new("pullcheck.workloads"), AnyValue::ListAny(Box::new(users)));
+        add_trigger(&mut record, trigger);
         self.logger.emit(record);
     }
+
+    /// The probe of an image a failed-pull event named that no tracked workload uses (a Job's
+    /// pod already gone): probed once, told once.
+    pub fn triggered_probe(&self, image: &str, result: &ProbeResult, trigger: &Trigger) {
+        let message = format!(
+            "{image}, which pod {}/{} failed to pull ({}), is {}",
+            trigger.namespace, trigger.pod, trigger.reason, result.state
+        );
+        tracing::warn!(image, state = %result.state, pod = %trigger.pod, namespace = %trigger.namespace, "{message}");
+        let mut record = self.logger.create_log_record();
+        record.set_timestamp(std::time::SystemTime::now());
+        record.set_severity_number(Severity::Warn);
+        record.set_severity_text("WARN");
+        record.set_event_name("pullcheck.image.pull_failure_probe");
+        record.set_body(AnyValue::from(message));
+        record.add_attribute(Key::new("container.image.name"), AnyValue::from(image.to_string()));
+        record.add_attribute(Key::new("pullcheck.image.state"), AnyValue::from(result.state.as_str()));
+        if let Some(error) = &result.error {
+            record.add_attribute(Key::new("error.message"), AnyValue::from(error.clone()));
+        }
+        add_trigger(&mut record, Some(trigger));
+        self.logger.emit(record);
+    }
+}
+
+/// The failed pull behind a probe, on its log record.
+fn add_trigger(record: &mut opentelemetry_sdk::logs::SdkLogRecord, trigger: Option<&Trigger>) {
+    let Some(trigger) = trigger else { return };
+    record.add_attribute(Key::new("pullcheck.trigger.reason"), AnyValue::from(trigger.reason.clone()));
+    record.add_attribute(Key::new("pullcheck.trigger.message"), AnyValue::from(trigger.message.clone()));
+    record.add_attribute(Key::new("k8s.namespace.name"), AnyValue::from(trigger.namespace.clone()));
+    record.add_attribute(Key::new("k8s.pod.name"), AnyValue::from(trigger.pod.clone()));
 }
 
 fn any_value(value: &opentelemetry::Value) -> AnyValue {
