@@ -4,6 +4,7 @@
 
 pub mod keys;
 pub mod record;
+pub mod running;
 pub mod selection;
 pub mod selector;
 pub mod slim;
