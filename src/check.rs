@@ -3,21 +3,21 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
 
 use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials};
-use crate::error::Result;
+use crate::error::Warning;
 use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
 use crate::inventory::selection::Selection;
 use crate::inventory::{ContainerRef, WorkloadRef};
 use crate::platform::Platform;
 use crate::registry::{ProbeResult, RegistryClient, State};
-use crate::report::{ImageReport, Report};
-use crate::sources::cluster::{list_namespaces, list_workloads};
+use crate::report::{ImageReport, ReplacementReport, Report};
+use crate::sources::cluster::{ApiFailure, Connection, ListFailure, failure_lines, list_namespaces, list_workloads};
 use crate::sources::manifests::load_paths;
 use crate::sources::nodes::required_platforms;
 use crate::sources::secrets::PullSecrets;
@@ -31,6 +31,12 @@ pub struct CheckSettings {
     /// Platforms every image index must cover; `None`: in a cluster, the nodes' platforms;
     /// for manifests, none.
     pub platforms: Option<Vec<Platform>>,
+    /// A kind that cannot be listed is a warning and the check goes on with the rest, instead
+    /// of failing the check (exit 2): a gate must not pass without having looked.
+    pub allow_partial: bool,
+    /// Finding no workload is an answer, instead of failing the check (exit 2): a wrong path
+    /// or an empty render must not pass a gate.
+    pub allow_empty: bool,
 }
 
 /// `check -f`: the workloads of manifest files, directories or stdin (`-`).
@@ -42,34 +48,55 @@ pub async fn check_files(
 ) -> Report {
     let inventory = load_paths(paths);
     let records: Vec<_> = inventory.records.iter().filter(|r| selection.admits(r, None)).collect();
+    let empty = records
+        .is_empty()
+        .then(|| no_workload_in_files(paths, inventory.files, inventory.documents, inventory.records.len()));
     let platforms: Arc<[Platform]> = Arc::from(settings.platforms.clone().unwrap_or_default());
     let uses = resolve(records, |_| None, client.config(), &selection.images, &platforms);
     let mut report = probe_uses(uses, client, settings).await;
     report.input_errors = inventory.errors;
+    report.errors.extend(empty.filter(|_| !settings.allow_empty));
     report
 }
 
 /// `check` on a cluster: list every kind (in `namespaces`, or all), read the pull secrets the
-/// workloads name in their own namespaces, probe.
+/// workloads name in their own namespaces, probe. A kind that could not be listed fails the
+/// check unless `allow_partial`; so does finding no workload, unless `allow_empty`.
 pub async fn check_cluster(
-    kube_client: &kube::Client,
+    cluster: &Connection,
     namespaces: Option<&[String]>,
     selection: &Selection,
     secret_ttl: Duration,
     client: &RegistryClient,
     settings: &CheckSettings,
-) -> Result<Report> {
-    let (platforms, platform_warning) = required_platforms(settings.platforms.as_deref(), kube_client).await;
+) -> Report {
+    let kube_client = &cluster.client;
     let snapshot = list_workloads(kube_client, namespaces).await;
-    let labels = if selection.needs_namespace_labels() { list_namespaces(kube_client).await? } else { BTreeMap::new() };
+    // Unreached, or the credentials refused: nodes and namespaces would fail the same way.
+    let reached = snapshot.reached();
+    let (platforms, platform_warning) = if reached {
+        required_platforms(settings.platforms.as_deref(), kube_client).await
+    } else {
+        (settings.platforms.clone().unwrap_or_default(), None)
+    };
+    let mut errors = Vec::new();
+    let labels = if selection.needs_namespace_labels() && reached {
+        list_namespaces(kube_client).await.unwrap_or_else(|e| {
+            // A selector that cannot be evaluated selects nothing: the check did not look.
+            errors.push(format!("cannot list namespaces for --namespace-selector: {}", ApiFailure::of(&e)));
+            BTreeMap::new()
+        })
+    } else {
+        BTreeMap::new()
+    };
     let records: Vec<_> =
         snapshot.records.iter().filter(|r| selection.admits(r, labels.get(&r.workload.namespace))).collect();
     let secrets = PullSecrets::new(kube_client.clone(), secret_ttl);
     let mut credentials: HashMap<&WorkloadRef, WorkloadCredentials> = HashMap::new();
-    let mut warnings = snapshot.warnings.clone();
+    let mut others = snapshot.warnings.clone();
     for record in &records {
         let (found, problems) = secrets.for_workload(record).await;
-        warnings.extend(problems.iter().map(|p| p.warning_for(&record.workload)));
+        others.extend(problems.iter().map(|p| p.warning_for(&record.workload)));
         credentials.insert(&record.workload, found);
     }
     let platforms: Arc<[Platform]> = Arc::from(platforms);
@@ -81,31 +108,109 @@ pub async fn check_cluster(
         &platforms,
     );
     let mut report = probe_uses(uses, client, settings).await;
-    warnings.extend(platform_warning);
+    others.extend(platform_warning);
+
+    let unlisted = failure_lines(&snapshot.failures, &cluster.server);
+    let mut notes = Vec::new();
+    if settings.allow_partial {
+        notes.extend(unlisted);
+    } else {
+        errors.extend(unlisted);
+    }
+    // Kinds that could not be listed already say why nothing was found, unless they were let go.
+    if records.is_empty() && !settings.allow_empty && (snapshot.failures.is_empty() || settings.allow_partial) {
+        errors.push(no_workload_in_cluster(&cluster.server, namespaces, snapshot.records.len(), &snapshot.failures));
+    }
+    notes.extend(others.iter().map(ToString::to_string));
+    let mut warnings: Vec<Warning> = snapshot.failures.iter().map(ListFailure::warning).collect();
+    warnings.extend(others);
+    report.errors = errors;
     report.warnings = warnings;
-    Ok(report)
+    report.notes = notes;
+    report
 }
 
-/// What a report entry stands for: the reference as written, the credentials and the platforms.
-type EntryKey<'a> = (&'a str, &'a [Credential], &'a [Platform]);
+/// `no workload found in deploy/, <stdin>: …`, saying what was read: files, documents, and
+/// workloads left out by the selection.
+pub fn no_workload_in_files(paths: &[PathBuf], files: usize, documents: usize, workloads: usize) -> String {
+    let named: Vec<String> = paths
+        .iter()
+        .map(|p| if p.as_path() == Path::new("-") { "<stdin>".to_string() } else { p.display().to_string() })
+        .collect();
+    let read = match (files, documents, workloads) {
+        (0, _, _) => "no manifest file (.yaml, .yml, .json) read".to_string(),
+        (files, 0, _) => format!("{} read, no readable document in them", count(files, "file")),
+        (files, documents, 0) => {
+            format!("{} read, {}, none of them a workload", count(files, "file"), count(documents, "document"))
+        }
+        (files, _, workloads) => format!(
+            "{} read, {}, none selected (scaled to zero or suspended: --include-disabled; --exclude-namespace)",
+            count(files, "file"),
+            count(workloads, "workload")
+        ),
+    };
+    format!("no workload found in {}: {read}", named.join(", "))
+}
+
+/// `no workload found in namespace shop of https://…: no workload listed`.
+pub fn no_workload_in_cluster(
+    server: &str,
+    namespaces: Option<&[String]>,
+    listed: usize,
+    failures: &[ListFailure],
+) -> String {
+    let scope = match namespaces {
+        None => "any namespace".to_string(),
+        Some([one]) => format!("namespace {one}"),
+        Some(many) => format!("namespaces {}", many.join(", ")),
+    };
+    let mut unlisted: Vec<_> = failures.iter().map(|f| f.kind).collect();
+    unlisted.sort();
+    unlisted.dedup();
+    let what = match (listed, unlisted.len()) {
+        (0, 0) => "no workload listed".to_string(),
+        (0, n) => format!("no workload listed ({} could not be listed)", count(n, "kind")),
+        (listed, _) => format!(
+            "{} listed, none selected (see --namespace-selector, --exclude-namespace, --include-disabled)",
+            count(listed, "workload")
+        ),
+    };
+    format!("no workload found in {scope} of {server}: {what}")
+}
+
+/// `1 file`, `2 files`.
+fn count(n: usize, noun: &str) -> String {
+    if n == 1 { format!("1 {noun}") } else { format!("{n} {noun}s") }
+}
+
+/// What a report entry stands for: the reference as written, the credentials and the
+/// platforms, and the credentials its replacement is probed with (when it has one).
+type EntryKey<'a> = (&'a str, &'a [Credential], &'a [Platform], Option<&'a [Credential]>);
 
 /// Probes every key once, and reports one entry per (reference as written, credential, platforms).
 async fn probe_uses(uses: Vec<ImageUse>, client: &RegistryClient, settings: &CheckSettings) -> Report {
     // Each key probed once, its credentials named as its first use knows them.
-    let keys: Vec<(ImageKey, Vec<SourcedCredential>)> =
-        by_key(&uses).into_iter().map(|(key, users)| (key.clone(), users[0].chain())).collect();
+    let mut keys: BTreeMap<&ImageKey, Vec<SourcedCredential>> =
+        by_key(&uses).into_iter().map(|(key, users)| (key, users[0].chain())).collect();
+    // And each replacement of an image on a deprecated registry: whether switching works today
+    // (often the key of another use already).
+    for replacement in uses.iter().filter_map(|u| u.replacement.as_deref()) {
+        keys.entry(&replacement.key).or_insert_with(|| replacement.chain());
+    }
+    let keys: Vec<(ImageKey, Vec<SourcedCredential>)> = keys.into_iter().map(|(k, c)| (k.clone(), c)).collect();
     let results = probe_keys(keys, client, settings).await;
     // One entry per key as written: workloads whose nodes differ in platform get their own
-    // answers, as their credentials do.
+    // answers, as their credentials do (for the replacement too).
     let mut entries: BTreeMap<EntryKey, Vec<&ImageUse>> = BTreeMap::new();
     for image_use in &uses {
         let (credentials, platforms) =
             image_use.key.as_ref().map_or((&[][..], &[][..]), |k| (k.credentials.as_slice(), &*k.platforms));
-        entries.entry((image_use.written.as_str(), credentials, platforms)).or_default().push(image_use);
+        let replacement = image_use.replacement.as_ref().map(|r| r.key.credentials.as_slice());
+        entries.entry((image_use.written.as_str(), credentials, platforms, replacement)).or_default().push(image_use);
     }
     let images = entries
         .into_iter()
-        .map(|((written, _, _), users)| {
+        .map(|((written, _, _, _), users)| {
             let mut workloads: Vec<_> = users.iter().map(|u| u.user.clone()).collect();
             workloads.sort_by(|a, b| as_written_order(a).cmp(&as_written_order(b)));
             workloads.dedup();
@@ -121,6 +226,7 @@ async fn probe_uses(uses: Vec<ImageUse>, client: &RegistryClient, settings: &Che
                     error: Some(e.to_string()),
                     credential: None,
                     workloads,
+                    replacement: None,
                 },
                 Ok(key) => {
                     let result = results.get(key);
@@ -137,6 +243,15 @@ async fn probe_uses(uses: Vec<ImageUse>, client: &RegistryClient, settings: &Che
                             .map(ToString::to_string),
                         image,
                         workloads,
+                        replacement: users[0].replacement.as_ref().map(|r| {
+                            let result = results.get(&r.key);
+                            ReplacementReport {
+                                image: r.key.image.to_string(),
+                                state: result.map_or(State::Pending, |r| r.state),
+                                digest: result.and_then(|r| r.digest.clone()),
+                                error: result.and_then(|r| r.error.clone()),
+                            }
+                        }),
                     }
                 }
             }
@@ -175,4 +290,42 @@ async fn probe_keys(
 /// and container.
 fn as_written_order(c: &ContainerRef) -> (&str, &str, &str, &str) {
     (c.workload.kind.as_str(), &c.workload.namespace, &c.workload.name, &c.container)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::inventory::WorkloadKind;
+
+    #[test]
+    fn nothing_found_says_what_was_read() {
+        let paths = [PathBuf::from("deploy/"), PathBuf::from("-")];
+        assert_eq!(
+            no_workload_in_files(&paths, 0, 0, 0),
+            "no workload found in deploy/, <stdin>: no manifest file (.yaml, .yml, .json) read"
+        );
+        assert_eq!(
+            no_workload_in_files(&paths[1..], 1, 0, 0),
+            "no workload found in <stdin>: 1 file read, no readable document in them"
+        );
+        assert_eq!(
+            no_workload_in_files(&paths[..1], 3, 7, 0),
+            "no workload found in deploy/: 3 files read, 7 documents, none of them a workload"
+        );
+        assert!(no_workload_in_files(&paths[..1], 1, 1, 1).contains("1 workload, none selected"));
+
+        let server = "https://127.0.0.1:6443";
+        assert_eq!(
+            no_workload_in_cluster(server, Some(&["shop".to_string()]), 0, &[]),
+            "no workload found in namespace shop of https://127.0.0.1:6443: no workload listed"
+        );
+        let failures = [ListFailure { kind: WorkloadKind::Pod, namespace: None, cause: ApiFailure::Forbidden }];
+        assert_eq!(
+            no_workload_in_cluster(server, None, 0, &failures),
+            "no workload found in any namespace of https://127.0.0.1:6443: no workload listed (1 kind could not be listed)"
+        );
+        assert!(no_workload_in_cluster(server, Some(&["a".into(), "b".into()]), 2, &[]).starts_with(
+            "no workload found in namespaces a, b of https://127.0.0.1:6443: 2 workloads listed, none selected"
+        ));
+    }
 }

@@ -42,7 +42,11 @@ pub struct Warning {
 pub enum WarningKind {
     /// RBAC refused pullcheck a read: a kind, secrets, service accounts, nodes, namespaces.
     Forbidden,
-    /// A list or read failed for another reason (API server error, unreachable).
+    /// The API server could not be reached (connection refused, name resolution, TLS, timeout).
+    Unreachable,
+    /// The API server refused pullcheck's credentials (401).
+    Unauthorized,
+    /// A list or read failed for another reason (an API server error).
     ApiError,
     /// An object that could not be reduced to a workload record.
     InvalidObject,

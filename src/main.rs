@@ -30,7 +30,7 @@ use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::platform::Platform;
 use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
 use pullcheck::schedule::ScheduleSettings;
-use pullcheck::sources::cluster::connect;
+use pullcheck::sources::cluster::{Connection, connect, connect_to};
 use pullcheck::telemetry::logs::TransitionLog;
 use pullcheck::telemetry::metrics::Metrics;
 use pullcheck::telemetry::otlp::ProcessEnv;
@@ -52,7 +52,7 @@ struct Cli {
 enum Command {
     /// Watch the cluster and keep every image probed over a window, pushing OpenTelemetry (OTLP).
     Run(Box<RunArgs>),
-    /// Probe every image of a set of manifests, or of a cluster, once and report (exit 0 all available, 1 not, 2 input error).
+    /// Probe every image of a set of manifests, or of a cluster, once and report (exit 0 all available, 1 not, 2 input error, nothing found or a kind not listed).
     Check(Box<CheckArgs>),
     /// Print the version.
     Version,
@@ -84,6 +84,13 @@ struct CheckArgs {
     /// No progress line on stderr, even on a terminal.
     #[arg(long, env = "PULLCHECK_NO_PROGRESS")]
     no_progress: bool,
+    /// Go on when some kinds cannot be listed (unreachable, 401, RBAC, API errors), with
+    /// warnings, instead of exit 2.
+    #[arg(long, env = "PULLCHECK_ALLOW_PARTIAL")]
+    allow_partial: bool,
+    /// Finding no workload (an empty directory or render, an empty namespace) is not exit 2.
+    #[arg(long, env = "PULLCHECK_ALLOW_EMPTY")]
+    allow_empty: bool,
 }
 
 #[derive(Args)]
@@ -242,6 +249,11 @@ impl ClusterArgs {
     async fn connect(&self) -> anyhow::Result<(kube::Client, String)> {
         Ok(connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
     }
+
+    /// The client with the API server's URL, for `check` to name it.
+    async fn connection(&self) -> anyhow::Result<Connection> {
+        Ok(connect_to(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+    }
 }
 
 /// Which workloads and images are checked.
@@ -364,7 +376,7 @@ fn main() -> ExitCode {
             Ok(0)
         }
         Command::Check(args) => {
-            let filter = log_filter(cli.log.as_deref(), "warn");
+            let filter = log_filter(cli.log.as_deref(), CHECK_LOG_DEFAULT);
             tracing_subscriber::registry().with(stderr_layer(LogFormat::Text).with_filter(filter)).init();
             runtime.block_on(check(*args))
         }
@@ -378,6 +390,10 @@ fn main() -> ExitCode {
         }
     }
 }
+
+/// `check`'s stderr by default: warnings, but not kube's own line for each failed request —
+/// `check` says what went wrong once per cause (`cannot reach …`), and `--log` brings it back.
+const CHECK_LOG_DEFAULT: &str = "warn,kube_client::client::builder=off";
 
 fn log_filter(given: Option<&str>, default: &str) -> EnvFilter {
     EnvFilter::try_new(given.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default))
@@ -402,24 +418,28 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
         concurrency: args.concurrency,
         progress: !args.no_progress && std::io::stderr().is_terminal(),
         platforms: args.selection.platforms(),
+        allow_partial: args.allow_partial,
+        allow_empty: args.allow_empty,
     };
     let report = if args.filenames.is_empty() {
-        let (kube_client, context_namespace) = args.cluster.connect().await?;
+        let cluster = args.cluster.connection().await?;
         let namespaces = match (args.all_namespaces, args.namespaces) {
             (true, _) => None,
-            (false, listed) if listed.is_empty() => Some(vec![context_namespace]),
+            (false, listed) if listed.is_empty() => Some(vec![cluster.namespace.clone()]),
             (false, listed) => Some(listed),
         };
-        check_cluster(&kube_client, namespaces.as_deref(), &selection, args.cluster.secret_ttl, &client, &settings)
-            .await?
+        check_cluster(&cluster, namespaces.as_deref(), &selection, args.cluster.secret_ttl, &client, &settings).await
     } else {
         check_files(&args.filenames, &selection, &client, &settings).await
     };
     for error in &report.input_errors {
         eprintln!("pullcheck: {error}");
     }
-    for warning in &report.warnings {
-        eprintln!("pullcheck: warning: {warning}");
+    for error in &report.errors {
+        eprintln!("pullcheck: {error}");
+    }
+    for note in &report.notes {
+        eprintln!("pullcheck: warning: {note}");
     }
     match args.output {
         Output::Json => println!("{}", report.to_json()),
@@ -575,6 +595,18 @@ mod tests {
             panic!("run")
         };
         assert!(run.leader.settings("ns").is_err(), "a renew deadline past the lease duration is refused");
+    }
+
+    #[test]
+    fn check_flags_for_partial_and_empty_answers() {
+        let Command::Check(check) = parse(&["check", "-A", "--allow-partial", "--allow-empty"]).expect("valid").command
+        else {
+            panic!("check")
+        };
+        assert!(check.allow_partial && check.allow_empty);
+        let Command::Check(check) = parse(&["check", "-f", "x"]).expect("valid").command else { panic!("check") };
+        assert!(!check.allow_partial && !check.allow_empty, "a check that could not look fails by default");
+        assert!(parse(&["run", "--allow-empty"]).is_err(), "check's flags only");
     }
 
     #[test]

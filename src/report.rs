@@ -26,6 +26,22 @@ pub struct ImageReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
     pub workloads: Vec<ContainerRef>,
+    /// Only for an image on a deprecated registry: the same image under the replacement, and
+    /// whether it can be pulled today.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<ReplacementReport>,
+}
+
+/// The image under the registry that replaced its deprecated one, and its probe's answer.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReplacementReport {
+    /// The canonical replacement reference (`registry.k8s.io/pause:3.9`).
+    pub image: String,
+    pub state: State,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -35,9 +51,16 @@ pub struct Report {
     /// Inputs that could not be read; present only when there are some.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub input_errors: Vec<InputError>,
+    /// Why the check could not look at what it was asked to (kinds that could not be listed,
+    /// no workload found): one line per cause, and exit 2. Present only when there are some.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
     /// What limits the answer without stopping it: kinds RBAC hides, pull secrets missing.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<Warning>,
+    /// The warnings as a person reads them: a cause several kinds share said once.
+    #[serde(skip)]
+    pub notes: Vec<String>,
 }
 
 impl Report {
@@ -51,9 +74,10 @@ impl Report {
         Report { images, summary, ..Report::default() }
     }
 
-    /// 0 every image available, 1 some image not, 2 some input could not be read.
+    /// 0 every image available, 1 some image not, 2 some input could not be read or the check
+    /// could not look (`errors`).
     pub fn exit_code(&self) -> u8 {
-        if !self.input_errors.is_empty() {
+        if !self.input_errors.is_empty() || !self.errors.is_empty() {
             2
         } else if self.images.iter().any(|i| i.state != State::Available) {
             1
@@ -75,11 +99,15 @@ impl Report {
                 let first = i.workloads.first().map_or_else(String::new, ContainerRef::to_string);
                 let more =
                     if i.workloads.len() > 1 { format!(" +{} more", i.workloads.len() - 1) } else { String::new() };
-                let detail = match (&i.error, &i.digest) {
+                let mut detail = match (&i.error, &i.digest) {
                     (Some(e), _) => e.clone(),
                     (None, Some(d)) => d.clone(),
                     (None, None) => String::new(),
                 };
+                if let Some(r) = &i.replacement {
+                    let note = format!("deprecated registry: {} is {}", r.image, r.state);
+                    detail = if detail.is_empty() { note } else { format!("{note}; {detail}") };
+                }
                 [i.state.to_string(), i.canonical.clone().unwrap_or_else(|| i.image.clone()), first + &more, detail]
             })
             .collect();
@@ -103,8 +131,11 @@ impl Report {
         for e in &self.input_errors {
             out.push_str(&format!("input error: {e}\n"));
         }
-        for w in &self.warnings {
-            out.push_str(&format!("warning: {w}\n"));
+        for e in &self.errors {
+            out.push_str(&format!("error: {e}\n"));
+        }
+        for note in &self.notes {
+            out.push_str(&format!("warning: {note}\n"));
         }
         out
     }

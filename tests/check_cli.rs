@@ -9,6 +9,7 @@ use std::process::{Command, Output, Stdio};
 
 use serde_json::Value;
 use support::apiserver::ApiServer;
+use support::registry::{Auth, Registry};
 use support::{Env, workload};
 
 fn pullcheck(args: &[&str], stdin: Option<&str>) -> Output {
@@ -254,4 +255,171 @@ async fn the_binary_under_test_finds_no_cluster_of_the_machine() {
     let out = check_a_cluster(isolated).await;
     assert_eq!(out.status.code(), Some(2), "no cluster to check: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(api.requests().len(), before, "{:?}", &api.requests()[before..]);
+}
+
+/// `pullcheck check` with `env` set on the command (after the cut-off, so they stay).
+fn pullcheck_with_env(args: &[&str], stdin: &str, env: &[(&str, &str)]) -> Output {
+    let (mut command, _home) = support::process::pullcheck();
+    let mut child = command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run pullcheck");
+    if let Some(mut input) = child.stdin.take() {
+        input.write_all(stdin.as_bytes()).expect("stdin");
+    }
+    child.wait_with_output().expect("pullcheck output")
+}
+
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect()
+}
+
+/// A gate that read nothing must not pass: an empty directory (a symlink loop in it is not
+/// followed), an empty render on stdin, documents none of which is a workload — exit 2 saying
+/// what was read, unless `--allow-empty` (or `PULLCHECK_ALLOW_EMPTY`).
+#[test]
+fn no_workload_found_is_exit_2_unless_empty_answers_are_allowed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let empty = dir.path().join("chart");
+    std::fs::create_dir_all(&empty).expect("mkdir");
+    std::os::unix::fs::symlink(&empty, empty.join("loop")).expect("a symlink loop");
+    let empty = empty.display().to_string();
+
+    let out = pullcheck(&["check", "-f", &empty, "-o", "json"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let line = format!("no workload found in {empty}: no manifest file (.yaml, .yml, .json) read");
+    assert_eq!(stderr_lines(&out), [format!("pullcheck: {line}")]);
+    assert_eq!(json(&out)["errors"], serde_json::json!([line]));
+    let out = pullcheck(&["check", "-f", &empty, "--allow-empty"], None);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("0 images"));
+
+    let out = pullcheck(&["check", "-f", "-"], Some(""));
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_lines(&out),
+        ["pullcheck: no workload found in <stdin>: 1 file read, no readable document in them"]
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("error: no workload found in <stdin>"),
+        "the table says it too"
+    );
+    let out = pullcheck_with_env(&["check", "-f", "-"], "", &[("PULLCHECK_ALLOW_EMPTY", "true")]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let services = write(
+        dir.path(),
+        "svc.yaml",
+        "kind: Service\nmetadata: {name: a}\n---\nkind: ConfigMap\nmetadata: {name: b}\n",
+    );
+    let out = pullcheck(&["check", "-f", &services], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_lines(&out),
+        [format!("pullcheck: no workload found in {services}: 1 file read, 2 documents, none of them a workload")]
+    );
+
+    // A workload left out by the selection (scaled to zero) is not a workload checked.
+    let zero = write(
+        dir.path(),
+        "zero.yaml",
+        "kind: Deployment\nmetadata: {name: d}\nspec: {replicas: 0, template: {spec: {containers: [{name: c, image: x}]}}}\n",
+    );
+    let out = pullcheck(&["check", "-f", &zero], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("1 workload, none selected"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `DIR/<name>/hosts.toml` sending the registry `name` to `addr` over plain HTTP only.
+fn hosts_server(dir: &Path, name: &str, addr: &str) {
+    std::fs::create_dir_all(dir.join(name)).expect("mkdir");
+    std::fs::write(dir.join(name).join("hosts.toml"), format!("server = \"http://{addr}\"\n"))
+        .expect("write hosts.toml");
+}
+
+/// `k8s.gcr.io` stood in for by a registry that froze before the image was pushed, and
+/// `registry.k8s.io` by one that has it (a hosts directory sends each name to its stand-in and
+/// nowhere else): the old reference is absent, the replacement available — the report says so.
+/// The registry config adds a move (a path prefix) and removes the built-in one.
+#[tokio::test]
+async fn images_on_deprecated_registries_are_flagged_with_their_replacement_probed() {
+    let env = Env::start().await;
+    let (digest, _) = env.pusher.image("pause", "3.9", "amd64").await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let frozen_storage = env.dir.path().join("frozen-storage");
+    std::fs::create_dir_all(&frozen_storage).expect("mkdir");
+    let frozen = Registry::start(env.dir.path(), "frozen", &frozen_storage, None, Auth::None).await;
+    let hosts = env.dir.path().join("certs.d");
+    hosts_server(&hosts, "k8s.gcr.io", &frozen.addr);
+    hosts_server(&hosts, "registry.k8s.io", &env.anon.addr);
+    let hosts = hosts.display().to_string();
+    let anon = &env.anon.addr;
+    let manifest = format!(
+        "kind: Deployment\nmetadata: {{name: web, namespace: shop}}\nspec:\n  template:\n    spec:\n      containers:\n      - {{name: pause, image: \"k8s.gcr.io/pause:3.9\"}}\n      - {{name: pinned, image: \"k8s.gcr.io/pause@{digest}\"}}\n      - {{name: app, image: \"{anon}/team/app:v1\"}}\n      - {{name: moved, image: \"{}/team/app:v1\"}}\n",
+        frozen.addr
+    );
+    let file = write(env.dir.path(), "web.yaml", &manifest);
+
+    let out = pullcheck(&["check", "-f", &file, "--hosts-dir", &hosts, "-o", "json"], None);
+    assert_eq!(out.status.code(), Some(1), "the old reference is absent: {}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    let pause = entry(&report, "k8s.gcr.io/pause:3.9");
+    assert_eq!(pause["state"], "absent", "{pause}");
+    assert_eq!(pause["replacement"]["image"], "registry.k8s.io/pause:3.9");
+    assert_eq!(pause["replacement"]["state"], "available", "{pause}");
+    assert_eq!(pause["replacement"]["digest"], digest.as_str());
+    let pinned = entry(&report, &format!("k8s.gcr.io/pause@{digest}"));
+    assert_eq!(pinned["replacement"]["image"], format!("registry.k8s.io/pause@{digest}"), "the digest is kept");
+    assert_eq!(pinned["replacement"]["state"], "available");
+    assert!(
+        entry(&report, &format!("{anon}/team/app:v1")).get("replacement").is_none(),
+        "only flagged images have one"
+    );
+    assert!(
+        entry(&report, &format!("{}/team/app:v1", frozen.addr)).get("replacement").is_none(),
+        "not a built-in move"
+    );
+
+    let table = pullcheck(&["check", "-f", &file, "--hosts-dir", &hosts], None);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("deprecated registry: registry.k8s.io/pause:3.9 is available"), "{table}");
+
+    // The registry config: the built-in move removed, a registry/path move added.
+    let config = env.dir.path().join("moves.yaml");
+    std::fs::write(
+        &config,
+        format!("deprecatedRegistries:\n  k8s.gcr.io: null\n  '{}/team': '{anon}/team'\n", frozen.addr),
+    )
+    .expect("write");
+    let config = config.display().to_string();
+    let out =
+        pullcheck(&["check", "-f", &file, "--hosts-dir", &hosts, "--registry-config", &config, "-o", "json"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let report = json(&out);
+    assert!(entry(&report, "k8s.gcr.io/pause:3.9").get("replacement").is_none(), "removed by the config: {report}");
+    let moved = entry(&report, &format!("{}/team/app:v1", frozen.addr));
+    assert_eq!(moved["state"], "absent");
+    assert_eq!(
+        moved["replacement"],
+        serde_json::json!({"image": format!("{anon}/team/app:v1"), "state": "available", "digest": moved["replacement"]["digest"]})
+    );
+    assert!(moved["replacement"]["digest"].as_str().is_some_and(|d| d.starts_with("sha256:")), "{moved}");
+
+    let bad = env.dir.path().join("bad-moves.yaml");
+    std::fs::write(&bad, "deprecatedRegistries:\n  k8s.gcr.io: k8s.gcr.io\n").expect("write");
+    let out = pullcheck(&["check", "-f", &file, "--registry-config", &bad.display().to_string()], None);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bad-moves.yaml: deprecatedRegistries.k8s.gcr.io: k8s.gcr.io cannot replace itself"),
+        "{stderr}"
+    );
 }

@@ -169,17 +169,174 @@ async fn pull_secrets_service_accounts_and_namespace_isolation() {
 }
 
 #[tokio::test]
-async fn forbidden_secrets_and_kinds_degrade_with_one_clear_warning() {
+async fn forbidden_secrets_and_kinds_degrade_with_one_clear_warning_when_partial_answers_are_allowed() {
     let c = cluster().await;
     c.api.forbid("Secret");
     c.api.forbid("StatefulSet");
-    let out = check_all_namespaces(&c).await;
+    let out = pullcheck(&[
+        "check",
+        "--kubeconfig",
+        &c.kubeconfig,
+        "-A",
+        "-o",
+        "json",
+        "--registry-config",
+        &c.registry_config,
+        "--allow-partial",
+    ])
+    .await;
+    assert_eq!(out.status.code(), Some(1), "exit per images: {}", String::from_utf8_lossy(&out.stderr));
     let r = report(&out);
     let every: Vec<String> = states(&r).into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(every, ["authentication_failure"], "anonymous everywhere");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(stderr.matches("may not read secrets").count(), 1, "said once: {stderr}");
-    assert!(stderr.contains("cannot list StatefulSets cluster-wide: forbidden by RBAC"), "{stderr}");
+    assert!(stderr.contains("pullcheck: warning: forbidden by RBAC: list statefulsets cluster-wide\n"), "{stderr}");
+    let forbidden = r["warnings"].as_array().and_then(|ws| {
+        ws.iter()
+            .find(|w| w["message"].as_str().is_some_and(|m| m.starts_with("cannot list StatefulSets cluster-wide")))
+    });
+    assert_eq!(forbidden.map(|w| w["kind"].clone()), Some(json!("forbidden")), "{r}");
+    assert!(r.get("errors").is_none(), "allowed: not an error: {r}");
+}
+
+/// A kubeconfig for a server at `url` with a token.
+fn kubeconfig_for(dir: &std::path::Path, url: &str) -> String {
+    let path = dir.join(format!("kubeconfig-{}", support::rand_suffix()));
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: '{url}'}}\nusers:\n- name: u\n  user: {{token: t}}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u, namespace: default}}\ncurrent-context: c\n"
+    );
+    std::fs::write(&path, text).expect("write kubeconfig");
+    path.display().to_string()
+}
+
+/// stderr's lines, for exact assertions.
+fn stderr_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stderr).lines().map(str::to_string).collect()
+}
+
+/// A check that could not look fails (exit 2) with one line per cause and no Debug dump of a
+/// Status, and its JSON keeps a warning per kind; `--allow-partial` lets it go on.
+#[tokio::test]
+async fn a_cluster_that_cannot_be_read_fails_the_check_with_one_line_per_cause() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let no_dump = |out: &Output| {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !stderr.contains("Status {") && !stderr.contains("ApiError") && !stderr.contains("os error"),
+            "{stderr}"
+        );
+    };
+    let kinds_warned = |r: &Value, kind: &str| {
+        r["warnings"].as_array().expect("warnings").iter().filter(|w| w["kind"] == kind).count()
+    };
+
+    // Unreachable: said once, not once per kind.
+    let refused = support::RefusedPort::bind();
+    let url = format!("http://{}", refused.addr);
+    let kubeconfig = kubeconfig_for(dir.path(), &url);
+    let out = pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr_lines(&out), [format!("pullcheck: cannot reach {url}: connection refused")]);
+    no_dump(&out);
+    let r = report(&out);
+    assert_eq!(kinds_warned(&r, "unreachable"), 8, "one warning per kind in the JSON: {r}");
+    assert_eq!(r["errors"], json!([format!("cannot reach {url}: connection refused")]));
+    // Allowed to be partial, it still found nothing: that is its own failure, and allowed too.
+    let out = pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--allow-partial"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_lines(&out),
+        [
+            format!(
+                "pullcheck: no workload found in any namespace of {url}: no workload listed (8 kinds could not be listed)"
+            ),
+            format!("pullcheck: warning: cannot reach {url}: connection refused"),
+        ]
+    );
+    let out =
+        pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--allow-partial", "--allow-empty"])
+            .await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Credentials refused: one request, one line.
+    let api = ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", "registry.invalid/app:1"));
+    let stale = api.kubeconfig_with_token(dir.path(), "stale-token").display().to_string();
+    let out = pullcheck(&["check", "--kubeconfig", &stale, "-A", "-o", "json"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(stderr_lines(&out), ["pullcheck: the API server refused the credentials (401)"]);
+    no_dump(&out);
+    assert_eq!(kinds_warned(&report(&out), "unauthorized"), 8);
+    assert_eq!(api.requests().len(), 1, "the other kinds are not asked again: {:?}", api.requests());
+
+    // Every kind forbidden: the kinds on one line.
+    for kind in
+        ["Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "ReplicationController", "Job", "CronJob", "Pod"]
+    {
+        api.forbid_verb("list", kind, None);
+    }
+    let kubeconfig = api.kubeconfig(dir.path()).display().to_string();
+    let out = pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--platform", "linux/amd64"]).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_lines(&out),
+        [
+            "pullcheck: forbidden by RBAC: list deployments, statefulsets, daemonsets, replicasets, replicationcontrollers, jobs, cronjobs, pods cluster-wide"
+        ]
+    );
+    no_dump(&out);
+    assert_eq!(kinds_warned(&report(&out), "forbidden"), 8);
+}
+
+/// One kind forbidden fails the check, whose report still has the images of the others; with
+/// `PULLCHECK_ALLOW_PARTIAL` the exit code is the images' again.
+#[tokio::test]
+async fn one_kind_not_listed_is_exit_2_unless_partial_answers_are_allowed() {
+    let c = cluster().await;
+    c.api.forbid_verb("list", "StatefulSet", None);
+    let out = check_all_namespaces(&c).await;
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("pullcheck: forbidden by RBAC: list statefulsets cluster-wide\n"), "{stderr}");
+    let r = report(&out);
+    assert_eq!(states(&r).len(), 2, "the kinds that could be listed are still checked: {r}");
+    assert_eq!(r["errors"], json!(["forbidden by RBAC: list statefulsets cluster-wide"]));
+
+    let (mut command, _home) = support::process::pullcheck_async();
+    command.env("PULLCHECK_ALLOW_PARTIAL", "true").args([
+        "check",
+        "--kubeconfig",
+        &c.kubeconfig,
+        "-A",
+        "-o",
+        "json",
+        "--registry-config",
+        &c.registry_config,
+    ]);
+    let out = command.output().await.expect("run pullcheck");
+    assert_eq!(out.status.code(), Some(1), "per images: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test]
+async fn a_namespace_without_workloads_is_exit_2_unless_empty_answers_are_allowed() {
+    let api = ApiServer::start().await;
+    api.apply(json!({"kind": "Namespace", "metadata": {"name": "empty"}}));
+    api.apply(workload("Deployment", "elsewhere", "web", "registry.invalid/app:1"));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = api.kubeconfig(dir.path()).display().to_string();
+    let args = ["check", "--kubeconfig", &kubeconfig, "-n", "empty", "-o", "json", "--platform", "linux/amd64"];
+    let out = pullcheck(&args).await;
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        stderr_lines(&out),
+        [format!("pullcheck: no workload found in namespace empty of {}: no workload listed", api.url())]
+    );
+    let mut allowed = args.to_vec();
+    allowed.push("--allow-empty");
+    let out = pullcheck(&allowed).await;
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(report(&out)["images"], json!([]));
 }
 
 #[tokio::test]

@@ -1,6 +1,8 @@
 //! The registry configuration file (`--registry-config`): per registry host, transport, trust,
-//! credentials, mirrors and request budgets. Errors name the file, the key and the problem.
+//! credentials, mirrors and request budgets, and the deprecated registries. Errors name the
+//! file, the key and the problem.
 
+pub mod deprecated;
 pub mod hosts;
 
 use std::collections::{BTreeMap, HashMap};
@@ -12,6 +14,7 @@ use std::sync::Arc;
 
 use crate::credentials::{Credential, CredentialProviders, DockerCredentials};
 use crate::image::{DOCKER_HUB, ImageRef};
+use deprecated::DeprecatedRegistries;
 use hosts::HostsDir;
 
 /// Default limit of requests in flight to one registry host.
@@ -34,6 +37,9 @@ struct FileRoot {
     docker_config: Option<PathBuf>,
     #[serde(default)]
     registries: BTreeMap<String, FileHost>,
+    /// Prefix → replacement prefix, or `null` to remove a built-in entry.
+    #[serde(default)]
+    deprecated_registries: BTreeMap<String, Option<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -113,6 +119,8 @@ pub struct RegistryConfig {
     hosts_dir: Option<Arc<HostsDir>>,
     /// kubelet credential-provider plugins: node credentials after the registry config's.
     providers: Option<Arc<CredentialProviders>>,
+    /// Registries that moved: the built-in table with `deprecatedRegistries` applied.
+    deprecated: DeprecatedRegistries,
 }
 
 impl Default for RegistryConfig {
@@ -123,6 +131,7 @@ impl Default for RegistryConfig {
             docker_credentials: Default::default(),
             hosts_dir: None,
             providers: None,
+            deprecated: DeprecatedRegistries::built_in(),
         }
     }
 }
@@ -246,7 +255,19 @@ impl RegistryConfig {
                 return Err(err(&format!("registries.{name}"), format!("{registry} is configured twice")));
             }
         }
-        Ok(Self { default_registry, hosts, docker_credentials, hosts_dir: None, providers: None })
+        let deprecated = DeprecatedRegistries::built_in()
+            .with_overrides(&root.deprecated_registries)
+            .map_err(|e| err(&format!("deprecatedRegistries.{}", e.key), e.problem))?;
+        Ok(Self { default_registry, hosts, docker_credentials, hosts_dir: None, providers: None, deprecated })
+    }
+
+    pub fn deprecated_registries(&self) -> &DeprecatedRegistries {
+        &self.deprecated
+    }
+
+    /// The image under the registry that replaced its own, when its own is deprecated.
+    pub fn replacement(&self, image: &ImageRef) -> Option<ImageRef> {
+        self.deprecated.replacement(image)
     }
 
     pub fn host(&self, registry: &str) -> HostConfig {
@@ -346,6 +367,36 @@ mod tests {
             problem("registries:\n  r.example:\n    plainHttp: true\n    skipTlsVerify: true\n").contains("plainHttp")
         );
         assert!(problem("registries: [").starts_with("reg.yaml: (document): "));
+        assert_eq!(
+            problem("deprecatedRegistries:\n  old.example: old.example\n"),
+            "reg.yaml: deprecatedRegistries.old.example: old.example cannot replace itself"
+        );
+        assert!(
+            problem("deprecatedRegistries:\n  nohost: new.example\n")
+                .starts_with("reg.yaml: deprecatedRegistries.nohost: ")
+        );
+        assert!(
+            problem("deprecatedRegistries:\n  old.example: 'quay.io/Org'\n")
+                .contains("deprecatedRegistries.old.example")
+        );
+    }
+
+    #[test]
+    fn deprecated_registries_extend_and_override_the_built_in_table() {
+        let image = |s: &str| ImageRef::parse(s).expect("valid");
+        let default = RegistryConfig::default();
+        assert_eq!(
+            default.replacement(&image("k8s.gcr.io/pause:3.9")).map(|r| r.to_string()).as_deref(),
+            Some("registry.k8s.io/pause:3.9")
+        );
+        let cfg = parse("deprecatedRegistries:\n  k8s.gcr.io: null\n  old.example/team: new.example:5000/t\n  gcr.io/google-containers: ~\n").expect("valid");
+        assert_eq!(cfg.replacement(&image("k8s.gcr.io/pause:3.9")), None, "removed by null");
+        assert_eq!(cfg.replacement(&image("gcr.io/google-containers/pause:3.1")), None, "removed by ~");
+        assert_eq!(
+            cfg.replacement(&image("old.example/team/app:v1")).map(|r| r.to_string()).as_deref(),
+            Some("new.example:5000/t/app:v1")
+        );
+        assert_eq!(cfg.deprecated_registries().entries().count(), super::deprecated::BUILT_IN.len() - 2 + 1);
     }
 
     #[test]

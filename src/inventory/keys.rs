@@ -49,17 +49,48 @@ pub struct ImageUse {
     pub key: Result<ImageKey, ImageRefError>,
     /// Where each of the key's credentials comes from for this use (its own secret names).
     pub sources: Vec<CredentialSource>,
+    /// When the image's registry is deprecated (`config::deprecated`): the same image under its
+    /// replacement. Boxed: most uses have none.
+    pub replacement: Option<Box<Replacement>>,
+}
+
+/// The image of a use under the registry that replaced its deprecated one: what `check` probes
+/// to tell whether switching works today.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Replacement {
+    /// The replacement reference, the same platforms, and the workload's credentials for the
+    /// replacement registry — never the deprecated registry's: kubelet sends a secret only to
+    /// the registry it names, and so does pullcheck.
+    pub key: ImageKey,
+    pub sources: Vec<CredentialSource>,
+}
+
+impl Replacement {
+    /// Its credentials named as the use knows them, for the probe.
+    pub fn chain(&self) -> Vec<SourcedCredential> {
+        named(&self.key.credentials, &self.sources)
+    }
+}
+
+fn named(credentials: &[Credential], sources: &[CredentialSource]) -> Vec<SourcedCredential> {
+    credentials
+        .iter()
+        .zip(sources)
+        .map(|(credential, source)| SourcedCredential { source: source.clone(), credential: credential.clone() })
+        .collect()
+}
+
+/// A workload's credentials for an image, in kubelet's order, split into what is probed and
+/// what it is called.
+fn credentials_for(own: Option<&WorkloadCredentials>, image: &ImageRef) -> (Vec<Credential>, Vec<CredentialSource>) {
+    own.map(|c| c.chain(image)).unwrap_or_default().into_iter().map(|c| (c.credential, c.source)).unzip()
 }
 
 impl ImageUse {
     /// The key's credentials named as this use knows them, for the probe.
     pub fn chain(&self) -> Vec<SourcedCredential> {
         let credentials = self.key.as_ref().map_or(&[][..], |k| k.credentials.as_slice());
-        credentials
-            .iter()
-            .zip(&self.sources)
-            .map(|(credential, source)| SourcedCredential { source: source.clone(), credential: credential.clone() })
-            .collect()
+        named(credentials, &self.sources)
     }
 
     /// The name of the credential at `index` of the probed chain, as this use knows it.
@@ -98,17 +129,20 @@ pub fn resolve<'a>(
             if !filter.admits(&container.image, canonical.as_deref()) {
                 continue;
             }
-            let mut sources = Vec::new();
-            let key = parsed.map(|image| {
-                let chain = own.map(|c| c.chain(&image)).unwrap_or_default();
-                let credentials = chain.into_iter().map(|c| (c.source, c.credential)).map(|(s, c)| {
-                    sources.push(s);
-                    c
-                });
-                ImageKey { credentials: credentials.collect(), image, platforms: schedulable.clone() }
-            });
+            let (key, sources, replacement) = match parsed {
+                Ok(image) => {
+                    let replacement = config.replacement(&image).map(|image| {
+                        let (credentials, sources) = credentials_for(own, &image);
+                        let key = ImageKey { image, credentials, platforms: schedulable.clone() };
+                        Box::new(Replacement { key, sources })
+                    });
+                    let (credentials, sources) = credentials_for(own, &image);
+                    (Ok(ImageKey { credentials, image, platforms: schedulable.clone() }), sources, replacement)
+                }
+                Err(e) => (Err(e), Vec::new(), None),
+            };
             let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
-            uses.push(ImageUse { user, written: container.image.clone(), key, sources });
+            uses.push(ImageUse { user, written: container.image.clone(), key, sources, replacement });
         }
     }
     uses
@@ -191,6 +225,27 @@ mod tests {
             ],
             "namespace a's secret is for quay.io only; b's Docker Hub secret makes its nginx its own key"
         );
+    }
+
+    #[test]
+    fn a_deprecated_registry_gets_its_replacement_with_the_replacements_credentials() {
+        let records = [record("a", "web", &["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9"])];
+        let mut both = secret("k8s.gcr.io", "old");
+        both.secrets.push(("new".into(), DockerCredentials::single("registry.k8s.io", Credential::basic("new", "pw"))));
+        let platforms: Arc<[Platform]> = Arc::from(vec![Platform::new("linux", "arm64", None)]);
+        let uses = resolve(&records, |_| Some(&both), &RegistryConfig::default(), &ImageFilter::default(), &platforms);
+        let replacement = uses[0].replacement.as_ref().expect("k8s.gcr.io is deprecated");
+        assert_eq!(replacement.key.image.to_string(), "registry.k8s.io/pause:3.9");
+        assert_eq!(replacement.key.platforms, platforms);
+        let names = |chain: Vec<SourcedCredential>| chain.into_iter().map(|c| c.source.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(uses[0].chain()), ["pull secret s"]);
+        assert_eq!(
+            names(replacement.chain()),
+            ["pull secret new"],
+            "the old registry's secret never goes to the new one"
+        );
+        assert_eq!(replacement.key, *uses[1].key.as_ref().expect("parses"), "the same key as a use of the replacement");
+        assert!(uses[1].replacement.is_none());
     }
 
     #[test]

@@ -73,8 +73,11 @@ pub fn workload_of(pod: &PodRef, running: &RunningPod, owners: &HashMap<Workload
     let direct = WorkloadRef { kind, namespace, name: owner.name.clone() };
     match owners.get(&direct) {
         // A Deployment's ReplicaSet, a CronJob's Job: the workload is the owner's owner.
-        Some(grand) => WorkloadKind::from_kind(&grand.kind)
-            .map(|kind| WorkloadRef { kind, namespace: direct.namespace.clone(), name: grand.name.clone() }),
+        Some(grand) => WorkloadKind::from_kind(&grand.kind).map(|kind| WorkloadRef {
+            kind,
+            namespace: direct.namespace.clone(),
+            name: grand.name.clone(),
+        }),
         None => Some(direct),
     }
 }

@@ -4,6 +4,7 @@
 //! same code as manifests on disk, so a cluster and its manifests give the same answer.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, ListParams};
@@ -89,14 +90,177 @@ fn watcher_forbidden(error: &watcher::Error) -> bool {
 #[derive(Debug, Default)]
 pub struct ClusterSnapshot {
     pub records: Vec<WorkloadRecord>,
-    /// Kinds that could not be listed (403 and others), objects that could not be read.
+    /// Objects that could not be read.
     pub warnings: Vec<Warning>,
+    /// Kinds that could not be listed, each with why.
+    pub failures: Vec<ListFailure>,
 }
 
-/// Lists every kind in pages. A kind that fails (403 included) is reported and skipped.
+impl ClusterSnapshot {
+    /// Whether the API server answered and accepted the credentials: when not, every other
+    /// request (nodes, namespaces, secrets) would fail the same way and say it again.
+    pub fn reached(&self) -> bool {
+        !self.failures.iter().any(|f| f.cause.is_connection())
+    }
+}
+
+/// Why a request to the API server failed, as a person needs to hear it: the same cause for
+/// several kinds is one cause, so it is said once.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ApiFailure {
+    /// No answer: connection refused, name resolution, TLS, timeout.
+    Unreachable(String),
+    /// 401: the API server does not accept pullcheck's credentials.
+    Unauthorized,
+    /// 403: RBAC does not grant the request.
+    Forbidden,
+    /// Any other answer or failure, in one line.
+    Other(String),
+}
+
+impl ApiFailure {
+    pub fn of(error: &kube::Error) -> Self {
+        match error {
+            kube::Error::Api(status) if status.code == 401 => ApiFailure::Unauthorized,
+            kube::Error::Api(status) if status.is_forbidden() => ApiFailure::Forbidden,
+            // kube's Display of a Status is a Debug dump of it: its parts are said instead.
+            kube::Error::Api(status) => {
+                let reason = if status.reason.is_empty() { String::new() } else { format!(" {}", status.reason) };
+                let message = if status.message.is_empty() { String::new() } else { format!(": {}", status.message) };
+                ApiFailure::Other(format!("the API server answered {}{reason}{message}", status.code))
+            }
+            kube::Error::HyperError(_) | kube::Error::Service(_) => ApiFailure::Unreachable(transport_cause(error)),
+            other => ApiFailure::Other(other.to_string()),
+        }
+    }
+
+    /// No request can succeed: the API server was not reached, or refused the credentials.
+    pub fn is_connection(&self) -> bool {
+        matches!(self, ApiFailure::Unreachable(_) | ApiFailure::Unauthorized)
+    }
+
+    pub fn warning_kind(&self) -> WarningKind {
+        match self {
+            ApiFailure::Unreachable(_) => WarningKind::Unreachable,
+            ApiFailure::Unauthorized => WarningKind::Unauthorized,
+            ApiFailure::Forbidden => WarningKind::Forbidden,
+            ApiFailure::Other(_) => WarningKind::ApiError,
+        }
+    }
+}
+
+impl fmt::Display for ApiFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ApiFailure::Unreachable(cause) => write!(f, "cannot reach the API server: {cause}"),
+            ApiFailure::Unauthorized => f.write_str("the API server refused the credentials (401)"),
+            ApiFailure::Forbidden => f.write_str("forbidden by RBAC"),
+            ApiFailure::Other(message) => f.write_str(message),
+        }
+    }
+}
+
+/// What stopped a connection, from the innermost I/O error when there is one (hyper and tower
+/// wrap it in layers whose own messages say nothing: `client error (Connect)`).
+fn transport_cause(error: &kube::Error) -> String {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    let mut innermost = error.to_string();
+    while let Some(e) = current {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => "connection refused".into(),
+                std::io::ErrorKind::ConnectionReset => "connection reset".into(),
+                std::io::ErrorKind::TimedOut => "timed out".into(),
+                _ => io.to_string(),
+            };
+        }
+        innermost = e.to_string();
+        current = e.source();
+    }
+    innermost
+}
+
+/// A kind that could not be listed in a scope.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListFailure {
+    pub kind: WorkloadKind,
+    /// `None`: cluster-wide.
+    pub namespace: Option<String>,
+    pub cause: ApiFailure,
+}
+
+impl ListFailure {
+    /// The failure of one kind, for the JSON `warnings` (each with its kind).
+    pub fn warning(&self) -> Warning {
+        let kind = self.kind;
+        let place = self.namespace.as_deref().map_or_else(|| "cluster-wide".to_string(), |ns| format!("in {ns}"));
+        Warning::new(
+            self.cause.warning_kind(),
+            format!("cannot list {kind}s {place}: {}; {kind}s are skipped", self.cause),
+        )
+    }
+}
+
+/// One line per cause, for people: the kinds sharing a cause named together, and scopes with the
+/// same kinds on one line. `server` is the API server's URL.
+///
+/// `cannot reach https://127.0.0.1:6443: connection refused`,
+/// `the API server refused the credentials (401)`,
+/// `forbidden by RBAC: list deployments, statefulsets cluster-wide`,
+/// `cannot list jobs in a, b: the API server answered 500 InternalError: …`.
+pub fn failure_lines(failures: &[ListFailure], server: &str) -> Vec<String> {
+    let mut by_cause: BTreeMap<&ApiFailure, BTreeMap<Option<&str>, Vec<WorkloadKind>>> = BTreeMap::new();
+    for failure in failures {
+        let kinds = by_cause.entry(&failure.cause).or_default().entry(failure.namespace.as_deref()).or_default();
+        if !kinds.contains(&failure.kind) {
+            kinds.push(failure.kind);
+        }
+    }
+    let mut lines = Vec::new();
+    for (cause, places) in by_cause {
+        match cause {
+            ApiFailure::Unreachable(why) => lines.push(format!("cannot reach {server}: {why}")),
+            ApiFailure::Unauthorized => lines.push(cause.to_string()),
+            ApiFailure::Forbidden => lines.extend(listed(places).map(|what| format!("forbidden by RBAC: list {what}"))),
+            ApiFailure::Other(why) => lines.extend(listed(places).map(|what| format!("cannot list {what}: {why}"))),
+        }
+    }
+    lines
+}
+
+/// `deployments, jobs cluster-wide`, `pods in a, b`: scopes that lack the same kinds share a line.
+fn listed(places: BTreeMap<Option<&str>, Vec<WorkloadKind>>) -> impl Iterator<Item = String> {
+    let mut groups: Vec<(Vec<WorkloadKind>, Vec<Option<&str>>)> = Vec::new();
+    for (place, mut kinds) in places {
+        kinds.sort_by_key(|k| CLUSTER_KINDS.iter().position(|c| c == k));
+        match groups.iter_mut().find(|(k, _)| *k == kinds) {
+            Some((_, places)) => places.push(place),
+            None => groups.push((kinds, vec![place])),
+        }
+    }
+    groups.into_iter().map(|(kinds, places)| {
+        let kinds: Vec<String> = kinds.iter().map(|k| api_resource(*k).plural).collect();
+        let namespaces: Vec<&str> = places.iter().flatten().copied().collect();
+        let place = match (places.contains(&None), namespaces.is_empty()) {
+            (true, true) => "cluster-wide".to_string(),
+            (false, _) => format!("in {}", namespaces.join(", ")),
+            (true, false) => format!("cluster-wide and in {}", namespaces.join(", ")),
+        };
+        format!("{} {place}", kinds.join(", "))
+    })
+}
+
+/// Lists every kind in pages. A kind that fails (403 included) is recorded and skipped; once the
+/// API server has not been reached or has refused the credentials, the kinds left are recorded
+/// with that cause without asking again (a server that drops packets would cost a connect
+/// timeout per kind).
 pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::default();
     for scope in scopes(namespaces) {
+        if let Some(cause) = snapshot.failures.iter().map(|f| &f.cause).find(|c| c.is_connection()).cloned() {
+            snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
+            continue;
+        }
         let api = api(client, &scope);
         let mut params = ListParams::default().limit(PAGE_SIZE);
         loop {
@@ -118,7 +282,8 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
                     }
                 }
                 Err(e) => {
-                    snapshot.warnings.push(list_problem(&scope, &e));
+                    let cause = ApiFailure::of(&e);
+                    snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
                     break;
                 }
             }
@@ -141,19 +306,6 @@ pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, B
             Some(token) => params = params.continue_token(&token),
             None => return Ok(out),
         }
-    }
-}
-
-fn list_problem(scope: &WatchScope, error: &kube::Error) -> Warning {
-    let kind = scope.kind;
-    let place = scope.namespace.as_deref().map_or_else(|| "cluster-wide".to_string(), |ns| format!("in {ns}"));
-    if is_forbidden(error) {
-        Warning::new(
-            WarningKind::Forbidden,
-            format!("cannot list {kind}s {place}: forbidden by RBAC; {kind}s are skipped"),
-        )
-    } else {
-        Warning::new(WarningKind::ApiError, format!("cannot list {kind}s {place}: {error}"))
     }
 }
 
@@ -231,6 +383,22 @@ pub async fn connect(
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
 ) -> crate::Result<(kube::Client, String)> {
+    let connection = connect_to(kubeconfig, context).await?;
+    Ok((connection.client, connection.namespace))
+}
+
+/// A cluster as `check` reaches it.
+#[derive(Clone)]
+pub struct Connection {
+    pub client: kube::Client,
+    /// The kubeconfig context's namespace.
+    pub namespace: String,
+    /// The API server's URL, to name it when it cannot be reached.
+    pub server: String,
+}
+
+/// [`connect`], keeping the API server's URL.
+pub async fn connect_to(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> crate::Result<Connection> {
     use crate::Error;
     let options = kube::config::KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
     let config = match kubeconfig {
@@ -247,5 +415,92 @@ pub async fn connect(
         None => kube::Config::infer().await.map_err(|e| Error::Kubeconfig(e.to_string()))?,
     };
     let namespace = config.default_namespace.clone();
-    Ok((kube::Client::try_from(config)?, namespace))
+    let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
+    Ok(Connection { client: kube::Client::try_from(config)?, namespace, server })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failure(kind: WorkloadKind, namespace: Option<&str>, cause: ApiFailure) -> ListFailure {
+        ListFailure { kind, namespace: namespace.map(str::to_string), cause }
+    }
+
+    fn status(code: u16, reason: &str, message: &str) -> kube::Error {
+        let status: kube::core::Status =
+            serde_json::from_value(serde_json::json!({"code": code, "reason": reason, "message": message}))
+                .expect("a Status");
+        kube::Error::Api(Box::new(status))
+    }
+
+    #[test]
+    fn causes_in_one_line_each() {
+        assert_eq!(ApiFailure::of(&status(401, "Unauthorized", "Unauthorized")), ApiFailure::Unauthorized);
+        assert_eq!(ApiFailure::of(&status(403, "Forbidden", "deployments.apps is forbidden")), ApiFailure::Forbidden);
+        assert_eq!(
+            ApiFailure::of(&status(500, "InternalError", "etcdserver: request timed out")),
+            ApiFailure::Other("the API server answered 500 InternalError: etcdserver: request timed out".into())
+        );
+        let refused = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "Connection refused (os error 111)");
+        let wrapped: Box<dyn std::error::Error + Send + Sync> = Box::new(refused);
+        assert_eq!(
+            ApiFailure::of(&kube::Error::Service(wrapped)),
+            ApiFailure::Unreachable("connection refused".into())
+        );
+        assert!(ApiFailure::Unauthorized.is_connection() && !ApiFailure::Forbidden.is_connection());
+    }
+
+    #[test]
+    fn identical_causes_are_grouped_across_kinds() {
+        let server = "https://127.0.0.1:6443";
+        let unreachable = ApiFailure::Unreachable("connection refused".into());
+        let every: Vec<ListFailure> = CLUSTER_KINDS.iter().map(|k| failure(*k, None, unreachable.clone())).collect();
+        assert_eq!(failure_lines(&every, server), ["cannot reach https://127.0.0.1:6443: connection refused"]);
+
+        let unauthorized: Vec<ListFailure> =
+            CLUSTER_KINDS.iter().map(|k| failure(*k, None, ApiFailure::Unauthorized)).collect();
+        assert_eq!(failure_lines(&unauthorized, server), ["the API server refused the credentials (401)"]);
+
+        let forbidden: Vec<ListFailure> =
+            CLUSTER_KINDS.iter().map(|k| failure(*k, None, ApiFailure::Forbidden)).collect();
+        assert_eq!(
+            failure_lines(&forbidden, server),
+            [
+                "forbidden by RBAC: list deployments, statefulsets, daemonsets, replicasets, replicationcontrollers, jobs, cronjobs, pods cluster-wide"
+            ]
+        );
+
+        let error = ApiFailure::Other("the API server answered 500 InternalError".into());
+        let mixed = [
+            failure(WorkloadKind::Deployment, Some("a"), ApiFailure::Forbidden),
+            failure(WorkloadKind::Job, Some("a"), ApiFailure::Forbidden),
+            failure(WorkloadKind::Deployment, Some("b"), ApiFailure::Forbidden),
+            failure(WorkloadKind::Job, Some("b"), ApiFailure::Forbidden),
+            failure(WorkloadKind::Pod, Some("c"), ApiFailure::Forbidden),
+            failure(WorkloadKind::CronJob, Some("a"), error.clone()),
+            failure(WorkloadKind::StatefulSet, Some("a"), error),
+        ];
+        assert_eq!(
+            failure_lines(&mixed, server),
+            [
+                "forbidden by RBAC: list deployments, jobs in a, b",
+                "forbidden by RBAC: list pods in c",
+                "cannot list statefulsets, cronjobs in a: the API server answered 500 InternalError",
+            ]
+        );
+        assert!(failure_lines(&[], server).is_empty());
+    }
+
+    #[test]
+    fn each_kind_keeps_its_warning() {
+        let warning = failure(WorkloadKind::StatefulSet, None, ApiFailure::Unauthorized).warning();
+        assert_eq!(warning.kind, WarningKind::Unauthorized);
+        assert_eq!(
+            warning.message,
+            "cannot list StatefulSets cluster-wide: the API server refused the credentials (401); StatefulSets are skipped"
+        );
+        let forbidden = failure(WorkloadKind::Job, Some("shop"), ApiFailure::Forbidden).warning();
+        assert_eq!(forbidden.message, "cannot list Jobs in shop: forbidden by RBAC; Jobs are skipped");
+    }
 }

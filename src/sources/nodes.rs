@@ -5,8 +5,8 @@ use std::collections::BTreeSet;
 
 use kube::api::{Api, ListParams};
 
-use super::cluster::{PAGE_SIZE, is_forbidden};
-use crate::error::{Warning, WarningKind};
+use super::cluster::{ApiFailure, PAGE_SIZE};
+use crate::error::Warning;
 use crate::platform::Platform;
 
 /// The os/arch of every node (labels `kubernetes.io/os`, `kubernetes.io/arch`, else the node's
@@ -44,13 +44,9 @@ pub async fn required_platforms(given: Option<&[Platform]>, client: &kube::Clien
     match list_node_platforms(client).await {
         Ok(found) => (found, None),
         Err(e) => {
-            let (kind, cause) = if is_forbidden(&e) {
-                (WarningKind::Forbidden, "cannot list nodes: forbidden by RBAC".to_string())
-            } else {
-                (WarningKind::ApiError, format!("cannot list nodes: {e}"))
-            };
-            let message = format!("{cause}; indexes are not checked for the nodes' platforms");
-            (Vec::new(), Some(Warning::new(kind, message)))
+            let cause = ApiFailure::of(&e);
+            let message = format!("cannot list nodes: {cause}; indexes are not checked for the nodes' platforms");
+            (Vec::new(), Some(Warning::new(cause.warning_kind(), message)))
         }
     }
 }

@@ -44,8 +44,12 @@ pub fn image_attributes(image: &ImageRef) -> Vec<KeyValue> {
     attributes
 }
 
+/// On a series whose image is on a deprecated registry (`config::deprecated`), `true`; absent
+/// otherwise, so the other series pay nothing for it.
+pub const DEPRECATED_REGISTRY_ATTRIBUTE: &str = "pullcheck.registry.deprecated";
+
 /// The attributes of one container's series: its workload, container and image (the reference
-/// as written when it does not parse).
+/// as written when it does not parse), and whether the image's registry is deprecated.
 pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
     let w = &image_use.user.workload;
     let mut attributes = vec![
@@ -58,12 +62,58 @@ pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
         Some(image) => attributes.extend(image_attributes(image)),
         None => attributes.push(KeyValue::new("container.image.name", image_use.written.clone())),
     }
+    if image_use.replacement.is_some() {
+        attributes.push(KeyValue::new(DEPRECATED_REGISTRY_ATTRIBUTE, true));
+    }
     attributes
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use super::*;
+    use crate::config::RegistryConfig;
+    use crate::inventory::keys::resolve;
+    use crate::inventory::selection::ImageFilter;
+    use crate::inventory::{ContainerRole, ContainerSpec, WorkloadRecord, WorkloadRef};
+
+    #[test]
+    fn series_of_images_on_deprecated_registries_say_so() {
+        let record = WorkloadRecord {
+            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: "web".into() },
+            containers: ["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9"]
+                .iter()
+                .enumerate()
+                .map(|(i, image)| ContainerSpec {
+                    name: format!("c{i}"),
+                    role: ContainerRole::Container,
+                    image: image.to_string(),
+                })
+                .collect(),
+            pull_secrets: vec![],
+            service_account: "default".into(),
+            replicas: Some(1),
+            suspended: false,
+            platforms: None,
+        };
+        let deprecated = |config: &RegistryConfig| -> Vec<Option<Value>> {
+            resolve([&record], |_| None, config, &ImageFilter::default(), &Arc::from(Vec::new()))
+                .iter()
+                .map(|u| {
+                    use_attributes(u)
+                        .into_iter()
+                        .find(|kv| kv.key.as_str() == DEPRECATED_REGISTRY_ATTRIBUTE)
+                        .map(|kv| kv.value)
+                })
+                .collect()
+        };
+        assert_eq!(deprecated(&RegistryConfig::default()), [Some(Value::Bool(true)), None]);
+        let removed =
+            RegistryConfig::parse("deprecatedRegistries: {k8s.gcr.io: null}", "r.yaml", std::path::Path::new("."))
+                .expect("valid");
+        assert_eq!(deprecated(&removed), [None, None], "a config removing the entry drops the attribute");
+    }
 
     #[test]
     fn host_and_port_are_separate_attributes() {

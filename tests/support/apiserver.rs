@@ -18,6 +18,11 @@ use super::http::{Reply, Request, Server};
 /// The identity the harness answers 403s for, as a pod's service account would be named.
 pub const USER: &str = "system:serviceaccount:pullcheck:pullcheck";
 
+/// The bearer token the harness knows (its kubeconfig's); a request with another one is
+/// answered 401, as the API server answers a token no authenticator accepts. A request
+/// without one is let through, for the tests' own clients.
+pub const TOKEN: &str = "harness-token";
+
 /// The RBAC verbs the harness tells apart.
 pub const VERBS: [&str; 6] = ["get", "list", "watch", "create", "update", "delete"];
 
@@ -191,9 +196,14 @@ impl ApiServer {
 
     /// A kubeconfig pointing at this server, for the CLI.
     pub fn kubeconfig(&self, dir: &std::path::Path) -> std::path::PathBuf {
-        let path = dir.join("kubeconfig");
+        self.kubeconfig_with_token(dir, TOKEN)
+    }
+
+    /// The same with another bearer token: one the harness does not know gets 401s.
+    pub fn kubeconfig_with_token(&self, dir: &std::path::Path, token: &str) -> std::path::PathBuf {
+        let path = dir.join(if token == TOKEN { "kubeconfig".to_string() } else { format!("kubeconfig-{token}") });
         let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: harness\n  cluster: {{server: '{}'}}\nusers:\n- name: tester\n  user: {{token: harness-token}}\ncontexts:\n- name: harness\n  context: {{cluster: harness, user: tester, namespace: default}}\ncurrent-context: harness\n",
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: harness\n  cluster: {{server: '{}'}}\nusers:\n- name: tester\n  user: {{token: {token}}}\ncontexts:\n- name: harness\n  context: {{cluster: harness, user: tester, namespace: default}}\ncurrent-context: harness\n",
             self.url()
         );
         std::fs::write(&path, text).expect("write kubeconfig");
@@ -477,6 +487,9 @@ impl<'a> Op<'a> {
 fn handle(cluster: &Mutex<Cluster>, req: &Request) -> Reply {
     let mut cluster = cluster.lock().expect("harness lock");
     cluster.requests.push(format!("{} {}", req.method, req.target));
+    if req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|token| token != TOKEN) {
+        return failure(401, "Unauthorized", "Unauthorized");
+    }
     let path = req.target.split('?').next().unwrap_or_default();
     let Some(target) = Target::parse(path) else {
         return failure(404, "NotFound", "the server could not find the requested resource");
