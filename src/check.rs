@@ -12,11 +12,12 @@ use futures_util::StreamExt;
 use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials};
 use crate::error::Warning;
 use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
+use crate::inventory::running::{Digest, drift, running_digests};
 use crate::inventory::selection::Selection;
 use crate::inventory::{ContainerRef, WorkloadRef};
 use crate::platform::Platform;
 use crate::registry::{ProbeResult, RegistryClient, State};
-use crate::report::{ImageReport, ReplacementReport, Report};
+use crate::report::{ImageReport, ReplacementReport, Report, WorkloadUse};
 use crate::sources::cluster::{ApiFailure, Connection, ListFailure, failure_lines, list_namespaces, list_workloads};
 use crate::sources::manifests::load_paths;
 use crate::sources::nodes::required_platforms;
@@ -53,7 +54,7 @@ pub async fn check_files(
         .then(|| no_workload_in_files(paths, inventory.files, inventory.documents, inventory.records.len()));
     let platforms: Arc<[Platform]> = Arc::from(settings.platforms.clone().unwrap_or_default());
     let uses = resolve(records, |_| None, client.config(), &selection.images, &platforms);
-    let mut report = probe_uses(uses, client, settings).await;
+    let mut report = probe_uses(uses, client, settings, &HashMap::new()).await;
     report.input_errors = inventory.errors;
     report.errors.extend(empty.filter(|_| !settings.allow_empty));
     report
@@ -107,7 +108,9 @@ pub async fn check_cluster(
         &selection.images,
         &platforms,
     );
-    let mut report = probe_uses(uses, client, settings).await;
+    let owners = snapshot.owners.iter().cloned().collect();
+    let running = running_digests(snapshot.pods.iter().map(|(p, r)| (p, r)), &owners);
+    let mut report = probe_uses(uses, client, settings, &running).await;
     others.extend(platform_warning);
 
     let unlisted = failure_lines(&snapshot.failures, &cluster.server);
@@ -187,8 +190,14 @@ fn count(n: usize, noun: &str) -> String {
 /// platforms, and the credentials its replacement is probed with (when it has one).
 type EntryKey<'a> = (&'a str, &'a [Credential], &'a [Platform], Option<&'a [Credential]>);
 
-/// Probes every key once, and reports one entry per (reference as written, credential, platforms).
-async fn probe_uses(uses: Vec<ImageUse>, client: &RegistryClient, settings: &CheckSettings) -> Report {
+/// Probes every key once, and reports one entry per (reference as written, credential,
+/// platforms), each container with what its pods run (`running`) and whether that drifted.
+async fn probe_uses(
+    uses: Vec<ImageUse>,
+    client: &RegistryClient,
+    settings: &CheckSettings,
+    running: &HashMap<ContainerRef, std::collections::BTreeSet<Digest>>,
+) -> Report {
     // Each key probed once, its credentials named as its first use knows them.
     let mut keys: BTreeMap<&ImageKey, Vec<SourcedCredential>> =
         by_key(&uses).into_iter().map(|(key, users)| (key, users[0].chain())).collect();
@@ -211,8 +220,21 @@ async fn probe_uses(uses: Vec<ImageUse>, client: &RegistryClient, settings: &Che
     let images = entries
         .into_iter()
         .map(|((written, _, _, _), users)| {
-            let mut workloads: Vec<_> = users.iter().map(|u| u.user.clone()).collect();
-            workloads.sort_by(|a, b| as_written_order(a).cmp(&as_written_order(b)));
+            let current = users[0].key.as_ref().ok().and_then(|k| results.get(k)).and_then(|r| r.digest.as_deref());
+            // A digest-pinned reference cannot drift: the tag is not what pods run.
+            let pinned = users[0].canonical().is_some_and(|i| i.digest().is_some());
+            let mut workloads: Vec<WorkloadUse> = users
+                .iter()
+                .map(|u| {
+                    let digests = running.get(&u.user);
+                    WorkloadUse {
+                        user: u.user.clone(),
+                        running_digests: digests.into_iter().flatten().map(ToString::to_string).collect(),
+                        drift: if pinned { None } else { drift(digests, current) },
+                    }
+                })
+                .collect();
+            workloads.sort_by(|a, b| as_written_order(&a.user).cmp(&as_written_order(&b.user)));
             workloads.dedup();
             let image = written.to_string();
             match &users[0].key {

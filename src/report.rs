@@ -25,11 +25,25 @@ pub struct ImageReport {
     /// ecr-credential-provider`; absent when anonymous.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
-    pub workloads: Vec<ContainerRef>,
+    pub workloads: Vec<WorkloadUse>,
     /// Only for an image on a deprecated registry: the same image under the replacement, and
     /// whether it can be pulled today.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replacement: Option<ReplacementReport>,
+}
+
+/// A container using the image, with what its pods run (a cluster's; none for manifests).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkloadUse {
+    #[serde(flatten)]
+    pub user: ContainerRef,
+    /// The digests its running pods started with.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub running_digests: Vec<String>,
+    /// Some running pod runs another digest than the tag resolves to now; left out when
+    /// unknown (no running pod, not resolved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub drift: Option<bool>,
 }
 
 /// The image under the registry that replaced its deprecated one, and its probe's answer.
@@ -96,7 +110,7 @@ impl Report {
             .images
             .iter()
             .map(|i| {
-                let first = i.workloads.first().map_or_else(String::new, ContainerRef::to_string);
+                let first = i.workloads.first().map_or_else(String::new, |w| w.user.to_string());
                 let more =
                     if i.workloads.len() > 1 { format!(" +{} more", i.workloads.len() - 1) } else { String::new() };
                 let mut detail = match (&i.error, &i.digest) {
@@ -106,6 +120,11 @@ impl Report {
                 };
                 if let Some(r) = &i.replacement {
                     let note = format!("deprecated registry: {} is {}", r.image, r.state);
+                    detail = if detail.is_empty() { note } else { format!("{note}; {detail}") };
+                }
+                let drifted = i.workloads.iter().filter(|w| w.drift == Some(true)).count();
+                if drifted > 0 {
+                    let note = format!("DRIFT: {drifted} of its containers run another digest than the tag's");
                     detail = if detail.is_empty() { note } else { format!("{note}; {detail}") };
                 }
                 [i.state.to_string(), i.canonical.clone().unwrap_or_else(|| i.image.clone()), first + &more, detail]

@@ -2,7 +2,7 @@
 //! to the schedule, the states and the published series. The loop around it (`run`) only moves
 //! events in and probes out, so everything here is tested under paused time.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
 use opentelemetry::KeyValue;
@@ -11,7 +11,9 @@ use tokio::time::Instant;
 use super::tracked::{InventoryChange, Tracked};
 use crate::credentials::SourcedCredential;
 use crate::image::ImageRef;
+use crate::inventory::ContainerRef;
 use crate::inventory::keys::ImageKey;
+use crate::inventory::running::{Digest, drift};
 use crate::registry::{ProbeResult, State, Trigger};
 use crate::schedule::{ScheduleSettings, Scheduler};
 use crate::sources::events::PullFailure;
@@ -50,6 +52,11 @@ pub struct Controller {
     last_triggered: HashMap<ImageKey, Instant>,
     /// Failed pulls waiting for their key's next probe, then riding along with it.
     triggers: HashMap<ImageKey, Trigger>,
+    /// What each workload container's pods run.
+    running: HashMap<ContainerRef, BTreeSet<Digest>>,
+    /// The drift last published per container (known ones only), to log when it changes.
+    drifted: HashMap<ContainerRef, bool>,
+    published_drift: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
 }
 
 impl Controller {
@@ -74,6 +81,9 @@ impl Controller {
             leading: true,
             last_triggered: HashMap::new(),
             triggers: HashMap::new(),
+            running: HashMap::new(),
+            drifted: HashMap::new(),
+            published_drift: Arc::new(Vec::new()),
         }
     }
 
@@ -156,6 +166,11 @@ impl Controller {
     /// New keys are probed first; keys whose users changed are probed again soon; keys no one
     /// uses are forgotten with their state.
     pub fn on_inventory_change(&mut self, change: InventoryChange) {
+        if let InventoryChange::Running(running) = change {
+            self.running = running;
+            self.series_stale = true;
+            return;
+        }
         let changes = self.tracked.apply(change);
         for key in changes.removed {
             self.scheduler.remove(&key);
@@ -209,6 +224,10 @@ impl Controller {
         // A key dropped while its probe ran: nothing to record it for.
         let Some(users) = self.tracked.keys().get(&key) else { return room_freed };
         let previous = self.states.get(&key).map(|r| r.state);
+        // A tag moved to another digest: drift may have changed, though the state has not.
+        if self.states.get(&key).map(|r| &r.digest) != Some(&result.digest) {
+            self.series_stale = true;
+        }
         if previous != Some(result.state) {
             self.log.transition(
                 &key.to_string(),
@@ -248,6 +267,7 @@ impl Controller {
                     })
                     .collect(),
             );
+            self.publish_drift();
         }
         let mut by_state: BTreeMap<State, u64> = BTreeMap::new();
         for key in self.tracked.keys().keys() {
@@ -264,7 +284,33 @@ impl Controller {
             window_coverage: self.scheduler.coverage(),
             batch_size: self.last_batch as u64,
             leader: true,
+            drift: self.published_drift.clone(),
         });
+    }
+
+    /// Per container: do its running pods run another digest than the tag resolves to now?
+    /// Known only with running pods, a resolved digest and a tag (a pinned digest cannot drift).
+    /// A change is logged.
+    fn publish_drift(&mut self) {
+        let mut published = Vec::new();
+        let mut now_drifted = HashMap::new();
+        for series in self.tracked.series() {
+            let Some(key) = &series.key else { continue };
+            if key.image.digest().is_some() {
+                continue;
+            }
+            let current = self.states.get(key).and_then(|r| r.digest.as_deref());
+            let Some(drifted) = drift(self.running.get(&series.user), current) else { continue };
+            published.push((series.attributes.clone(), drifted));
+            if self.drifted.get(&series.user) != Some(&drifted) {
+                let running: Vec<String> =
+                    self.running.get(&series.user).into_iter().flatten().map(ToString::to_string).collect();
+                self.log.drift(&key.to_string(), &series.attributes, drifted, current.unwrap_or_default(), &running);
+            }
+            now_drifted.insert(series.user.clone(), drifted);
+        }
+        self.drifted = now_drifted;
+        self.published_drift = Arc::new(published);
     }
 
     fn jobs(&mut self, keys: Vec<ImageKey>) -> Vec<ProbeJob> {

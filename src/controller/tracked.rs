@@ -9,6 +9,7 @@ use opentelemetry::KeyValue;
 
 use crate::credentials::SourcedCredential;
 use crate::inventory::keys::{ImageKey, ImageUse};
+use crate::inventory::running::Digest;
 use crate::inventory::{ContainerRef, WorkloadRef};
 use crate::telemetry::attributes::{image_attributes, use_attributes};
 
@@ -18,11 +19,14 @@ use crate::telemetry::attributes::{image_attributes, use_attributes};
 pub enum InventoryChange {
     Reset(Vec<(WorkloadRef, Vec<ImageUse>)>),
     Workloads(Vec<(WorkloadRef, Option<Vec<ImageUse>>)>),
+    /// What the pods run now, per workload container.
+    Running(HashMap<ContainerRef, BTreeSet<Digest>>),
 }
 
 /// One container's series.
 #[derive(Clone, Debug)]
 pub struct Series {
+    pub user: ContainerRef,
     pub attributes: Arc<[KeyValue]>,
     /// `None`: the reference does not parse (`bad_image_format`), never probed.
     pub key: Option<ImageKey>,
@@ -95,6 +99,8 @@ impl Tracked {
                 touched.extend(seen);
                 self.classify(touched, &before)
             }
+            // Not the tracked set's business: the controller keeps what runs.
+            InventoryChange::Running(_) => KeyChanges::default(),
             InventoryChange::Workloads(changes) => {
                 let mut touched = HashSet::new();
                 for (workload, uses) in changes {
@@ -173,7 +179,7 @@ impl Tracked {
                 users.users.insert(image_use.user.clone());
                 touched.insert(key.clone());
             }
-            series.push(Series { attributes, key });
+            series.push(Series { user: image_use.user.clone(), attributes, key });
         }
         self.by_workload.insert(workload, series);
     }

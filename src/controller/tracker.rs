@@ -10,6 +10,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::tracked::InventoryChange;
 use crate::inventory::keys::{ImageUse, resolve};
+use crate::inventory::running::running_digests;
 use crate::inventory::selection::Selection;
 use crate::inventory::store::{SharedStore, WatchScope};
 use crate::inventory::{WorkloadRecord, WorkloadRef};
@@ -58,15 +59,28 @@ impl Tracker {
         look.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut refreshed: Option<Instant> = None;
         let mut seen_generation = None;
+        let mut seen_running = None;
         loop {
             look.tick().await;
             let needs_namespaces = self.settings.selection.needs_namespace_labels();
-            let (synced, generation) = {
+            let (synced, generation, running_generation) = {
                 let store = self.store.read().unwrap_or_else(|p| p.into_inner());
-                (store.is_synced(&self.settings.scopes, needs_namespaces), store.generation)
+                (store.is_synced(&self.settings.scopes, needs_namespaces), store.generation, store.running_generation)
             };
             if !synced {
                 continue;
+            }
+            // What runs (pods' digests): apart from the records, only when it changed.
+            if seen_running != Some(running_generation) && seen_generation.is_some() {
+                seen_running = Some(running_generation);
+                let running = {
+                    let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+                    let (pods, owners) = store.running();
+                    running_digests(pods, owners)
+                };
+                if changes.send(InventoryChange::Running(running)).await.is_err() {
+                    return;
+                }
             }
             let refresh_due = refreshed.is_none_or(|at| at.elapsed() >= self.settings.refresh);
             if !refresh_due && seen_generation == Some(generation) {

@@ -3,6 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
+use super::running::{Digest, Owner, RunningPod};
 use super::slim::{Loose, SlimObject, SlimSpec, SlimTemplate};
 use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
 use crate::platform::{PlatformConstraints, PlatformExpression};
@@ -65,6 +66,35 @@ pub fn record_from_object(kind: WorkloadKind, object: &SlimObject) -> Result<Opt
     let (containers, pull_secrets, service_account) = extract_pod_spec(&workload, pod_spec)?;
     let platforms = platform_constraints(pod_spec).map(Box::new);
     Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended, platforms }))
+}
+
+/// The controlling owner of an object (a Pod's ReplicaSet, a ReplicaSet's Deployment).
+pub fn controller_of(object: &SlimObject) -> Option<Owner> {
+    object
+        .metadata
+        .owner_references
+        .as_deref()
+        .into_iter()
+        .flatten()
+        .find(|o| o.controller.unwrap_or(false))
+        .map(|o| Owner { kind: o.kind.clone(), name: o.name.clone() })
+}
+
+/// What a Pod runs: each container's digest from its status, and its owner. `None` when no
+/// container reports a digest yet (pending, pulling).
+pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
+    let status = object.status.as_ref()?;
+    let containers: Vec<(Box<str>, Digest)> = [&status.init_container_statuses, &status.container_statuses]
+        .into_iter()
+        .filter_map(loose)
+        .flatten()
+        .filter_map(Loose::get)
+        .filter_map(|c| {
+            let digest = Digest::parse(loose(&c.image_id)?)?;
+            Some((loose(&c.name)?.as_str().into(), digest))
+        })
+        .collect();
+    (!containers.is_empty()).then(|| RunningPod { owner: controller_of(object), containers })
 }
 
 /// A template's pod spec.

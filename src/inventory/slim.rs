@@ -29,6 +29,23 @@ pub struct SlimObject {
     /// PodTemplates hold their pod template at the top.
     #[serde(default)]
     pub template: Option<SlimTemplate>,
+    /// A Pod's: the digests its containers run. Other kinds' status decodes to nothing.
+    #[serde(default)]
+    pub status: Option<SlimStatus>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlimStatus {
+    pub container_statuses: Option<Loose<Vec<Loose<SlimContainerStatus>>>>,
+    pub init_container_statuses: Option<Loose<Vec<Loose<SlimContainerStatus>>>>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct SlimContainerStatus {
+    pub name: Option<Loose<String>>,
+    #[serde(rename = "imageID")]
+    pub image_id: Option<Loose<String>>,
 }
 
 /// Any spec on the way to a pod spec: a workload's (`replicas`, `suspend`, `template`,
@@ -226,7 +243,16 @@ impl Shaped for i64 {
 macro_rules! mapping_shaped {
     ($($t:ty),*) => { $(impl Shaped for $t { const SHAPE: Shape = Shape::Mapping; })* };
 }
-mapping_shaped!(SlimContainer, SlimName, SlimAffinity, SlimNodeAffinity, SlimNodeSelector, SlimTerm, SlimExpression);
+mapping_shaped!(
+    SlimContainer,
+    SlimName,
+    SlimAffinity,
+    SlimNodeAffinity,
+    SlimNodeSelector,
+    SlimTerm,
+    SlimExpression,
+    SlimContainerStatus
+);
 
 /// A field of the expected shape (`Some`), or of another one (`None`, its content skipped).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

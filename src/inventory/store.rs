@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use super::running::{Owner, PodRef, RunningPod};
 use super::selection::Selection;
 use super::{WorkloadKind, WorkloadRecord, WorkloadRef};
 
@@ -29,6 +30,12 @@ pub enum Update {
     InitDone(WatchScope),
     Upsert(WorkloadRecord),
     Remove(WorkloadRef),
+    /// What a pod runs (`None`: gone, or nothing reported yet); during a relist, as `InitPod`.
+    Pod(PodRef, Option<RunningPod>),
+    InitPod(WatchScope, PodRef, RunningPod),
+    /// A ReplicaSet's or Job's controlling owner (`None`: gone or none); during a relist, as `InitOwner`.
+    Owner(WorkloadRef, Option<Owner>),
+    InitOwner(WatchScope, WorkloadRef, Owner),
     /// The scope will never sync (403): readiness must not wait for it.
     GaveUp(WatchScope),
     /// A namespace's labels (`None`: deleted).
@@ -50,6 +57,12 @@ pub struct Store {
     changed: HashSet<WorkloadRef>,
     /// A change that concerns every workload (namespace labels, for the selector).
     changed_all: bool,
+    pods: HashMap<PodRef, RunningPod>,
+    owners: HashMap<WorkloadRef, Owner>,
+    pod_buffers: HashMap<WatchScope, Vec<(PodRef, RunningPod)>>,
+    owner_buffers: HashMap<WatchScope, Vec<(WorkloadRef, Owner)>>,
+    /// Bumped when what runs changed (a pod's digests, an owner), apart from the records.
+    pub running_generation: u64,
 }
 
 /// What changed since the last look.
@@ -66,10 +79,29 @@ impl Store {
     pub fn apply(&mut self, update: Update) {
         match update {
             Update::Init(scope) => {
-                self.buffers.insert(scope, Vec::new());
+                self.buffers.insert(scope.clone(), Vec::new());
+                self.pod_buffers.insert(scope.clone(), Vec::new());
+                self.owner_buffers.insert(scope, Vec::new());
             }
             Update::InitRecord(scope, record) => self.buffers.entry(scope).or_default().push(record),
+            Update::InitPod(scope, pod, running) => self.pod_buffers.entry(scope).or_default().push((pod, running)),
+            Update::InitOwner(scope, owned, owner) => self.owner_buffers.entry(scope).or_default().push((owned, owner)),
+            Update::Pod(pod, running) => {
+                let changed = match running {
+                    Some(running) => self.pods.insert(pod, running.clone()).is_none_or(|old| old != running),
+                    None => self.pods.remove(&pod).is_some(),
+                };
+                self.running_generation += u64::from(changed);
+            }
+            Update::Owner(owned, owner) => {
+                let changed = match owner {
+                    Some(owner) => self.owners.insert(owned, owner.clone()).is_none_or(|old| old != owner),
+                    None => self.owners.remove(&owned).is_some(),
+                };
+                self.running_generation += u64::from(changed);
+            }
             Update::InitDone(scope) => {
+                self.replace_running(&scope);
                 let fresh: HashMap<WorkloadRef, WorkloadRecord> = self
                     .buffers
                     .remove(&scope)
@@ -119,6 +151,42 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// A relist's pods and owners replace the scope's, changing the running generation only
+    /// when they differ.
+    fn replace_running(&mut self, scope: &WatchScope) {
+        let in_scope = |namespace: &str| scope.namespace.as_ref().is_none_or(|ns| ns == namespace);
+        let mut changed = false;
+        if scope.kind == WorkloadKind::Pod {
+            let fresh: HashMap<PodRef, RunningPod> =
+                self.pod_buffers.remove(scope).unwrap_or_default().into_iter().collect();
+            self.pods.retain(|pod, running| {
+                let keep = !in_scope(&pod.namespace) || fresh.get(pod) == Some(running);
+                changed |= !keep;
+                keep
+            });
+            for (pod, running) in fresh {
+                changed |= self.pods.insert(pod, running).is_none();
+            }
+        } else if matches!(scope.kind, WorkloadKind::ReplicaSet | WorkloadKind::Job) {
+            let fresh: HashMap<WorkloadRef, Owner> =
+                self.owner_buffers.remove(scope).unwrap_or_default().into_iter().collect();
+            self.owners.retain(|owned, owner| {
+                let keep = owned.kind != scope.kind || !in_scope(&owned.namespace) || fresh.get(owned) == Some(owner);
+                changed |= !keep;
+                keep
+            });
+            for (owned, owner) in fresh {
+                changed |= self.owners.insert(owned, owner).is_none();
+            }
+        }
+        self.running_generation += u64::from(changed);
+    }
+
+    /// The pods' running digests and the owners that map them to workloads.
+    pub fn running(&self) -> (&HashMap<PodRef, RunningPod>, &HashMap<WorkloadRef, Owner>) {
+        (&self.pods, &self.owners)
     }
 
     /// Inserts or replaces a record; a record equal to the one held changes nothing.

@@ -12,7 +12,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
 use crate::error::{Warning, WarningKind};
-use crate::inventory::record::{RecordError, record_from_object};
+use crate::inventory::record::{RecordError, controller_of, record_from_object, running_pod};
+use crate::inventory::running::{Owner, PodRef, RunningPod};
 use crate::inventory::slim::SlimObject;
 use crate::inventory::store::{SharedStore, Update, WatchScope};
 use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
@@ -94,6 +95,9 @@ pub struct ClusterSnapshot {
     pub warnings: Vec<Warning>,
     /// Kinds that could not be listed, each with why.
     pub failures: Vec<ListFailure>,
+    /// What the pods run, and the owners mapping them to workloads (for drift).
+    pub pods: Vec<(PodRef, RunningPod)>,
+    pub owners: Vec<(WorkloadRef, Owner)>,
 }
 
 impl ClusterSnapshot {
@@ -267,6 +271,11 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
             match api.list(&params).await {
                 Ok(page) => {
                     for object in &page.items {
+                        match running_of(scope.kind, object) {
+                            Running::Pod(pod, Some(running)) => snapshot.pods.push((pod, running)),
+                            Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
+                            _ => {}
+                        }
                         match record_of(scope.kind, object) {
                             Ok(Some(record)) => snapshot.records.push(record),
                             Ok(None) => {}
@@ -325,13 +334,32 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
                 if let Some(record) = read(scope.kind, &object) {
                     apply(Update::InitRecord(scope.clone(), record));
                 }
+                match running_of(scope.kind, &object) {
+                    Running::Pod(pod, Some(running)) => apply(Update::InitPod(scope.clone(), pod, running)),
+                    Running::Owned(owned, Some(owner)) => apply(Update::InitOwner(scope.clone(), owned, owner)),
+                    _ => {}
+                }
             }
             Ok(Event::InitDone) => apply(Update::InitDone(scope.clone())),
-            Ok(Event::Apply(object)) => match read(scope.kind, &object) {
-                Some(record) => apply(Update::Upsert(record)),
-                None => apply(Update::Remove(identity(scope.kind, &object))),
-            },
-            Ok(Event::Delete(object)) => apply(Update::Remove(identity(scope.kind, &object))),
+            Ok(Event::Apply(object)) => {
+                match read(scope.kind, &object) {
+                    Some(record) => apply(Update::Upsert(record)),
+                    None => apply(Update::Remove(identity(scope.kind, &object))),
+                }
+                match running_of(scope.kind, &object) {
+                    Running::Pod(pod, running) => apply(Update::Pod(pod, running)),
+                    Running::Owned(owned, owner) => apply(Update::Owner(owned, owner)),
+                    Running::Nothing => {}
+                }
+            }
+            Ok(Event::Delete(object)) => {
+                apply(Update::Remove(identity(scope.kind, &object)));
+                match running_of(scope.kind, &object) {
+                    Running::Pod(pod, _) => apply(Update::Pod(pod, None)),
+                    Running::Owned(owned, _) => apply(Update::Owner(owned, None)),
+                    Running::Nothing => {}
+                }
+            }
             Err(e) if watcher_forbidden(&e) => {
                 let place = scope.namespace.as_deref().map_or_else(|| "cluster-wide".into(), |ns| format!("in {ns}"));
                 tracing::warn!(kind = %scope.kind, "cannot watch {}s {place}: forbidden by RBAC; they are skipped", scope.kind);
@@ -340,6 +368,27 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
             }
             Err(e) => tracing::warn!(kind = %scope.kind, error = %e, "watch failed; retrying"),
         }
+    }
+}
+
+/// What an object says of what runs: a Pod's digests, a ReplicaSet's or Job's owner.
+pub enum Running {
+    Pod(PodRef, Option<RunningPod>),
+    Owned(WorkloadRef, Option<Owner>),
+    Nothing,
+}
+
+pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
+    match kind {
+        WorkloadKind::Pod => {
+            let pod = PodRef {
+                namespace: object.metadata.namespace.clone().unwrap_or_default(),
+                name: object.metadata.name.clone().unwrap_or_default(),
+            };
+            Running::Pod(pod, running_pod(object))
+        }
+        WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(identity(kind, object), controller_of(object)),
+        _ => Running::Nothing,
     }
 }
 

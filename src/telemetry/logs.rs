@@ -63,6 +63,36 @@ impl TransitionLog {
         self.logger.emit(record);
     }
 
+    /// A container's pods started running (or stopped running) another digest than its tag
+    /// resolves to now.
+    pub fn drift(&self, image: &str, attributes: &[KeyValue], drifted: bool, current: &str, running: &[String]) {
+        let message = if drifted {
+            format!("{image} now resolves to {current}, but running pods run {}", running.join(", "))
+        } else {
+            format!("{image}: running pods run {current}, what the tag resolves to")
+        };
+        let severity = if drifted { Severity::Warn } else { Severity::Info };
+        if drifted {
+            tracing::warn!(image, "{message}");
+        } else {
+            tracing::info!(image, "{message}");
+        }
+        let mut record = self.logger.create_log_record();
+        record.set_timestamp(std::time::SystemTime::now());
+        record.set_severity_number(severity);
+        record.set_severity_text(if drifted { "WARN" } else { "INFO" });
+        record.set_event_name("pullcheck.image.drift_change");
+        record.set_body(AnyValue::from(message));
+        for kv in attributes {
+            record.add_attribute(kv.key.clone(), any_value(&kv.value));
+        }
+        record.add_attribute(Key::new("pullcheck.image.drift"), AnyValue::from(drifted));
+        record.add_attribute(Key::new("oci.manifest.digest"), AnyValue::from(current.to_string()));
+        let running: Vec<AnyValue> = running.iter().map(|d| AnyValue::from(d.clone())).collect();
+        record.add_attribute(Key::new("pullcheck.running_digests"), AnyValue::ListAny(Box::new(running)));
+        self.logger.emit(record);
+    }
+
     /// The probe of an image a failed-pull event named that no tracked workload uses (a Job's
     /// pod already gone): probed once, told once.
     pub fn triggered_probe(&self, image: &str, result: &ProbeResult, trigger: &Trigger) {

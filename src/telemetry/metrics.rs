@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub batch_size: u64,
     /// This replica leads (always, without leader election): only a leader has image series.
     pub leader: bool,
+    /// Per container whose drift is known: whether its pods run another digest than the tag's.
+    pub drift: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
 }
 
 pub struct Metrics {
@@ -99,6 +101,18 @@ impl Metrics {
             })
             .build();
         let s = snapshot.clone();
+        let drift = meter
+            .i64_observable_gauge("pullcheck.image.drift")
+            .with_description(
+                "1 when some running pod of the workload's container runs another digest than its tag resolves to now, 0 when all match; no point when unknown",
+            )
+            .with_callback(move |observer| {
+                for (attributes, drifted) in read(&s).drift.iter() {
+                    observer.observe(i64::from(*drifted), attributes);
+                }
+            })
+            .build();
+        let s = snapshot.clone();
         let leader = meter
             .i64_observable_gauge("pullcheck.leader")
             .with_description("1 on the replica that probes and exports image series, 0 on standbys")
@@ -128,7 +142,7 @@ impl Metrics {
                 .with_description("HTTP requests to registries and token services")
                 .build(),
             snapshot,
-            _gauges: vec![available, status, images, workloads, batch, leader],
+            _gauges: vec![available, status, images, workloads, batch, leader, drift],
             _ratios: vec![coverage],
         }
     }

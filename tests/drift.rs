@@ -1,0 +1,133 @@
+//! Digest drift: a tag re-pushed to another digest under pods that run the old one. `check`
+//! says so per workload container (`running_digests`, `drift`), `run` exports
+//! `pullcheck.image.drift` 1, then 0 once the pods run the new digest.
+
+mod support;
+
+use std::process::{Output, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::apiserver::ApiServer;
+use support::otlp::{Receiver, latest_points};
+use support::{Env, eventually, workload};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// A Deployment `web` (container `main`) with its ReplicaSet and one pod that runs `digest`.
+fn deployment_running(api: &ApiServer, image: &str, repository: &str, digest: &str) {
+    api.apply(workload("Deployment", "shop", "web", image));
+    let owner = |kind: &str, name: &str| json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": "u", "controller": true}]);
+    let mut rs = workload("ReplicaSet", "shop", "web-5d8", image);
+    rs["metadata"]["ownerReferences"] = owner("Deployment", "web");
+    api.apply(rs);
+    pod_running(api, image, repository, digest);
+}
+
+fn pod_running(api: &ApiServer, image: &str, repository: &str, digest: &str) {
+    let mut pod = workload("Pod", "shop", "web-5d8-x", image);
+    pod["metadata"]["ownerReferences"] =
+        json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-5d8", "uid": "u", "controller": true}]);
+    pod["status"] = json!({"phase": "Running", "containerStatuses": [
+        {"name": "main", "image": image, "imageID": format!("{repository}@{digest}"), "ready": true}
+    ]});
+    api.apply(pod);
+}
+
+async fn check(env: &Env, api: &ApiServer) -> Value {
+    let kubeconfig = api.kubeconfig(env.dir.path());
+    let (mut command, _home) = support::process::pullcheck_async();
+    let out: Output = command
+        .args(["check", "--kubeconfig", &kubeconfig.display().to_string(), "-A", "-o", "json"])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("run pullcheck");
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+fn web_entry(report: &Value) -> Value {
+    report["images"][0]["workloads"]
+        .as_array()
+        .and_then(|w| w.iter().find(|w| w["kind"] == "Deployment").cloned())
+        .unwrap_or_else(|| panic!("web in {report}"))
+}
+
+#[tokio::test]
+async fn check_reports_running_digests_and_drift() {
+    let env = Env::start().await;
+    let (old, _) = env.pusher.image("team/app", "v1", "amd64").await;
+    let repository = format!("{}/team/app", env.anon.addr);
+    let image = format!("{repository}:v1");
+    let api = ApiServer::start().await;
+    deployment_running(&api, &image, &repository, &old);
+
+    let entry = web_entry(&check(&env, &api).await);
+    assert_eq!(entry["running_digests"], json!([old]), "{entry}");
+    assert_eq!(entry["drift"], json!(false), "{entry}");
+
+    // The tag moves; the pod still runs the old digest.
+    let (new, _) = env.pusher.image("team/app", "v1", "arm64").await;
+    assert_ne!(new, old);
+    let report = check(&env, &api).await;
+    let entry = web_entry(&report);
+    assert_eq!(entry["drift"], json!(true), "{entry}");
+    assert_eq!(report["images"][0]["state"], "available", "the tag still pulls: {report}");
+    assert_eq!(report["images"][0]["digest"], json!(new));
+
+    // No running pod: unknown, left out.
+    api.delete("Pod", "shop", "web-5d8-x");
+    let entry = web_entry(&check(&env, &api).await);
+    assert!(entry.get("drift").is_none() && entry.get("running_digests").is_none(), "{entry}");
+}
+
+#[tokio::test]
+async fn run_exports_drift_then_clears_it_when_pods_move() {
+    let env = Env::start().await;
+    let (old, _) = env.pusher.image("team/app", "v1", "amd64").await;
+    let repository = format!("{}/team/app", env.anon.addr);
+    let image = format!("{repository}:v1");
+    let api = ApiServer::start().await;
+    deployment_running(&api, &image, &repository, &old);
+    let receiver = Receiver::http().await;
+    let kubeconfig = api.kubeconfig(env.dir.path());
+    let log = env.dir.path().join("run.log");
+    let (mut command, _home) = support::process::pullcheck_async();
+    command
+        .args(["run", "--kubeconfig", &kubeconfig.display().to_string()])
+        .args(["--window", "1s", "--tick", "100ms", "--health-addr", "off"])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+        .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = command.spawn().expect("start pullcheck run");
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let drift = |r: &support::otlp::Received| {
+        latest_points(r, "pullcheck.image.drift")
+            .into_iter()
+            .find(|(a, _)| a.get("k8s.deployment.name").map(String::as_str) == Some("web"))
+            .map(|(_, v)| v)
+    };
+    assert!(eventually(WAIT, || receiver.received(drift) == Some(0.0)).await, "{}", stderr());
+
+    env.pusher.image("team/app", "v1", "arm64").await;
+    assert!(eventually(WAIT, || receiver.received(drift) == Some(1.0)).await, "the tag moved: {}", stderr());
+
+    // The pods are replaced by ones running the new digest.
+    let new = reqwest::Client::new()
+        .head(format!("http://{}/v2/team/app/manifests/v1", env.anon.addr))
+        .header("Accept", "application/vnd.oci.image.manifest.v1+json")
+        .send()
+        .await
+        .ok()
+        .and_then(|r| r.headers().get("docker-content-digest").and_then(|v| v.to_str().ok()).map(str::to_string))
+        .expect("the tag's digest");
+    pod_running(&api, &image, &repository, &new);
+    assert!(eventually(WAIT, || receiver.received(drift) == Some(0.0)).await, "pods moved: {}", stderr());
+    assert!(stderr().contains("but running pods run"), "the change is logged: {}", stderr());
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}
