@@ -131,3 +131,57 @@ async fn run_exports_drift_then_clears_it_when_pods_move() {
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+/// `run` on an image of a deprecated registry: its series say so, and its replacement is
+/// probed too, exported as `pullcheck.image.replacement.available`.
+#[tokio::test]
+async fn run_probes_the_replacement_of_a_deprecated_registry() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    // The "frozen" registry answers nothing; its replacement is the registry that has the image.
+    let frozen = support::RefusedPort::bind();
+    let api = ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", frozen.addr)));
+    let config = env.dir.path().join("deprecated.yaml");
+    std::fs::write(&config, format!("deprecatedRegistries:\n  \"{}\": \"{}\"\n", frozen.addr, env.anon.addr))
+        .expect("registry config");
+    let receiver = Receiver::http().await;
+    let kubeconfig = api.kubeconfig(env.dir.path());
+    let log = env.dir.path().join("run-deprecated.log");
+    let (mut command, _home) = support::process::pullcheck_async();
+    command
+        .args(["run", "--kubeconfig", &kubeconfig.display().to_string(), "--registry-config"])
+        .arg(&config)
+        .args([
+            "--window",
+            "2s",
+            "--tick",
+            "100ms",
+            "--health-addr",
+            "off",
+            "--retries",
+            "0",
+            "--request-timeout",
+            "1s",
+        ])
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).expect("log file"));
+    let mut child = command.spawn().expect("start pullcheck run");
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    let replacement = |r: &support::otlp::Received| {
+        latest_points(r, "pullcheck.image.replacement.available")
+            .into_iter()
+            .find(|(a, _)| a.get("k8s.deployment.name").map(String::as_str) == Some("web"))
+    };
+    assert!(eventually(WAIT, || receiver.received(replacement).is_some_and(|(_, v)| v == 1.0)).await, "{}", stderr());
+    let (attributes, _) = receiver.received(replacement).expect("a point");
+    assert_eq!(attributes.get("pullcheck.replacement.image"), Some(&format!("{}/team/app:v1", env.anon.addr)));
+    assert_eq!(attributes.get("pullcheck.registry.deprecated").map(String::as_str), Some("true"));
+    let available = receiver.received(|r| latest_points(r, "pullcheck.image.available"));
+    assert_eq!(available.len(), 1, "the replacement is not a series of its own: {available:?}");
+    assert_eq!(available[0].1, 0.0, "the frozen registry itself answers nothing");
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}

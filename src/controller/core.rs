@@ -57,6 +57,8 @@ pub struct Controller {
     /// The drift last published per container (known ones only), to log when it changes.
     drifted: HashMap<ContainerRef, bool>,
     published_drift: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
+    /// Per container on a deprecated registry: whether its replacement can be pulled.
+    published_replacements: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
 }
 
 impl Controller {
@@ -84,6 +86,7 @@ impl Controller {
             running: HashMap::new(),
             drifted: HashMap::new(),
             published_drift: Arc::new(Vec::new()),
+            published_replacements: Arc::new(Vec::new()),
         }
     }
 
@@ -223,6 +226,14 @@ impl Controller {
         self.scheduler.complete(&key, now, result.state != State::Available);
         // A key dropped while its probe ran: nothing to record it for.
         let Some(users) = self.tracked.keys().get(&key) else { return room_freed };
+        if users.only_replacing() {
+            // A replacement's answer is published beside the deprecated image's series.
+            if self.states.get(&key).map(|r| r.state) != Some(result.state) {
+                self.series_stale = true;
+            }
+            self.states.insert(key, result);
+            return room_freed;
+        }
         let previous = self.states.get(&key).map(|r| r.state);
         // A tag moved to another digest: drift may have changed, though the state has not.
         if self.states.get(&key).map(|r| &r.digest) != Some(&result.digest) {
@@ -268,9 +279,21 @@ impl Controller {
                     .collect(),
             );
             self.publish_drift();
+            self.published_replacements = Arc::new(
+                self.tracked
+                    .series()
+                    .filter_map(|s| {
+                        let replacement = s.replacement.as_ref()?;
+                        let state = self.states.get(replacement)?.state;
+                        let mut attributes = s.attributes.to_vec();
+                        attributes.push(KeyValue::new("pullcheck.replacement.image", replacement.to_string()));
+                        Some((Arc::from(attributes), state == State::Available))
+                    })
+                    .collect(),
+            );
         }
         let mut by_state: BTreeMap<State, u64> = BTreeMap::new();
-        for key in self.tracked.keys().keys() {
+        for key in self.tracked.keys().iter().filter(|(_, u)| !u.only_replacing()).map(|(k, _)| k) {
             *by_state.entry(self.state_of(key).unwrap_or(State::Pending)).or_default() += 1;
         }
         let bad = self.tracked.series().filter(|s| s.key.is_none()).count() as u64;
@@ -285,6 +308,7 @@ impl Controller {
             batch_size: self.last_batch as u64,
             leader: true,
             drift: self.published_drift.clone(),
+            replacements: self.published_replacements.clone(),
         });
     }
 

@@ -30,12 +30,18 @@ pub struct Series {
     pub attributes: Arc<[KeyValue]>,
     /// `None`: the reference does not parse (`bad_image_format`), never probed.
     pub key: Option<ImageKey>,
+    /// On a deprecated registry: the same image under its replacement, probed too.
+    pub replacement: Option<ImageKey>,
 }
 
 /// What is known of one key's users.
 #[derive(Debug)]
 pub struct KeyUsers {
+    /// The containers that run this image.
     pub users: BTreeSet<ContainerRef>,
+    /// The containers whose deprecated registry this image replaces: probed for them, but
+    /// not theirs (no state change is told for them, no key counted by state).
+    pub replacing: BTreeSet<ContainerRef>,
     /// Image attributes shared by its series' logs.
     pub attributes: Vec<KeyValue>,
     /// The key's credentials, named as the first user to bring them knows them.
@@ -46,6 +52,11 @@ impl KeyUsers {
     /// `Kind namespace/name (container)` of each user, sorted.
     pub fn names(&self) -> Vec<String> {
         self.users.iter().map(ToString::to_string).collect()
+    }
+
+    /// A replacement only: no container runs it.
+    pub fn only_replacing(&self) -> bool {
+        self.users.is_empty()
     }
 }
 
@@ -120,7 +131,7 @@ impl Tracked {
             match (before.get(&key), self.keys.get(&key)) {
                 (None, Some(_)) => changes.added.push(key),
                 (Some(_), None) => changes.removed.push(key),
-                (Some(old), Some(now)) if *old != now.users => changes.changed.push(key),
+                (Some(old), Some(now)) if *old != now.users && !now.only_replacing() => changes.changed.push(key),
                 _ => {}
             }
         }
@@ -146,15 +157,17 @@ impl Tracked {
         before: &mut HashMap<ImageKey, BTreeSet<ContainerRef>>,
     ) {
         for series in self.by_workload.remove(workload).into_iter().flatten() {
-            let Some(key) = series.key else { continue };
-            self.remember(&key, before);
-            if let Some(users) = self.keys.get_mut(&key) {
-                users.users.retain(|u| u.workload != *workload);
-                if users.users.is_empty() {
-                    self.keys.remove(&key);
+            for key in series.key.into_iter().chain(series.replacement) {
+                self.remember(&key, before);
+                if let Some(users) = self.keys.get_mut(&key) {
+                    users.users.retain(|u| u.workload != *workload);
+                    users.replacing.retain(|u| u.workload != *workload);
+                    if users.users.is_empty() && users.replacing.is_empty() {
+                        self.keys.remove(&key);
+                    }
                 }
+                touched.insert(key);
             }
-            touched.insert(key);
         }
     }
 
@@ -173,13 +186,26 @@ impl Tracked {
                 self.remember(key, before);
                 let users = self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
                     users: BTreeSet::new(),
+                    replacing: BTreeSet::new(),
                     attributes: image_attributes(&key.image),
                     chain: image_use.chain(),
                 });
                 users.users.insert(image_use.user.clone());
                 touched.insert(key.clone());
             }
-            series.push(Series { user: image_use.user.clone(), attributes, key });
+            let replacement = image_use.replacement.as_deref().map(|r| {
+                self.remember(&r.key, before);
+                let users = self.keys.entry(r.key.clone()).or_insert_with(|| KeyUsers {
+                    users: BTreeSet::new(),
+                    replacing: BTreeSet::new(),
+                    attributes: image_attributes(&r.key.image),
+                    chain: r.chain(),
+                });
+                users.replacing.insert(image_use.user.clone());
+                touched.insert(r.key.clone());
+                r.key.clone()
+            });
+            series.push(Series { user: image_use.user.clone(), attributes, key, replacement });
         }
         self.by_workload.insert(workload, series);
     }

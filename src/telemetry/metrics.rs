@@ -26,6 +26,9 @@ pub struct Snapshot {
     pub leader: bool,
     /// Per container whose drift is known: whether its pods run another digest than the tag's.
     pub drift: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
+    /// Per container on a deprecated registry (its series attributes and the replacement
+    /// reference): whether the replacement can be pulled today.
+    pub replacements: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
 }
 
 pub struct Metrics {
@@ -113,6 +116,18 @@ impl Metrics {
             })
             .build();
         let s = snapshot.clone();
+        let replacement = meter
+            .i64_observable_gauge("pullcheck.image.replacement.available")
+            .with_description(
+                "For a container whose image is on a deprecated registry: 1 when the same image under the replacement registry can be pulled now, 0 when not",
+            )
+            .with_callback(move |observer| {
+                for (attributes, available) in read(&s).replacements.iter() {
+                    observer.observe(i64::from(*available), attributes);
+                }
+            })
+            .build();
+        let s = snapshot.clone();
         let leader = meter
             .i64_observable_gauge("pullcheck.leader")
             .with_description("1 on the replica that probes and exports image series, 0 on standbys")
@@ -142,7 +157,7 @@ impl Metrics {
                 .with_description("HTTP requests to registries and token services")
                 .build(),
             snapshot,
-            _gauges: vec![available, status, images, workloads, batch, leader, drift],
+            _gauges: vec![available, status, images, workloads, batch, leader, drift, replacement],
             _ratios: vec![coverage],
         }
     }
