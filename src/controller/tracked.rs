@@ -215,28 +215,12 @@ impl Tracked {
 mod tests {
     use super::*;
     use crate::config::RegistryConfig;
+    use crate::inventory::WorkloadRecord;
     use crate::inventory::keys::resolve;
     use crate::inventory::selection::ImageFilter;
-    use crate::inventory::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord};
 
     fn record(name: &str, images: &[&str]) -> WorkloadRecord {
-        WorkloadRecord {
-            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: name.into() },
-            containers: images
-                .iter()
-                .enumerate()
-                .map(|(i, image)| ContainerSpec {
-                    name: format!("c{i}"),
-                    role: ContainerRole::Container,
-                    image: image.to_string(),
-                })
-                .collect(),
-            pull_secrets: vec![],
-            service_account: "default".into(),
-            replicas: Some(1),
-            suspended: false,
-            platforms: None,
-        }
+        crate::inventory::fixtures::deployment("ns", name, images)
     }
 
     fn update(record: &WorkloadRecord) -> (WorkloadRef, Option<Vec<ImageUse>>) {

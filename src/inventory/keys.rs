@@ -163,26 +163,9 @@ pub fn by_key(uses: &[ImageUse]) -> BTreeMap<&ImageKey, Vec<&ImageUse>> {
 mod tests {
     use super::*;
     use crate::credentials::DockerCredentials;
-    use crate::inventory::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRef};
 
     fn record(namespace: &str, name: &str, images: &[&str]) -> WorkloadRecord {
-        WorkloadRecord {
-            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: namespace.into(), name: name.into() },
-            containers: images
-                .iter()
-                .enumerate()
-                .map(|(i, image)| ContainerSpec {
-                    name: format!("c{i}"),
-                    role: ContainerRole::Container,
-                    image: image.to_string(),
-                })
-                .collect(),
-            pull_secrets: vec![],
-            service_account: "default".into(),
-            replicas: Some(1),
-            suspended: false,
-            platforms: None,
-        }
+        crate::inventory::fixtures::deployment(namespace, name, images)
     }
 
     fn secret(registry: &str, user: &str) -> WorkloadCredentials {

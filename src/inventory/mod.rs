@@ -151,3 +151,30 @@ impl WorkloadRecord {
         self.replicas == Some(0) || self.suspended
     }
 }
+
+/// Records for unit tests across the crate.
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use super::*;
+
+    /// A Deployment with one container per image, named `c0`, `c1`, ….
+    pub fn deployment(namespace: &str, name: &str, images: &[&str]) -> WorkloadRecord {
+        WorkloadRecord {
+            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: namespace.into(), name: name.into() },
+            containers: images
+                .iter()
+                .enumerate()
+                .map(|(i, image)| ContainerSpec {
+                    name: format!("c{i}"),
+                    role: ContainerRole::Container,
+                    image: image.to_string(),
+                })
+                .collect(),
+            pull_secrets: vec![],
+            service_account: "default".into(),
+            replicas: Some(1),
+            suspended: false,
+            platforms: None,
+        }
+    }
+}

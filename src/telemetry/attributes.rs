@@ -76,27 +76,11 @@ mod tests {
     use crate::config::RegistryConfig;
     use crate::inventory::keys::resolve;
     use crate::inventory::selection::ImageFilter;
-    use crate::inventory::{ContainerRole, ContainerSpec, WorkloadRecord, WorkloadRef};
 
     #[test]
     fn series_of_images_on_deprecated_registries_say_so() {
-        let record = WorkloadRecord {
-            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: "web".into() },
-            containers: ["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9"]
-                .iter()
-                .enumerate()
-                .map(|(i, image)| ContainerSpec {
-                    name: format!("c{i}"),
-                    role: ContainerRole::Container,
-                    image: image.to_string(),
-                })
-                .collect(),
-            pull_secrets: vec![],
-            service_account: "default".into(),
-            replicas: Some(1),
-            suspended: false,
-            platforms: None,
-        };
+        let record =
+            crate::inventory::fixtures::deployment("ns", "web", &["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9"]);
         let deprecated = |config: &RegistryConfig| -> Vec<Option<Value>> {
             resolve([&record], |_| None, config, &ImageFilter::default(), &Arc::from(Vec::new()))
                 .iter()
