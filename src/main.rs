@@ -36,6 +36,12 @@ use pullcheck::telemetry::metrics::Metrics;
 use pullcheck::telemetry::otlp::ProcessEnv;
 use pullcheck::telemetry::{ResourceSettings, Telemetry};
 
+/// jemalloc unless built with `--no-default-features`: it returns what a sync or a burst of
+/// watch events freed, where glibc's arenas keep it (docs/architecture.md, "Footprint").
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Can every image your Kubernetes workloads reference still be pulled?
 #[derive(Parser)]
 #[command(name = "pullcheck", version, about)]

@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -79,11 +80,45 @@ impl Key {
     }
 }
 
+/// An object as stored: its value and its JSON, written once. The store and the history share
+/// it (never copied per change), and lists, watch events and gets send the bytes as they are,
+/// so tens of thousands of realistic objects are served at the speed of a copy.
+#[derive(Clone)]
+struct Stored(Arc<(Value, String)>);
+
+impl Stored {
+    fn new(value: Value) -> Stored {
+        let json = value.to_string();
+        Stored(Arc::new((value, json)))
+    }
+
+    fn json(&self) -> &str {
+        &self.0.1
+    }
+}
+
+impl std::fmt::Display for Stored {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.json())
+    }
+}
+
+impl std::ops::Deref for Stored {
+    type Target = Value;
+
+    fn deref(&self) -> &Value {
+        &self.0.0
+    }
+}
+
 struct Change {
     rv: u64,
     key: Key,
     kind: &'static str,
-    object: Value,
+    object: Stored,
+    /// The object before this change (`None`: it did not exist), to rewind the store to an
+    /// older version for a continued list.
+    previous: Option<Stored>,
 }
 
 struct Watch {
@@ -112,12 +147,17 @@ impl Denial {
 #[derive(Default)]
 struct Cluster {
     rv: u64,
-    objects: BTreeMap<Key, Value>,
-    /// Every change since the start, oldest first: watches replay it and continued lists read
-    /// their snapshot from it.
+    objects: BTreeMap<Key, Stored>,
+    /// Every change since the start (or the last `history_limit`), oldest first: watches replay
+    /// it and continued lists rewind the store through it.
     history: Vec<Change>,
+    /// Keep only this many changes: older ones are compacted away as etcd does, without
+    /// closing open watches (they are current).
+    history_limit: Option<usize>,
     /// Watches and list continuations from an older version get 410, as after etcd compaction.
     compacted_below: u64,
+    /// When each list that ended (a page without `continue`) was served, by resource.
+    lists_done: Vec<(String, Instant)>,
     denials: Vec<Denial>,
     watches: Vec<Watch>,
     page_size: Option<usize>,
@@ -139,10 +179,9 @@ fn failure(code: u16, reason: &str, message: &str) -> Reply {
     Reply::json(code, &status(code, reason, message))
 }
 
-fn line(kind: &str, object: &Value) -> Vec<u8> {
-    let mut bytes = json!({"type": kind, "object": object}).to_string().into_bytes();
-    bytes.push(b'\n');
-    bytes
+/// A watch event line; `object` is JSON as it displays (a `Value`, a stored object).
+fn line(kind: &str, object: &dyn std::fmt::Display) -> Vec<u8> {
+    format!("{{\"type\":{},\"object\":{object}}}\n", Value::from(kind)).into_bytes()
 }
 
 /// `leases.coordination.k8s.io`, or `pods` for the core group, as the API server names a
@@ -251,7 +290,7 @@ impl ApiServer {
     pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let (api_version, plural) = resource_of(kind);
         let key = Key { resource: format!("{api_version}/{plural}"), namespace: namespace.into(), name: name.into() };
-        self.lock().objects.get(&key).cloned()
+        self.lock().objects.get(&key).map(|object| Value::clone(object))
     }
 
     /// Every verb on `kind`, everywhere, answers 403 from now on.
@@ -306,6 +345,25 @@ impl ApiServer {
         cluster.watches.len()
     }
 
+    /// Keeps only the last `changes` changes from now on, compacting older versions away as
+    /// etcd does (watches and list continuations from before them get 410), without closing
+    /// the watches that are current: for long runs with many updates.
+    pub fn keep_history(&self, changes: usize) {
+        let mut cluster = self.lock();
+        cluster.history_limit = Some(changes.max(1));
+        cluster.trim_history();
+    }
+
+    /// The resources (`apps/v1/deployments`) whose lists ended (their last page served) at or
+    /// after `since`, each with when it first did.
+    pub fn lists_completed_since(&self, since: Instant) -> BTreeMap<String, Instant> {
+        let mut done = BTreeMap::new();
+        for (resource, at) in self.lock().lists_done.iter().filter(|(_, at)| *at >= since) {
+            done.entry(resource.clone()).or_insert(*at);
+        }
+        done
+    }
+
     /// Requests seen, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
@@ -313,24 +371,43 @@ impl ApiServer {
 }
 
 impl Cluster {
-    fn record(&mut self, rv: u64, key: Key, kind: &'static str, object: Value) {
-        let event = line(kind, &object);
+    fn record(&mut self, rv: u64, key: Key, kind: &'static str, object: Stored, previous: Option<Stored>) {
+        // Written once, and only when a watch wants it.
+        let mut event: Option<Vec<u8>> = None;
         self.watches.retain(|w| {
-            let matches = key.within(&w.resource, w.namespace.as_deref());
-            !matches || w.tx.try_send(event.clone()).is_ok()
+            if !key.within(&w.resource, w.namespace.as_deref()) {
+                return true;
+            }
+            let event = event.get_or_insert_with(|| line(kind, &object));
+            w.tx.try_send(event.clone()).is_ok()
         });
-        self.history.push(Change { rv, key, kind, object });
+        self.history.push(Change { rv, key, kind, object, previous });
+        self.trim_history();
+    }
+
+    /// Drops the oldest changes past `history_limit` (in batches, so a long history is not
+    /// shifted on every change) and expires their versions.
+    fn trim_history(&mut self) {
+        let Some(limit) = self.history_limit else { return };
+        if self.history.len() <= limit + limit / 4 {
+            return;
+        }
+        let drop = self.history.len() - limit;
+        self.history.drain(..drop);
+        if let Some(first) = self.history.first() {
+            self.compacted_below = self.compacted_below.max(first.rv - 1);
+        }
     }
 
     /// Stores `object` at a new version, keeping the uid and creation time of the object it
     /// replaces; tells the watches.
-    fn store(&mut self, key: Key, mut object: Value) -> Value {
+    fn store(&mut self, key: Key, mut object: Value) -> Stored {
         self.rv += 1;
         let rv = self.rv;
-        let previous = self.objects.get(&key).map(|o| o["metadata"].clone());
+        let previous = self.objects.get(&key).cloned();
         let metadata = &mut object["metadata"];
         metadata["resourceVersion"] = json!(rv.to_string());
-        match previous {
+        match previous.as_ref().map(|o| &o["metadata"]) {
             Some(previous) => {
                 metadata["uid"] = previous["uid"].clone();
                 metadata["creationTimestamp"] = previous["creationTimestamp"].clone();
@@ -345,34 +422,36 @@ impl Cluster {
                 }
             }
         }
-        let kind = if self.objects.insert(key.clone(), object.clone()).is_some() { "MODIFIED" } else { "ADDED" };
-        self.record(rv, key, kind, object.clone());
+        let object = Stored::new(object);
+        let kind = if previous.is_some() { "MODIFIED" } else { "ADDED" };
+        self.objects.insert(key.clone(), object.clone());
+        self.record(rv, key, kind, object.clone(), previous);
         object
     }
 
-    fn remove(&mut self, key: &Key) -> Option<Value> {
-        let mut object = self.objects.remove(key)?;
+    fn remove(&mut self, key: &Key) -> Option<Stored> {
+        let previous = self.objects.remove(key)?;
         self.rv += 1;
         let rv = self.rv;
+        let mut object = Value::clone(&previous);
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        self.record(rv, key.clone(), "DELETED", object.clone());
+        let object = Stored::new(object);
+        self.record(rv, key.clone(), "DELETED", object.clone(), Some(previous));
         Some(object)
     }
 
-    /// The objects of `resource` (in `namespace`) as they were at version `rv`, in list order.
-    fn snapshot(&self, resource: &str, namespace: Option<&str>, rv: u64) -> Vec<(String, &Value)> {
-        let mut at: BTreeMap<String, Option<&Value>> = BTreeMap::new();
-        if rv == self.rv {
-            at.extend(
-                self.objects
-                    .iter()
-                    .filter(|(k, _)| k.within(resource, namespace))
-                    .map(|(k, v)| (k.position(), Some(v))),
-            );
-        } else {
-            for change in self.history.iter().take_while(|c| c.rv <= rv).filter(|c| c.key.within(resource, namespace)) {
-                at.insert(change.key.position(), (change.kind != "DELETED").then_some(&change.object));
-            }
+    /// The objects of `resource` (in `namespace`) as they were at version `rv`, in list order:
+    /// the store now, rewound through the changes made since `rv` (newest first).
+    fn snapshot(&self, resource: &str, namespace: Option<&str>, rv: u64) -> Vec<(String, &Stored)> {
+        let mut at: BTreeMap<String, Option<&Stored>> = self
+            .objects
+            .iter()
+            .filter(|(k, _)| k.within(resource, namespace))
+            .map(|(k, v)| (k.position(), Some(v)))
+            .collect();
+        let since = self.history.partition_point(|c| c.rv <= rv);
+        for change in self.history[since..].iter().rev().filter(|c| c.key.within(resource, namespace)) {
+            at.insert(change.key.position(), change.previous.as_ref());
         }
         at.into_iter().filter_map(|(position, object)| Some((position, object?))).collect()
     }
@@ -503,11 +582,15 @@ fn handle(cluster: &Mutex<Cluster>, req: &Request) -> Reply {
     }
     match op {
         Op::Get(name) => match cluster.objects.get(&target.key(name)) {
-            Some(object) => Reply::json(200, object),
+            Some(object) => Reply::Full {
+                status: 200,
+                headers: vec![("Content-Type".into(), "application/json".into())],
+                body: object.json().as_bytes().to_vec(),
+            },
             None => target.not_found(name),
         },
         Op::Watch => watch_from(&mut cluster, &target, req),
-        Op::List => list(&cluster, &target, req),
+        Op::List => list(&mut cluster, &target, req),
         Op::Create => create(&mut cluster, &target, req),
         Op::Update(name) => update(&mut cluster, &target, name, req),
         Op::Delete(name) => delete(&mut cluster, &target, name, req),
@@ -531,7 +614,7 @@ fn watch_from(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
 
 /// A page of the snapshot the first page fixed: later pages show the objects as they were
 /// then, whatever changed since, until compaction expires that version.
-fn list(cluster: &Cluster, target: &Target, req: &Request) -> Reply {
+fn list(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
     let (rv, after) = match req.query("continue").filter(|c| !c.is_empty()) {
         None => (cluster.rv, None),
         Some(token) => match decode_continue(&token) {
@@ -549,17 +632,33 @@ fn list(cluster: &Cluster, target: &Target, req: &Request) -> Reply {
     let limit = req.query("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let limit = cluster.page_size.map_or(limit, |p| p.min(limit)).max(1);
     let items = cluster.snapshot(&target.resource(), target.namespace, rv);
-    let rest: Vec<&(String, &Value)> = items.iter().filter(|(p, _)| after.as_ref().is_none_or(|a| p > a)).collect();
-    let page: Vec<&Value> = rest.iter().take(limit).map(|(_, v)| *v).collect();
+    let rest: Vec<&(String, &Stored)> = items.iter().filter(|(p, _)| after.as_ref().is_none_or(|a| p > a)).collect();
+    let page: Vec<&Stored> = rest.iter().take(limit).map(|(_, v)| *v).collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
-    if rest.len() > page.len() {
+    let ended = rest.len() == page.len();
+    if !ended {
         // A page holds at least one item (limit >= 1), so there is a last one to go on after.
         let (last, _) = rest[page.len() - 1];
         metadata["continue"] = json!(encode_continue(rv, last));
         metadata["remainingItemCount"] = json!(rest.len() - page.len());
     }
     let kind = kind_of(&target.group_version, target.plural).map_or("List".to_string(), |k| format!("{k}List"));
-    Reply::json(200, &json!({"kind": kind, "apiVersion": target.group_version, "metadata": metadata, "items": page}))
+    // Written around the items' stored JSON.
+    let head = json!({"kind": kind, "apiVersion": target.group_version, "metadata": metadata}).to_string();
+    let mut body = Vec::with_capacity(head.len() + page.iter().map(|item| item.json().len() + 1).sum::<usize>() + 16);
+    body.extend_from_slice(&head.as_bytes()[..head.len() - 1]);
+    body.extend_from_slice(b",\"items\":[");
+    for (i, item) in page.iter().enumerate() {
+        if i > 0 {
+            body.push(b',');
+        }
+        body.extend_from_slice(item.json().as_bytes());
+    }
+    body.extend_from_slice(b"]}");
+    if ended {
+        cluster.lists_done.push((target.resource(), Instant::now()));
+    }
+    Reply::Full { status: 200, headers: vec![("Content-Type".into(), "application/json".into())], body }
 }
 
 /// The request body as an object of the target's resource, or the API server's 400.

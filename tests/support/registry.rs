@@ -118,6 +118,12 @@ impl Registry {
         log.lines().filter_map(Served::parse).collect()
     }
 
+    /// The access log (one combined-format line per request), for a reader that polls it
+    /// by size or from an offset.
+    pub fn access_log(&self) -> &Path {
+        &self.access_log
+    }
+
     /// The requests answered after the first `mark` ones, once there are at least `at_least`.
     /// The registry writes a line before the client has the whole answer, so the wait is only a
     /// bound (10 s) for when fewer come: the caller asserts on what is returned.
