@@ -30,7 +30,7 @@ use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::platform::Platform;
 use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
 use pullcheck::schedule::ScheduleSettings;
-use pullcheck::sources::cluster::{Connection, connect, connect_to};
+use pullcheck::sources::cluster::{Connection, connect};
 use pullcheck::telemetry::logs::TransitionLog;
 use pullcheck::telemetry::metrics::Metrics;
 use pullcheck::telemetry::otlp::ProcessEnv;
@@ -252,13 +252,9 @@ struct ClusterArgs {
 }
 
 impl ClusterArgs {
-    async fn connect(&self) -> anyhow::Result<(kube::Client, String)> {
-        Ok(connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
-    }
-
     /// The client with the API server's URL, for `check` to name it.
     async fn connection(&self) -> anyhow::Result<Connection> {
-        Ok(connect_to(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+        Ok(connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
     }
 }
 
@@ -481,7 +477,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |host, status| observer_metrics.record_request(host, status));
     let registry = args.registry.client(Some(observer))?;
-    let (kube_client, context_namespace) = args.cluster.connect().await?;
+    let Connection { client: kube_client, namespace: context_namespace, .. } = args.cluster.connection().await?;
     let leader_election = args.leader.settings(&context_namespace)?;
     let settings = ControllerSettings {
         schedule: ScheduleSettings {

@@ -52,6 +52,28 @@ pub fn scopes(namespaces: Option<&[String]>) -> Vec<WatchScope> {
         .collect()
 }
 
+/// `cluster-wide` or `in <namespace>`, as messages name where something was asked.
+pub(crate) fn place(namespace: Option<&str>) -> String {
+    namespace.map_or_else(|| "cluster-wide".to_string(), |ns| format!("in {ns}"))
+}
+
+/// Every object a list yields, page by page (`continue`), each handed to `each` as it arrives.
+pub(crate) async fn list_each<K>(api: &Api<K>, mut each: impl FnMut(K)) -> Result<(), kube::Error>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = ListParams::default().limit(PAGE_SIZE);
+    loop {
+        let page = api.list(&params).await?;
+        let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
+        page.items.into_iter().for_each(&mut each);
+        match next {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(()),
+        }
+    }
+}
+
 fn api(client: &kube::Client, scope: &WatchScope) -> Api<SlimObject> {
     let resource = api_resource(scope.kind);
     match &scope.namespace {
@@ -66,11 +88,6 @@ fn identity(kind: WorkloadKind, object: &SlimObject) -> WorkloadRef {
         namespace: object.metadata.namespace.clone().unwrap_or_default(),
         name: object.metadata.name.clone().unwrap_or_default(),
     }
-}
-
-/// The slim record of an object; `Ok(None)` when another workload manages it.
-pub fn record_of(kind: WorkloadKind, object: &SlimObject) -> Result<Option<WorkloadRecord>, RecordError> {
-    record_from_object(kind, object)
 }
 
 pub(crate) fn is_forbidden(error: &kube::Error) -> bool {
@@ -197,7 +214,7 @@ impl ListFailure {
     /// The failure of one kind, for the JSON `warnings` (each with its kind).
     pub fn warning(&self) -> Warning {
         let kind = self.kind;
-        let place = self.namespace.as_deref().map_or_else(|| "cluster-wide".to_string(), |ns| format!("in {ns}"));
+        let place = place(self.namespace.as_deref());
         Warning::new(
             self.cause.warning_kind(),
             format!("cannot list {kind}s {place}: {}; {kind}s are skipped", self.cause),
@@ -265,37 +282,24 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
             snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
             continue;
         }
-        let api = api(client, &scope);
-        let mut params = ListParams::default().limit(PAGE_SIZE);
-        loop {
-            match api.list(&params).await {
-                Ok(page) => {
-                    for object in &page.items {
-                        match running_of(scope.kind, object) {
-                            Running::Pod(pod, Some(running)) => snapshot.pods.push((pod, running)),
-                            Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
-                            _ => {}
-                        }
-                        match record_of(scope.kind, object) {
-                            Ok(Some(record)) => snapshot.records.push(record),
-                            Ok(None) => {}
-                            Err(e) => snapshot.warnings.push(Warning::new(
-                                WarningKind::InvalidObject,
-                                describe(&identity(scope.kind, object), &e),
-                            )),
-                        }
-                    }
-                    match page.metadata.continue_.filter(|c| !c.is_empty()) {
-                        Some(token) => params = params.continue_token(&token),
-                        None => break,
-                    }
-                }
-                Err(e) => {
-                    let cause = ApiFailure::of(&e);
-                    snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
-                    break;
-                }
+        let listed = list_each(&api(client, &scope), |object| {
+            match running_of(scope.kind, &object) {
+                Running::Pod(pod, Some(running)) => snapshot.pods.push((pod, running)),
+                Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
+                _ => {}
             }
+            match record_from_object(scope.kind, &object) {
+                Ok(Some(record)) => snapshot.records.push(record),
+                Ok(None) => {}
+                Err(e) => snapshot
+                    .warnings
+                    .push(Warning::new(WarningKind::InvalidObject, describe(&identity(scope.kind, &object), &e))),
+            }
+        })
+        .await;
+        if let Err(e) = listed {
+            let cause = ApiFailure::of(&e);
+            snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
         }
     }
     snapshot
@@ -305,17 +309,11 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
 pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, BTreeMap<String, String>>, kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let mut out = BTreeMap::new();
-    let mut params = ListParams::default().limit(PAGE_SIZE);
-    loop {
-        let page = api.list(&params).await?;
-        for ns in page.items {
-            out.insert(ns.metadata.name.unwrap_or_default(), ns.metadata.labels.unwrap_or_default());
-        }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(out),
-        }
-    }
+    list_each(&api, |ns| {
+        out.insert(ns.metadata.name.unwrap_or_default(), ns.metadata.labels.unwrap_or_default());
+    })
+    .await?;
+    Ok(out)
 }
 
 fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
@@ -361,7 +359,7 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
                 }
             }
             Err(e) if watcher_forbidden(&e) => {
-                let place = scope.namespace.as_deref().map_or_else(|| "cluster-wide".into(), |ns| format!("in {ns}"));
+                let place = place(scope.namespace.as_deref());
                 tracing::warn!(kind = %scope.kind, "cannot watch {}s {place}: forbidden by RBAC; they are skipped", scope.kind);
                 apply(Update::GaveUp(scope.clone()));
                 return;
@@ -393,7 +391,7 @@ pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
 }
 
 fn read(kind: WorkloadKind, object: &SlimObject) -> Option<WorkloadRecord> {
-    match record_of(kind, object) {
+    match record_from_object(kind, object) {
         Ok(record) => record,
         Err(e) => {
             tracing::warn!("{}", describe(&identity(kind, object), &e));
@@ -426,17 +424,7 @@ pub async fn watch_namespaces(client: kube::Client, store: SharedStore) {
     }
 }
 
-/// A client for the cluster of a kubeconfig (`kubeconfig`, else $KUBECONFIG or ~/.kube/config,
-/// else the in-cluster service account) and context, with that context's namespace.
-pub async fn connect(
-    kubeconfig: Option<&std::path::Path>,
-    context: Option<&str>,
-) -> crate::Result<(kube::Client, String)> {
-    let connection = connect_to(kubeconfig, context).await?;
-    Ok((connection.client, connection.namespace))
-}
-
-/// A cluster as `check` reaches it.
+/// A cluster as pullcheck reaches it.
 #[derive(Clone)]
 pub struct Connection {
     pub client: kube::Client,
@@ -446,8 +434,10 @@ pub struct Connection {
     pub server: String,
 }
 
-/// [`connect`], keeping the API server's URL.
-pub async fn connect_to(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> crate::Result<Connection> {
+/// A client for the cluster of a kubeconfig (`kubeconfig`, else $KUBECONFIG or ~/.kube/config,
+/// else the in-cluster service account) and context, with that context's namespace and the API
+/// server's URL.
+pub async fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> crate::Result<Connection> {
     use crate::Error;
     let options = kube::config::KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
     let config = match kubeconfig {

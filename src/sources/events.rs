@@ -9,7 +9,7 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event as WatchEvent};
 use tokio::sync::mpsc;
 
-use super::cluster::is_forbidden;
+use super::cluster::{is_forbidden, place};
 
 /// A pull a node failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,7 +79,7 @@ pub async fn watch_pull_failures(client: kube::Client, namespace: Option<String>
             }
             Ok(_) => {}
             Err(watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e)) if is_forbidden(&e) => {
-                let place = namespace.as_deref().map_or_else(|| "cluster-wide".to_string(), |ns| format!("in {ns}"));
+                let place = place(namespace.as_deref());
                 tracing::warn!(
                     "cannot watch events {place}: forbidden by RBAC (list, watch events); failed pulls are not probed at once"
                 );

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeSet;
 
-use kube::api::{Api, ListParams};
+use kube::api::Api;
 
-use super::cluster::{ApiFailure, PAGE_SIZE};
+use super::cluster::{ApiFailure, list_each};
 use crate::error::Warning;
 use crate::platform::Platform;
 
@@ -14,25 +14,17 @@ use crate::platform::Platform;
 pub async fn list_node_platforms(client: &kube::Client) -> Result<Vec<Platform>, kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let mut platforms = BTreeSet::new();
-    let mut params = ListParams::default().limit(PAGE_SIZE);
-    loop {
-        let page = api.list(&params).await?;
-        for node in page.items {
-            let labels = node.metadata.labels.unwrap_or_default();
-            let info = node.status.and_then(|s| s.node_info);
-            let os =
-                labels.get("kubernetes.io/os").cloned().or_else(|| info.as_ref().map(|i| i.operating_system.clone()));
-            let arch =
-                labels.get("kubernetes.io/arch").cloned().or_else(|| info.as_ref().map(|i| i.architecture.clone()));
-            if let (Some(os), Some(arch)) = (os, arch) {
-                platforms.insert(Platform::new(&os, &arch, None));
-            }
+    list_each(&api, |node| {
+        let labels = node.metadata.labels.unwrap_or_default();
+        let info = node.status.and_then(|s| s.node_info);
+        let os = labels.get("kubernetes.io/os").cloned().or_else(|| info.as_ref().map(|i| i.operating_system.clone()));
+        let arch = labels.get("kubernetes.io/arch").cloned().or_else(|| info.as_ref().map(|i| i.architecture.clone()));
+        if let (Some(os), Some(arch)) = (os, arch) {
+            platforms.insert(Platform::new(&os, &arch, None));
         }
-        match page.metadata.continue_.filter(|c| !c.is_empty()) {
-            Some(token) => params = params.continue_token(&token),
-            None => return Ok(platforms.into_iter().collect()),
-        }
-    }
+    })
+    .await?;
+    Ok(platforms.into_iter().collect())
 }
 
 /// The platforms indexes must cover: those given (`--platform`), else the nodes'. When the
