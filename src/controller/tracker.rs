@@ -12,7 +12,7 @@ use super::tracked::InventoryChange;
 use crate::inventory::keys::{ImageUse, resolve};
 use crate::inventory::running::running_digests;
 use crate::inventory::selection::Selection;
-use crate::inventory::store::{SharedStore, WatchScope};
+use crate::inventory::store::{SharedStore, WatchScope, read, write};
 use crate::inventory::{WorkloadRecord, WorkloadRef};
 use crate::platform::Platform;
 use crate::registry::RegistryClient;
@@ -64,7 +64,7 @@ impl Tracker {
             look.tick().await;
             let needs_namespaces = self.settings.selection.needs_namespace_labels();
             let (synced, generation, running_generation) = {
-                let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+                let store = read(&self.store);
                 (store.is_synced(&self.settings.scopes, needs_namespaces), store.generation, store.running_generation)
             };
             if !synced {
@@ -74,7 +74,7 @@ impl Tracker {
             if seen_running != Some(running_generation) && seen_generation.is_some() {
                 seen_running = Some(running_generation);
                 let running = {
-                    let store = self.store.read().unwrap_or_else(|p| p.into_inner());
+                    let store = read(&self.store);
                     let (pods, owners) = store.running();
                     running_digests(pods, owners)
                 };
@@ -87,43 +87,36 @@ impl Tracker {
                 continue;
             }
             seen_generation = Some(generation);
-            let change = if refresh_due {
-                refreshed = Some(Instant::now());
-                self.refresh_platforms().await;
-                // Everything anew: secrets may have rotated, platforms moved.
-                let _ = self.store.write().unwrap_or_else(|p| p.into_inner()).take_changes();
-                let records = self.store.read().unwrap_or_else(|p| p.into_inner()).selected(&self.settings.selection);
-                InventoryChange::Reset(self.resolve_all(&records).await)
-            } else {
-                let changes = self.store.write().unwrap_or_else(|p| p.into_inner()).take_changes();
-                if changes.all {
-                    let records =
-                        self.store.read().unwrap_or_else(|p| p.into_inner()).selected(&self.settings.selection);
-                    InventoryChange::Reset(self.resolve_all(&records).await)
-                } else if changes.workloads.is_empty() {
-                    continue;
-                } else {
-                    let records: Vec<(WorkloadRef, Option<WorkloadRecord>)> = {
-                        let store = self.store.read().unwrap_or_else(|p| p.into_inner());
-                        changes
-                            .workloads
-                            .into_iter()
-                            .map(|w| {
-                                let record = store.selected_record(&w, &self.settings.selection);
-                                (w, record)
-                            })
-                            .collect()
-                    };
-                    let mut updates = Vec::with_capacity(records.len());
-                    for (workload, record) in records {
-                        let uses = match record {
-                            Some(record) => Some(self.resolve_one(&record).await),
-                            None => None,
-                        };
-                        updates.push((workload, uses));
-                    }
-                    InventoryChange::Workloads(updates)
+            let taken = write(&self.store).take_changes();
+            // Everything anew when secrets may have rotated or platforms moved (the refresh), or
+            // when a change concerns every workload (namespace labels).
+            let change = if refresh_due || taken.all {
+                if refresh_due {
+                    refreshed = Some(Instant::now());
+                    self.refresh_platforms().await;
                 }
+                let records = read(&self.store).selected(&self.settings.selection);
+                InventoryChange::Reset(self.resolve_all(&records).await)
+            } else if taken.workloads.is_empty() {
+                continue;
+            } else {
+                let records: Vec<(WorkloadRef, Option<WorkloadRecord>)> = {
+                    let store = read(&self.store);
+                    let selected = |w: WorkloadRef| {
+                        let record = store.selected_record(&w, &self.settings.selection);
+                        (w, record)
+                    };
+                    taken.workloads.into_iter().map(selected).collect()
+                };
+                let mut updates = Vec::with_capacity(records.len());
+                for (workload, record) in records {
+                    let uses = match record {
+                        Some(record) => Some(self.resolve_one(&record).await),
+                        None => None,
+                    };
+                    updates.push((workload, uses));
+                }
+                InventoryChange::Workloads(updates)
             };
             if changes.send(change).await.is_err() {
                 return;

@@ -75,6 +75,16 @@ pub struct Changes {
 
 pub type SharedStore = Arc<RwLock<Store>>;
 
+/// The store to read; a panic elsewhere while holding it leaves the data usable.
+pub fn read(store: &SharedStore) -> std::sync::RwLockReadGuard<'_, Store> {
+    store.read().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The store to change.
+pub fn write(store: &SharedStore) -> std::sync::RwLockWriteGuard<'_, Store> {
+    store.write().unwrap_or_else(|p| p.into_inner())
+}
+
 impl Store {
     pub fn apply(&mut self, update: Update) {
         match update {

@@ -15,7 +15,7 @@ use crate::error::{Warning, WarningKind};
 use crate::inventory::record::{RecordError, controller_of, record_from_object, running_pod};
 use crate::inventory::running::{Owner, PodRef, RunningPod};
 use crate::inventory::slim::SlimObject;
-use crate::inventory::store::{SharedStore, Update, WatchScope};
+use crate::inventory::store::{SharedStore, Update, WatchScope, write};
 use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
 
 /// The kinds whose objects run pods: all but PodTemplate (last in `ALL`), which is not a
@@ -324,7 +324,7 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
 /// scope given up; other errors are retried with kube-runtime's default backoff.
 pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore) {
     let mut events = watcher::watcher(api(&client, &scope), watcher::Config::default()).default_backoff().boxed();
-    let apply = |update: Update| store.write().unwrap_or_else(|p| p.into_inner()).apply(update);
+    let apply = |update: Update| write(&store).apply(update);
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Init) => apply(Update::Init(scope.clone())),
@@ -404,7 +404,7 @@ fn read(kind: WorkloadKind, object: &SlimObject) -> Option<WorkloadRecord> {
 pub async fn watch_namespaces(client: kube::Client, store: SharedStore) {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client);
     let mut events = watcher::watcher(api, watcher::Config::default()).default_backoff().boxed();
-    let apply = |update: Update| store.write().unwrap_or_else(|p| p.into_inner()).apply(update);
+    let apply = |update: Update| write(&store).apply(update);
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Apply(ns) | Event::InitApply(ns)) => apply(Update::Namespace(
