@@ -11,7 +11,6 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 use std::time::Duration;
 
@@ -20,6 +19,8 @@ use reqwest::header::{HeaderName, HeaderValue};
 use toml::{Table, Value};
 
 use crate::image::{DOCKER_HUB, DOCKER_HUB_API};
+
+use super::read_bounded;
 
 /// Largest `hosts.toml` read.
 const MAX_HOSTS_TOML_BYTES: u64 = 1 << 20;
@@ -756,16 +757,6 @@ fn make_abs_path(p: &str, base: &Path) -> PathBuf {
         }
     }
     out
-}
-
-fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
-    let file = std::fs::File::open(path)?;
-    let mut bytes = Vec::new();
-    file.take(limit + 1).read_to_end(&mut bytes)?;
-    if bytes.len() as u64 > limit {
-        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
-    }
-    Ok(bytes)
 }
 
 fn is_cert_pem(pem: &[u8]) -> bool {

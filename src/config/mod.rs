@@ -159,7 +159,7 @@ impl RegistryConfig {
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let file = path.display().to_string();
         let text =
-            read_bounded(path).map_err(|problem| ConfigError { file: file.clone(), key: "(file)".into(), problem })?;
+            read_text(path).map_err(|problem| ConfigError { file: file.clone(), key: "(file)".into(), problem })?;
         Self::parse(&text, &file, path.parent().unwrap_or(Path::new(".")))
     }
 
@@ -173,7 +173,7 @@ impl RegistryConfig {
         };
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
         let load_docker_config = |key: &str, p: &Path| -> Result<DockerCredentials, ConfigError> {
-            let bytes = read_bounded(&resolve(p)).map_err(|e| err(key, e))?;
+            let bytes = read_text(&resolve(p)).map_err(|e| err(key, e))?;
             DockerCredentials::parse(bytes.as_bytes()).map_err(|e| err(key, format!("{}: {e}", p.display())))
         };
 
@@ -191,7 +191,7 @@ impl RegistryConfig {
             let registry = canonical_registry(&name).map_err(|p| err(&format!("registries.{name}"), p))?;
             let ca_pem = match &host.ca_file {
                 Some(p) => {
-                    let pem = read_bounded(&resolve(p)).map_err(|e| err(&key("caFile"), e))?;
+                    let pem = read_text(&resolve(p)).map_err(|e| err(&key("caFile"), e))?;
                     if !pem.contains("-----BEGIN CERTIFICATE-----") {
                         return Err(err(&key("caFile"), format!("{}: no PEM certificate in it", p.display())));
                     }
@@ -212,7 +212,7 @@ impl RegistryConfig {
                 (Some(auth), None) => {
                     let password = match (auth.password, auth.password_file) {
                         (Some(p), None) => p,
-                        (None, Some(f)) => read_bounded(&resolve(&f))
+                        (None, Some(f)) => read_text(&resolve(&f))
                             .map_err(|e| err(&key("auth.passwordFile"), e))?
                             .trim_end_matches(['\n', '\r'])
                             .to_string(),
@@ -306,13 +306,23 @@ fn is_loopback(host: &str) -> bool {
     name == "localhost" || name.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-fn read_bounded(path: &Path) -> Result<String, String> {
-    let describe = |e: std::io::Error| format!("{}: {e}", path.display());
-    let meta = std::fs::metadata(path).map_err(describe)?;
-    if meta.len() > MAX_FILE_BYTES {
-        return Err(format!("{}: larger than {MAX_FILE_BYTES} bytes", path.display()));
+/// A file's text, read up to the bound and no further (a FIFO or a /proc file has no size to
+/// trust beforehand).
+fn read_text(path: &Path) -> Result<String, String> {
+    let bytes = read_bounded(path, MAX_FILE_BYTES).map_err(|e| format!("{}: {e}", path.display()))?;
+    String::from_utf8(bytes).map_err(|_| format!("{}: not UTF-8 text", path.display()))
+}
+
+/// At most `limit` bytes of a file; more is an error, never read into memory.
+pub(crate) fn read_bounded(path: &Path, limit: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(limit + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > limit {
+        return Err(std::io::Error::other(format!("larger than {limit} bytes")));
     }
-    std::fs::read_to_string(path).map_err(describe)
+    Ok(bytes)
 }
 
 #[cfg(test)]
