@@ -74,12 +74,10 @@ pub(crate) fn settle(mut refused: Vec<(usize, Attempt)>) -> Option<(usize, Attem
         State::AuthorizationFailure => 1,
         _ => 0,
     };
-    let best = refused.iter().enumerate().min_by_key(|(i, (_, a))| (rank(a.state), *i)).map(|(i, _)| i)?;
-    let summary: Vec<String> = refused
-        .iter()
-        .filter(|(_, a)| a.state != State::Available)
-        .map(|(_, a)| a.error.clone().unwrap_or_else(|| a.state.to_string()))
-        .collect();
+    // The first of the best ranked (min_by_key keeps the first of equals).
+    let best = refused.iter().enumerate().min_by_key(|(_, (_, a))| rank(a.state)).map(|(i, _)| i)?;
+    let summary: Vec<String> =
+        refused.iter().map(|(_, a)| a.error.clone().unwrap_or_else(|| a.state.to_string())).collect();
     let (index, mut attempt) = refused.swap_remove(best);
     if summary.len() > 1 && rank(attempt.state) > 0 {
         attempt.error = Some(format!("every credential was refused: {}", summary.join("; ")));
