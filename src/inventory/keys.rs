@@ -125,9 +125,12 @@ pub fn resolve<'a>(
         };
         for container in &record.containers {
             let parsed = config.parse_image(&container.image);
-            let canonical = parsed.as_ref().ok().map(ImageRef::to_string);
-            if !filter.admits(&container.image, canonical.as_deref()) {
-                continue;
+            // The canonical form is formatted only when a pattern must see it.
+            if !filter.is_empty() {
+                let canonical = parsed.as_ref().ok().map(ImageRef::to_string);
+                if !filter.admits(&container.image, canonical.as_deref()) {
+                    continue;
+                }
             }
             let (key, sources, replacement) = match parsed {
                 Ok(image) => {

@@ -107,6 +107,11 @@ impl ImageFilter {
         Self { ignore, allow }
     }
 
+    /// No pattern given: every image is admitted, and nothing needs formatting to say so.
+    pub fn is_empty(&self) -> bool {
+        self.ignore.is_empty() && self.allow.is_empty()
+    }
+
     pub fn admits(&self, as_written: &str, canonical: Option<&str>) -> bool {
         let matches = |r: &Regex| r.is_match(as_written) || canonical.is_some_and(|c| r.is_match(c));
         !self.ignore.iter().any(matches) && (self.allow.is_empty() || self.allow.iter().any(matches))
