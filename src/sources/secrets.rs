@@ -125,13 +125,12 @@ impl PullSecrets {
     }
 
     async fn secret(&self, namespace: &str, name: &str) -> Result<DockerCredentials, SecretError> {
-        let (ns, n) = (namespace.to_string(), name.to_string());
         self.cached(&self.secrets, namespace, name, || async {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             match api.get(name).await {
                 Ok(secret) => parse_secret(namespace, name, &secret),
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
-                    Err(SecretError::NotFound { namespace: ns, name: n })
+                    Err(SecretError::NotFound { namespace: namespace.into(), name: name.into() })
                 }
                 Err(kube::Error::Api(status)) if status.is_forbidden() => {
                     if !self.secrets_forbidden.swap(true, Ordering::Relaxed) {
@@ -140,16 +139,20 @@ impl PullSecrets {
                              private images will show authentication_failure"
                         );
                     }
-                    Err(SecretError::SecretForbidden { namespace: ns, name: n })
+                    Err(SecretError::SecretForbidden { namespace: namespace.into(), name: name.into() })
                 }
-                Err(e) => Err(SecretError::Api { what: "pull secret", namespace: ns, name: n, source: Arc::new(e) }),
+                Err(e) => Err(SecretError::Api {
+                    what: "pull secret",
+                    namespace: namespace.into(),
+                    name: name.into(),
+                    source: Arc::new(e),
+                }),
             }
         })
         .await
     }
 
     async fn service_account_secrets(&self, namespace: &str, name: &str) -> Result<Vec<String>, SecretError> {
-        let (ns, n) = (namespace.to_string(), name.to_string());
         self.cached(&self.service_accounts, namespace, name, || async {
             let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
             match api.get(name).await {
@@ -162,9 +165,9 @@ impl PullSecrets {
                             "pullcheck may not read service accounts (RBAC: get serviceaccounts): their pull secrets are not used"
                         );
                     }
-                    Err(SecretError::ServiceAccountForbidden { namespace: ns, name: n })
+                    Err(SecretError::ServiceAccountForbidden { namespace: namespace.into(), name: name.into() })
                 }
-                Err(e) => Err(SecretError::Api { what: "service account", namespace: ns, name: n, source: Arc::new(e) }),
+                Err(e) => Err(SecretError::Api { what: "service account", namespace: namespace.into(), name: name.into(), source: Arc::new(e) }),
             }
         })
         .await
