@@ -196,13 +196,14 @@ impl LeaderArgs {
     }
 }
 
+/// `POD_NAME` from the downward API, else the host's name.
+fn pod_name() -> Option<String> {
+    std::env::var("POD_NAME").or_else(|_| std::env::var("HOSTNAME")).ok().filter(|n| !n.is_empty())
+}
+
 /// The pod name (or the host's) and a per-process suffix: two processes never share one.
 fn leader_identity() -> String {
-    let pod = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| "pullcheck".to_string());
+    let pod = pod_name().unwrap_or_else(|| "pullcheck".to_string());
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{pod}_{:x}{:05x}", std::process::id(), nanos & 0xfffff)
 }
@@ -452,9 +453,7 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
 
 /// The controller: telemetry is built and flushed outside the runtime's context (see Telemetry::init).
 fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
-    let instance_id = std::env::var("POD_NAME")
-        .or_else(|_| std::env::var("HOSTNAME"))
-        .unwrap_or_else(|_| format!("pullcheck-{}", std::process::id()));
+    let instance_id = pod_name().unwrap_or_else(|| format!("pullcheck-{}", std::process::id()));
     let resource = ResourceSettings { cluster_name: args.cluster_name.clone(), instance_id };
     let telemetry = Telemetry::init(&ProcessEnv, &resource, runtime.handle())?;
     // Spans carry what the semantic conventions name, not the bridge's bookkeeping (source
