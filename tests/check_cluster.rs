@@ -6,27 +6,10 @@ mod support;
 
 use std::process::Output;
 
-use base64::Engine;
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
-use support::{Env, workload};
-
-/// Runs the binary, cut off from the machine's clusters, without blocking the runtime that
-/// serves the API-server harness.
-async fn pullcheck(args: &[&str]) -> Output {
-    let (mut command, _home) = support::process::pullcheck_async();
-    command.args(args).output().await.expect("run pullcheck")
-}
-
-fn report(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
+use support::process::{json_report, run_pullcheck};
+use support::{Env, pull_secret, with_pull_secrets, workload};
 
 /// (state, namespaces using it) per image entry, sorted.
 fn states(report: &Value) -> Vec<(String, String, Vec<String>)> {
@@ -47,22 +30,6 @@ fn states(report: &Value) -> Vec<(String, String, Vec<String>)> {
         .collect();
     out.sort();
     out
-}
-
-fn pull_secret(namespace: &str, name: &str, registry: &str, user: &str, password: &str) -> Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = json!({"auths": {registry: {"auth": auth}}}).to_string();
-    json!({
-        "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}
-    })
-}
-
-fn with_pull_secrets(mut object: Value, names: &[&str]) -> Value {
-    object["spec"]["template"]["spec"]["imagePullSecrets"] =
-        json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
-    object
 }
 
 struct Cluster {
@@ -104,15 +71,24 @@ async fn cluster() -> Cluster {
 }
 
 async fn check_all_namespaces(c: &Cluster) -> Output {
-    pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "-A", "-o", "json", "--registry-config", &c.registry_config])
-        .await
+    run_pullcheck(&[
+        "check",
+        "--kubeconfig",
+        &c.kubeconfig,
+        "-A",
+        "-o",
+        "json",
+        "--registry-config",
+        &c.registry_config,
+    ])
+    .await
 }
 
 /// The namespaces whose workloads a selection checks.
 async fn selected(c: &Cluster, extra: &[&str]) -> Vec<String> {
     let mut args = vec!["check", "--kubeconfig", &c.kubeconfig, "-o", "json", "--registry-config", &c.registry_config];
     args.extend_from_slice(extra);
-    let r = report(&pullcheck(&args).await);
+    let r = json_report(&run_pullcheck(&args).await);
     let mut namespaces: Vec<String> = states(&r).into_iter().flat_map(|(_, _, ns)| ns).collect();
     namespaces.sort();
     namespaces
@@ -123,7 +99,7 @@ async fn pull_secrets_service_accounts_and_namespace_isolation() {
     let c = cluster().await;
     let out = check_all_namespaces(&c).await;
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = report(&out);
+    let r = json_report(&out);
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
     assert_eq!(
         states(&r),
@@ -173,7 +149,7 @@ async fn forbidden_secrets_and_kinds_degrade_with_one_clear_warning_when_partial
     let c = cluster().await;
     c.api.forbid("Secret");
     c.api.forbid("StatefulSet");
-    let out = pullcheck(&[
+    let out = run_pullcheck(&[
         "check",
         "--kubeconfig",
         &c.kubeconfig,
@@ -186,7 +162,7 @@ async fn forbidden_secrets_and_kinds_degrade_with_one_clear_warning_when_partial
     ])
     .await;
     assert_eq!(out.status.code(), Some(1), "exit per images: {}", String::from_utf8_lossy(&out.stderr));
-    let r = report(&out);
+    let r = json_report(&out);
     let every: Vec<String> = states(&r).into_iter().map(|(_, s, _)| s).collect();
     assert_eq!(every, ["authentication_failure"], "anonymous everywhere");
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -235,15 +211,15 @@ async fn a_cluster_that_cannot_be_read_fails_the_check_with_one_line_per_cause()
     let refused = support::RefusedPort::bind();
     let url = format!("http://{}", refused.addr);
     let kubeconfig = kubeconfig_for(dir.path(), &url);
-    let out = pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json"]).await;
+    let out = run_pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr_lines(&out), [format!("pullcheck: cannot reach {url}: connection refused")]);
     no_dump(&out);
-    let r = report(&out);
+    let r = json_report(&out);
     assert_eq!(kinds_warned(&r, "unreachable"), 8, "one warning per kind in the JSON: {r}");
     assert_eq!(r["errors"], json!([format!("cannot reach {url}: connection refused")]));
     // Allowed to be partial, it still found nothing: that is its own failure, and allowed too.
-    let out = pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--allow-partial"]).await;
+    let out = run_pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--allow-partial"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr_lines(&out),
@@ -255,7 +231,7 @@ async fn a_cluster_that_cannot_be_read_fails_the_check_with_one_line_per_cause()
         ]
     );
     let out =
-        pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--allow-partial", "--allow-empty"])
+        run_pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--allow-partial", "--allow-empty"])
             .await;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
 
@@ -263,11 +239,11 @@ async fn a_cluster_that_cannot_be_read_fails_the_check_with_one_line_per_cause()
     let api = ApiServer::start().await;
     api.apply(workload("Deployment", "shop", "web", "registry.invalid/app:1"));
     let stale = api.kubeconfig_with_token(dir.path(), "stale-token").display().to_string();
-    let out = pullcheck(&["check", "--kubeconfig", &stale, "-A", "-o", "json"]).await;
+    let out = run_pullcheck(&["check", "--kubeconfig", &stale, "-A", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(stderr_lines(&out), ["pullcheck: the API server refused the credentials (401)"]);
     no_dump(&out);
-    assert_eq!(kinds_warned(&report(&out), "unauthorized"), 8);
+    assert_eq!(kinds_warned(&json_report(&out), "unauthorized"), 8);
     assert_eq!(api.requests().len(), 1, "the other kinds are not asked again: {:?}", api.requests());
 
     // Every kind forbidden: the kinds on one line.
@@ -277,7 +253,8 @@ async fn a_cluster_that_cannot_be_read_fails_the_check_with_one_line_per_cause()
         api.forbid_verb("list", kind, None);
     }
     let kubeconfig = api.kubeconfig(dir.path()).display().to_string();
-    let out = pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--platform", "linux/amd64"]).await;
+    let out =
+        run_pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--platform", "linux/amd64"]).await;
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr_lines(&out),
@@ -286,7 +263,7 @@ async fn a_cluster_that_cannot_be_read_fails_the_check_with_one_line_per_cause()
         ]
     );
     no_dump(&out);
-    assert_eq!(kinds_warned(&report(&out), "forbidden"), 8);
+    assert_eq!(kinds_warned(&json_report(&out), "forbidden"), 8);
 }
 
 /// One kind forbidden fails the check, whose report still has the images of the others; with
@@ -299,7 +276,7 @@ async fn one_kind_not_listed_is_exit_2_unless_partial_answers_are_allowed() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pullcheck: forbidden by RBAC: list statefulsets cluster-wide\n"), "{stderr}");
-    let r = report(&out);
+    let r = json_report(&out);
     assert_eq!(states(&r).len(), 2, "the kinds that could be listed are still checked: {r}");
     assert_eq!(r["errors"], json!(["forbidden by RBAC: list statefulsets cluster-wide"]));
 
@@ -326,7 +303,7 @@ async fn a_namespace_without_workloads_is_exit_2_unless_empty_answers_are_allowe
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = api.kubeconfig(dir.path()).display().to_string();
     let args = ["check", "--kubeconfig", &kubeconfig, "-n", "empty", "-o", "json", "--platform", "linux/amd64"];
-    let out = pullcheck(&args).await;
+    let out = run_pullcheck(&args).await;
     assert_eq!(out.status.code(), Some(2));
     assert_eq!(
         stderr_lines(&out),
@@ -334,9 +311,9 @@ async fn a_namespace_without_workloads_is_exit_2_unless_empty_answers_are_allowe
     );
     let mut allowed = args.to_vec();
     allowed.push("--allow-empty");
-    let out = pullcheck(&allowed).await;
+    let out = run_pullcheck(&allowed).await;
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
-    assert_eq!(report(&out)["images"], json!([]));
+    assert_eq!(json_report(&out)["images"], json!([]));
 }
 
 #[tokio::test]
@@ -357,8 +334,9 @@ async fn a_cluster_and_its_manifests_give_the_same_answer() {
     }
     let path = c.env.dir.path().join("plain.yaml");
     std::fs::write(&path, file).expect("write");
-    let from_cluster = report(&pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "-n", "plain", "-o", "json"]).await);
-    let from_files = report(&pullcheck(&["check", "-f", &path.display().to_string(), "-o", "json"]).await);
+    let from_cluster =
+        json_report(&run_pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "-n", "plain", "-o", "json"]).await);
+    let from_files = json_report(&run_pullcheck(&["check", "-f", &path.display().to_string(), "-o", "json"]).await);
     let comparable = |r: &Value| -> Vec<Value> {
         r["images"]
             .as_array()
@@ -382,25 +360,34 @@ async fn indexes_are_checked_for_the_platforms_of_the_nodes() {
     }
     let state = |r: &Value| r["images"][0]["state"].as_str().unwrap_or_default().to_string();
     let args = ["check", "--kubeconfig", &c.kubeconfig, "-n", "plain", "-o", "json"];
-    let out = pullcheck(&args).await;
-    assert_eq!(state(&report(&out)), "available", "{}", String::from_utf8_lossy(&out.stderr));
+    let out = run_pullcheck(&args).await;
+    assert_eq!(state(&json_report(&out)), "available", "{}", String::from_utf8_lossy(&out.stderr));
 
     c.api.apply(json!({"kind": "Node", "metadata": {"name": "node-z", "labels": {"kubernetes.io/os": "linux", "kubernetes.io/arch": "s390x"}}}));
-    let out = pullcheck(&args).await;
+    let out = run_pullcheck(&args).await;
     assert_eq!(out.status.code(), Some(1));
-    let r = report(&out);
+    let r = json_report(&out);
     assert_eq!(state(&r), "platform_missing");
     assert!(r["images"][0]["error"].as_str().is_some_and(|e| e.contains("linux/s390x")), "{r}");
 
     // --platform overrides the nodes; manifests on disk can be checked the same way.
-    let out =
-        pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "-n", "plain", "-o", "json", "--platform", "linux/arm64"])
-            .await;
-    assert_eq!(state(&report(&out)), "available");
+    let out = run_pullcheck(&[
+        "check",
+        "--kubeconfig",
+        &c.kubeconfig,
+        "-n",
+        "plain",
+        "-o",
+        "json",
+        "--platform",
+        "linux/arm64",
+    ])
+    .await;
+    assert_eq!(state(&json_report(&out)), "available");
     let path = c.env.dir.path().join("multi.yaml");
     std::fs::write(&path, workload("Deployment", "plain", "web", &format!("{anon}/multi/app:v1")).to_string())
         .expect("write");
-    let out = pullcheck(&[
+    let out = run_pullcheck(&[
         "check",
         "-f",
         &path.display().to_string(),
@@ -410,11 +397,11 @@ async fn indexes_are_checked_for_the_platforms_of_the_nodes() {
         "linux/amd64,windows/amd64",
     ])
     .await;
-    assert_eq!(state(&report(&out)), "platform_missing");
+    assert_eq!(state(&json_report(&out)), "platform_missing");
 
     c.api.forbid("Node");
-    let out = pullcheck(&args).await;
-    assert_eq!(state(&report(&out)), "available", "no node list, no platform check");
+    let out = run_pullcheck(&args).await;
+    assert_eq!(state(&json_report(&out)), "available", "no node list, no platform check");
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot list nodes: forbidden by RBAC"));
 }
 
@@ -435,9 +422,9 @@ async fn two_secrets_for_one_registry_work_in_either_order() {
     let kubeconfig = api.kubeconfig(env.dir.path()).display().to_string();
     let config = env.registry_config("", "").display().to_string();
     let out =
-        pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--registry-config", &config]).await;
+        run_pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json", "--registry-config", &config]).await;
     assert_eq!(out.status.code(), Some(0), "kubelet pulls with either order: {}", String::from_utf8_lossy(&out.stdout));
-    let r = report(&out);
+    let r = json_report(&out);
     let images = r["images"].as_array().expect("images");
     assert_eq!(images.len(), 2, "two chains, two entries: {r}");
     for image in images {

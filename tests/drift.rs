@@ -4,12 +4,12 @@
 
 mod support;
 
-use std::process::{Output, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
 use support::otlp::{Receiver, latest_points};
+use support::process::{json_report, run_pullcheck};
 use support::{Env, eventually, workload};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -35,16 +35,8 @@ fn pod_running(api: &ApiServer, image: &str, repository: &str, digest: &str) {
 }
 
 async fn check(env: &Env, api: &ApiServer) -> Value {
-    let kubeconfig = api.kubeconfig(env.dir.path());
-    let (mut command, _home) = support::process::pullcheck_async();
-    let out: Output = command
-        .args(["check", "--kubeconfig", &kubeconfig.display().to_string(), "-A", "-o", "json"])
-        .kill_on_drop(true)
-        .output()
-        .await
-        .expect("run pullcheck");
-    serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out.stderr)))
+    let kubeconfig = api.kubeconfig(env.dir.path()).display().to_string();
+    json_report(&run_pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json"]).await)
 }
 
 fn web_entry(report: &Value) -> Value {
@@ -93,17 +85,8 @@ async fn run_exports_drift_then_clears_it_when_pods_move() {
     let receiver = Receiver::http().await;
     let kubeconfig = api.kubeconfig(env.dir.path());
     let log = env.dir.path().join("run.log");
-    let (mut command, _home) = support::process::pullcheck_async();
-    command
-        .args(["run", "--kubeconfig", &kubeconfig.display().to_string()])
-        .args(["--window", "1s", "--tick", "100ms", "--health-addr", "off"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    let mut child = command.spawn().expect("start pullcheck run");
+    let args = ["--window", "1s", "--tick", "100ms", "--health-addr", "off"];
+    let (mut child, _home) = support::process::spawn_run(&kubeconfig, &args, Some(&receiver.endpoint), &[], &log);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let drift = |r: &support::otlp::Received| {
         latest_points(r, "pullcheck.image.drift")
@@ -148,27 +131,10 @@ async fn run_probes_the_replacement_of_a_deprecated_registry() {
     let receiver = Receiver::http().await;
     let kubeconfig = api.kubeconfig(env.dir.path());
     let log = env.dir.path().join("run-deprecated.log");
-    let (mut command, _home) = support::process::pullcheck_async();
-    command
-        .args(["run", "--kubeconfig", &kubeconfig.display().to_string(), "--registry-config"])
-        .arg(&config)
-        .args([
-            "--window",
-            "2s",
-            "--tick",
-            "100ms",
-            "--health-addr",
-            "off",
-            "--retries",
-            "0",
-            "--request-timeout",
-            "1s",
-        ])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    let mut child = command.spawn().expect("start pullcheck run");
+    let config = config.display().to_string();
+    let args = ["--registry-config", &config, "--window", "2s", "--tick", "100ms", "--health-addr", "off"];
+    let args = [&args[..], &["--retries", "0", "--request-timeout", "1s"]].concat();
+    let (mut child, _home) = support::process::spawn_run(&kubeconfig, &args, Some(&receiver.endpoint), &[], &log);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let replacement = |r: &support::otlp::Received| {
         latest_points(r, "pullcheck.image.replacement.available")

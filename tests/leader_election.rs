@@ -6,7 +6,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::apiserver::ApiServer;
@@ -43,31 +42,15 @@ impl Replica {
 }
 
 /// A replica named `name` (its POD_NAME and `service.instance.id`) against `server`.
-fn replica(env: &Env, server: &str, receiver: &Receiver, name: &str) -> Replica {
-    let kubeconfig = env.dir.path().join(format!("kubeconfig-{name}"));
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: h\n  cluster: {{server: '{server}'}}\nusers:\n- name: t\n  user: {{token: harness-token}}\ncontexts:\n- name: h\n  context: {{cluster: h, user: t, namespace: default}}\ncurrent-context: h\n"
-        ),
-    )
-    .expect("kubeconfig");
+fn replica(env: &Env, api: &ApiServer, server: &str, receiver: &Receiver, name: &str) -> Replica {
+    let kubeconfig = api.kubeconfig_via(env.dir.path(), server, name);
     let log = env.dir.path().join(format!("replica-{name}.log"));
-    let (mut command, home) = support::process::pullcheck_async();
-    command
-        .args(["run", "--kubeconfig", &kubeconfig.display().to_string()])
-        .args(["--window", "4s", "--tick", "200ms", "--health-addr", "off", "--request-timeout", "2s"])
-        .args(["--leader-elect", "--leader-elect-lease-duration", "3s", "--leader-elect-renew-deadline", "2s"])
-        .args(["--leader-elect-retry-period", "500ms"])
-        .env("POD_NAME", name)
-        .env("POD_NAMESPACE", "pullcheck")
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    Replica { name: name.into(), child: command.spawn().expect("start pullcheck run"), log, _home: home }
+    let args = ["--window", "4s", "--tick", "200ms", "--health-addr", "off", "--request-timeout", "2s"];
+    let election = ["--leader-elect", "--leader-elect-lease-duration", "3s", "--leader-elect-renew-deadline", "2s"];
+    let args = [&args[..], &election, &["--leader-elect-retry-period", "500ms"]].concat();
+    let env_vars = [("POD_NAME", name), ("POD_NAMESPACE", "pullcheck")];
+    let (child, home) = support::process::spawn_run(&kubeconfig, &args, Some(&receiver.endpoint), &env_vars, &log);
+    Replica { name: name.into(), child, log, _home: home }
 }
 
 /// Per metrics export since `from` (in arrival order): the replica, its `pullcheck.leader`, and
@@ -129,8 +112,8 @@ async fn cluster() -> (Env, ApiServer, Receiver) {
 #[tokio::test]
 async fn one_leader_exports_and_a_killed_leader_is_replaced_within_the_lease() {
     let (env, api, receiver) = cluster().await;
-    let a = replica(&env, &api.url(), &receiver, "replica-a");
-    let b = replica(&env, &api.url(), &receiver, "replica-b");
+    let a = replica(&env, &api, &api.url(), &receiver, "replica-a");
+    let b = replica(&env, &api, &api.url(), &receiver, "replica-b");
     let first = |r: &Receiver| exporting(r, 0);
     assert!(eventually(WAIT, || !first(&receiver).is_empty()).await, "{}\n{}", a.stderr(), b.stderr());
     // Both report, one leads; across a few exports only the leader ever has image series.
@@ -169,9 +152,9 @@ async fn one_leader_exports_and_a_killed_leader_is_replaced_within_the_lease() {
 #[tokio::test]
 async fn a_graceful_leader_hands_over_within_a_retry_period() {
     let (env, api, receiver) = cluster().await;
-    let a = replica(&env, &api.url(), &receiver, "replica-a");
+    let a = replica(&env, &api, &api.url(), &receiver, "replica-a");
     assert!(eventually(WAIT, || holder(&api).is_some()).await, "{}", a.stderr());
-    let b = replica(&env, &api.url(), &receiver, "replica-b");
+    let b = replica(&env, &api, &api.url(), &receiver, "replica-b");
     // b is a warm standby: its leader gauge says 0.
     assert!(
         eventually(WAIT, || receiver
@@ -207,10 +190,10 @@ async fn a_leader_cut_off_from_the_api_server_stops_before_the_lease_can_pass() 
     let (env, api, receiver) = cluster().await;
     // The first replica reaches the API server through a proxy that can stop answering.
     let proxy = FaultProxy::start(api.url()).await;
-    let cut = replica(&env, &format!("http://{}", proxy.addr()), &receiver, "replica-cut");
+    let cut = replica(&env, &api, &format!("http://{}", proxy.addr()), &receiver, "replica-cut");
     assert!(eventually(WAIT, || holder(&api).is_some()).await, "{}", cut.stderr());
     assert!(eventually(WAIT, || exporting(&receiver, 0) == ["replica-cut".to_string()]).await, "{}", cut.stderr());
-    let other = replica(&env, &api.url(), &receiver, "replica-other");
+    let other = replica(&env, &api, &api.url(), &receiver, "replica-other");
     assert!(
         eventually(WAIT, || receiver
             .received(|r| exports(r, 0))

@@ -9,11 +9,9 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::{Output, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
-use base64::Engine;
 use pullcheck::config::RegistryConfig;
 use pullcheck::credentials::{Credential, CredentialSource, SourcedCredential};
 use pullcheck::image::ImageRef;
@@ -22,31 +20,15 @@ use pullcheck::registry::{ClientSettings, RegistryClient, State};
 use serde_json::{Value, json};
 use support::apiserver::ApiServer;
 use support::otlp::{Received, Receiver, attributes, latest_points, spans};
+use support::process::{json_report, run_pullcheck};
 use support::proxy::{Fault, FaultProxy, schema1_manifest};
 use support::registry::{Registry, Served, sha256};
-use support::{Env, PASSWORD, USER, eventually, workload};
+use support::{Env, PASSWORD, USER, eventually, pull_secret, with_pull_secrets, workload};
 
 const WAIT: Duration = Duration::from_secs(30);
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
-
-/// Runs the binary, cut off from the machine's clusters, without blocking the runtime that
-/// serves the harness and the proxy.
-async fn pullcheck(args: &[&str]) -> Output {
-    let (mut command, _home) = support::process::pullcheck_async();
-    command.args(args).output().await.expect("run pullcheck")
-}
-
-fn report(out: &Output) -> Value {
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}\nstderr: {}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    })
-}
 
 /// (state, error) of every workload of a report, by workload name.
 fn by_workload(report: &Value) -> BTreeMap<String, (String, String)> {
@@ -84,22 +66,6 @@ fn on_arch_by_affinity(mut object: Value, arch: &str) -> Value {
             {"key": "kubernetes.io/arch", "operator": "In", "values": ["arm64"]}
         ]}}]
     }});
-    object
-}
-
-fn pull_secret(namespace: &str, name: &str, registry: &str, user: &str, password: &str) -> Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-    let config = json!({"auths": {registry: {"auth": auth}}}).to_string();
-    json!({
-        "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
-        "metadata": {"name": name, "namespace": namespace},
-        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}
-    })
-}
-
-fn with_pull_secrets(mut object: Value, names: &[&str]) -> Value {
-    object["spec"]["template"]["spec"]["imagePullSecrets"] =
-        json!(names.iter().map(|n| json!({"name": n})).collect::<Vec<_>>());
     object
 }
 
@@ -158,9 +124,9 @@ async fn check_narrows_the_nodes_platforms_to_each_workloads_nodes() {
     api.apply(on_arch_by_selector(workload("Deployment", "plat", "arm-image-on-arm", &arm_single), "arm64"));
     let kubeconfig = api.kubeconfig(env.dir.path()).display().to_string();
 
-    let out = pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json"]).await;
+    let out = run_pullcheck(&["check", "--kubeconfig", &kubeconfig, "-A", "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(1), "some image cannot be pulled: {}", String::from_utf8_lossy(&out.stderr));
-    let r = report(&out);
+    let r = json_report(&out);
     let found = by_workload(&r);
     let states: BTreeMap<&str, &str> = found.iter().map(|(w, (s, _))| (w.as_str(), s.as_str())).collect();
     assert_eq!(
@@ -186,13 +152,13 @@ async fn check_narrows_the_nodes_platforms_to_each_workloads_nodes() {
     let path = env.dir.path().join("arm-image.yaml");
     std::fs::write(&path, workload("Deployment", "plat", "arm-image", &arm_single).to_string()).expect("write");
     let path = path.display().to_string();
-    let out = pullcheck(&["check", "-f", &path, "-o", "json", "--platform", "linux/amd64"]).await;
+    let out = run_pullcheck(&["check", "-f", &path, "-o", "json", "--platform", "linux/amd64"]).await;
     assert_eq!(out.status.code(), Some(1));
-    let r = report(&out);
+    let r = json_report(&out);
     assert_eq!(r["images"][0]["state"], "platform_missing", "{r}");
     assert!(r["images"][0]["error"].as_str().is_some_and(|e| e.contains("linux/arm64 only")), "{r}");
-    let out = pullcheck(&["check", "-f", &path, "-o", "json", "--platform", "linux/arm64/v8"]).await;
-    assert_eq!((out.status.code(), report(&out)["images"][0]["state"].clone()), (Some(0), json!("available")));
+    let out = run_pullcheck(&["check", "-f", &path, "-o", "json", "--platform", "linux/arm64/v8"]).await;
+    assert_eq!((out.status.code(), json_report(&out)["images"][0]["state"].clone()), (Some(0), json!("available")));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -308,16 +274,16 @@ async fn schema1_and_digest_mismatches_are_unsupported_manifest() {
     let path = env.dir.path().join("legacy.yaml");
     std::fs::write(&path, workload("Deployment", "legacy", "web", &tag.to_string()).to_string()).expect("write");
     let path = path.display().to_string();
-    let out = pullcheck(&["check", "-f", &path, "-o", "json"]).await;
+    let out = run_pullcheck(&["check", "-f", &path, "-o", "json"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
-    let r = report(&out);
+    let r = json_report(&out);
     assert_eq!(r["images"][0]["state"], "unsupported_manifest", "{r}");
     assert!(r["images"][0]["error"].as_str().is_some_and(|e| e.contains("re-push")), "{r}");
     assert_eq!(r["summary"], json!({"unsupported_manifest": 1}));
     proxy.set(Fault::WrongDigest(wrong.clone()));
-    let out = pullcheck(&["check", "-f", &path, "-o", "json", "--platform", "linux/amd64"]).await;
+    let out = run_pullcheck(&["check", "-f", &path, "-o", "json", "--platform", "linux/amd64"]).await;
     assert_eq!(out.status.code(), Some(1));
-    assert_eq!(report(&out)["images"][0]["state"], "unsupported_manifest", "{}", report(&out));
+    assert_eq!(json_report(&out)["images"][0]["state"], "unsupported_manifest", "{}", json_report(&out));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -346,20 +312,12 @@ impl Running {
 fn start_run(env: &Env, api: &ApiServer, endpoint: &str) -> Running {
     let kubeconfig = api.kubeconfig(env.dir.path());
     let registry_config = env.registry_config("", "");
+    let registry_config = registry_config.display().to_string();
     let log = env.dir.path().join(format!("run-{}.log", support::rand_suffix()));
-    let (mut command, home) = support::process::pullcheck_async();
-    command
-        .args(["run", "--kubeconfig", &kubeconfig.display().to_string(), "--registry-config"])
-        .arg(&registry_config)
-        .args(["--window", "4s", "--tick", "200ms", "--failure-retry", "500ms", "--health-addr", "127.0.0.1:0"])
-        .args(["--request-timeout", "2s", "--retries", "0"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    Running { child: command.spawn().expect("start pullcheck run"), log, _home: home }
+    let args = ["--registry-config", &registry_config, "--window", "4s", "--tick", "200ms", "--failure-retry", "500ms"];
+    let args = [&args[..], &["--health-addr", "127.0.0.1:0", "--request-timeout", "2s", "--retries", "0"]].concat();
+    let (child, home) = support::process::spawn_run(&kubeconfig, &args, Some(endpoint), &[], &log);
+    Running { child, log, _home: home }
 }
 
 /// The newest value of a per-container metric and its state attribute, by deployment name.

@@ -4,7 +4,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
@@ -33,18 +32,9 @@ async fn a_failed_pull_is_probed_at_once_and_an_unused_image_once() {
     let receiver = Receiver::http().await;
     let kubeconfig = api.kubeconfig(env.dir.path());
     let log = env.dir.path().join("run.log");
-    let (mut command, _home) = support::process::pullcheck_async();
     // A window of an hour: without the event, the image would not be probed again for long.
-    command
-        .args(["run", "--kubeconfig", &kubeconfig.display().to_string()])
-        .args(["--window", "1h", "--tick", "200ms", "--failure-retry", "2s", "--health-addr", "off"])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
-        .env("OTEL_METRIC_EXPORT_INTERVAL", "300")
-        .env("OTEL_BSP_SCHEDULE_DELAY", "200")
-        .env("OTEL_BLRP_SCHEDULE_DELAY", "200")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    let mut child = command.spawn().expect("start pullcheck run");
+    let args = ["--window", "1h", "--tick", "200ms", "--failure-retry", "2s", "--health-addr", "off"];
+    let (mut child, _home) = support::process::spawn_run(&kubeconfig, &args, Some(&receiver.endpoint), &[], &log);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     // Probes only: HEAD or GET of the manifest (the push's PUT is not one).
     let manifests = |repository: &str| {

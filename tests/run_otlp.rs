@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use std::process::Stdio;
 use std::time::Duration;
 
-use base64::Engine;
 use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
 use support::apiserver::ApiServer;
@@ -76,17 +75,6 @@ async fn one_deployment() -> (Env, ApiServer) {
     (env, api)
 }
 
-fn pull_secret(namespace: &str, registry: &str) -> serde_json::Value {
-    pull_secret_with(namespace, registry, support::PASSWORD)
-}
-
-fn pull_secret_with(namespace: &str, registry: &str, password: &str) -> serde_json::Value {
-    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{}:{password}", support::USER));
-    let config = json!({"auths": {registry: {"auth": auth}}}).to_string();
-    json!({"kind": "Secret", "type": "kubernetes.io/dockerconfigjson", "metadata": {"name": "regcred", "namespace": namespace},
-           "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}})
-}
-
 async fn http_get(addr: &str, path: &str) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -148,7 +136,7 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
         .push(json!({"name": "sidecar", "image": format!("{anon}/team/sidecar:v2")}));
     api.apply(web);
     api.apply(workload("Pod", "shop", "debug", "Bad/Image:1"));
-    api.apply(pull_secret("team-a", &env.token.addr));
+    api.apply(support::pull_secret("team-a", "regcred", &env.token.addr, support::USER, support::PASSWORD));
     let mut private = workload("Deployment", "team-a", "api", &format!("{}/private/app:v1", env.token.addr));
     private["spec"]["template"]["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
     api.apply(private);
@@ -524,7 +512,7 @@ async fn a_rotated_pull_secret_is_picked_up() {
     let env = Env::start().await;
     env.pusher.image("private/app", "v1", "amd64").await;
     let api = ApiServer::start().await;
-    api.apply(pull_secret_with("team-a", &env.basic.addr, "expired-password"));
+    api.apply(support::pull_secret("team-a", "regcred", &env.basic.addr, support::USER, "expired-password"));
     let mut private = workload("Deployment", "team-a", "api", &format!("{}/private/app:v1", env.basic.addr));
     private["spec"]["template"]["spec"]["imagePullSecrets"] = json!([{"name": "regcred"}]);
     api.apply(private);
@@ -543,7 +531,7 @@ async fn a_rotated_pull_secret_is_picked_up() {
         run.stderr()
     );
     assert_eq!(receiver.received(available), Some(0.0), "cannot be pulled with the expired password");
-    api.apply(pull_secret("team-a", &env.basic.addr));
+    api.apply(support::pull_secret("team-a", "regcred", &env.basic.addr, support::USER, support::PASSWORD));
     assert!(eventually(WAIT, || receiver.received(state).as_deref() == Some("available")).await, "{}", run.stderr());
     assert_eq!(receiver.received(available), Some(1.0));
     // The new credential makes a new image key (image + credential): its first result is a

@@ -3,7 +3,6 @@
 
 mod support;
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use support::apiserver::ApiServer;
@@ -18,24 +17,10 @@ async fn sigterm_ends_run_within_two_seconds_while_the_api_server_hangs() {
     let api = ApiServer::start().await;
     api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
     let proxy = FaultProxy::start(api.url()).await;
-    let kubeconfig = env.dir.path().join("kubeconfig-proxy");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: h\n  cluster: {{server: 'http://{}'}}\nusers:\n- name: t\n  user: {{token: harness-token}}\ncontexts:\n- name: h\n  context: {{cluster: h, user: t, namespace: default}}\ncurrent-context: h\n",
-            proxy.addr()
-        ),
-    )
-    .expect("kubeconfig");
+    let kubeconfig = api.kubeconfig_via(env.dir.path(), &format!("http://{}", proxy.addr()), "proxy");
     let log = env.dir.path().join("run.log");
-    let (mut command, _home) = support::process::pullcheck_async();
-    command
-        .args(["run", "--kubeconfig", &kubeconfig.display().to_string()])
-        .args(["--window", "2s", "--tick", "100ms", "--health-addr", "off", "--secret-ttl", "200ms"])
-        .env("OTEL_SDK_DISABLED", "true")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).expect("log file"));
-    let mut child = command.spawn().expect("start pullcheck run");
+    let args = ["--window", "2s", "--tick", "100ms", "--health-addr", "off", "--secret-ttl", "200ms"];
+    let (mut child, _home) = support::process::spawn_run(&kubeconfig, &args, None, &[], &log);
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
     let probed = || env.anon.served().iter().any(|s| s.line().starts_with("HEAD /v2/team/app/manifests/v1"));
     assert!(eventually(Duration::from_secs(30), probed).await, "{}", stderr());

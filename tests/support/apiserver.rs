@@ -165,6 +165,14 @@ struct Cluster {
     uids: u64,
 }
 
+fn write_kubeconfig(path: &std::path::Path, server: &str, token: &str) -> std::path::PathBuf {
+    let text = format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: harness\n  cluster: {{server: '{server}'}}\nusers:\n- name: tester\n  user: {{token: {token}}}\ncontexts:\n- name: harness\n  context: {{cluster: harness, user: tester, namespace: default}}\ncurrent-context: harness\n"
+    );
+    std::fs::write(path, text).expect("write kubeconfig");
+    path.to_path_buf()
+}
+
 pub struct ApiServer {
     pub server: Server,
     cluster: Arc<Mutex<Cluster>>,
@@ -240,13 +248,14 @@ impl ApiServer {
 
     /// The same with another bearer token: one the harness does not know gets 401s.
     pub fn kubeconfig_with_token(&self, dir: &std::path::Path, token: &str) -> std::path::PathBuf {
-        let path = dir.join(if token == TOKEN { "kubeconfig".to_string() } else { format!("kubeconfig-{token}") });
-        let text = format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: harness\n  cluster: {{server: '{}'}}\nusers:\n- name: tester\n  user: {{token: {token}}}\ncontexts:\n- name: harness\n  context: {{cluster: harness, user: tester, namespace: default}}\ncurrent-context: harness\n",
-            self.url()
-        );
-        std::fs::write(&path, text).expect("write kubeconfig");
-        path
+        let name = if token == TOKEN { "kubeconfig".to_string() } else { format!("kubeconfig-{token}") };
+        write_kubeconfig(&dir.join(name), &self.url(), token)
+    }
+
+    /// A kubeconfig reaching the harness through `server` (a proxy in front of it), in a file
+    /// of its own named after `name`.
+    pub fn kubeconfig_via(&self, dir: &std::path::Path, server: &str, name: &str) -> std::path::PathBuf {
+        write_kubeconfig(&dir.join(format!("kubeconfig-{name}")), server, TOKEN)
     }
 
     pub fn client(&self) -> kube::Client {

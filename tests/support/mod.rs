@@ -134,3 +134,22 @@ pub fn workload(kind: &str, namespace: &str, name: &str, image: &str) -> serde_j
     }
     object
 }
+
+/// A `kubernetes.io/dockerconfigjson` Secret holding `user:password` for `registry`.
+pub fn pull_secret(namespace: &str, name: &str, registry: &str, user: &str, password: &str) -> serde_json::Value {
+    use base64::Engine;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    let config = serde_json::json!({"auths": {registry: {"auth": auth}}}).to_string();
+    serde_json::json!({
+        "kind": "Secret", "type": "kubernetes.io/dockerconfigjson",
+        "metadata": {"name": name, "namespace": namespace},
+        "data": {".dockerconfigjson": base64::engine::general_purpose::STANDARD.encode(config)}
+    })
+}
+
+/// A workload object (from [`workload`]) whose pod template names these pull secrets.
+pub fn with_pull_secrets(mut object: serde_json::Value, names: &[&str]) -> serde_json::Value {
+    object["spec"]["template"]["spec"]["imagePullSecrets"] =
+        serde_json::json!(names.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>());
+    object
+}

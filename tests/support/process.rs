@@ -78,3 +78,45 @@ pub async fn await_listening(pid: u32, count: usize, timeout: Duration) -> Vec<S
     assert_eq!(addrs.len(), count, "process {pid} listens on {addrs:?}");
     addrs
 }
+
+/// Runs the binary with `args`, cut off from the machine's clusters, without blocking the
+/// runtime that serves the harnesses.
+pub async fn run_pullcheck(args: &[&str]) -> std::process::Output {
+    let (mut command, _home) = pullcheck_async();
+    command.args(args).output().await.expect("run pullcheck")
+}
+
+/// The JSON a `-o json` run printed, or a panic saying what it printed instead.
+pub fn json_report(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}): {}\nstderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+/// `pullcheck run` against `kubeconfig` with `args`, stderr to `log`, exporting to `otlp` (or
+/// nothing: `OTEL_SDK_DISABLED`) at the fast intervals the tests wait on; `env` set on top.
+pub fn spawn_run(
+    kubeconfig: &std::path::Path,
+    args: &[&str],
+    otlp: Option<&str>,
+    env: &[(&str, &str)],
+    log: &std::path::Path,
+) -> (tokio::process::Child, tempfile::TempDir) {
+    let (mut command, home) = pullcheck_async();
+    command.arg("run").arg("--kubeconfig").arg(kubeconfig).args(args);
+    match otlp {
+        Some(endpoint) => command
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
+            .env("OTEL_METRIC_EXPORT_INTERVAL", "200")
+            .env("OTEL_BSP_SCHEDULE_DELAY", "200")
+            .env("OTEL_BLRP_SCHEDULE_DELAY", "200"),
+        None => command.env("OTEL_SDK_DISABLED", "true"),
+    };
+    command.envs(env.iter().copied());
+    command.stdout(std::process::Stdio::null()).stderr(std::fs::File::create(log).expect("log file"));
+    (command.spawn().expect("start pullcheck run"), home)
+}
