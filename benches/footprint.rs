@@ -6,7 +6,8 @@
 //! The API-server harness serves objects shaped and sized as a real API server returns them
 //! (managedFields with fieldsV1 trees, labels and annotations, a last-applied-configuration on
 //! every third Deployment, status with conditions, Pods with containerStatuses, owner
-//! references). Probes go to the real `docker-registry`: a few images are pushed, the rest are
+//! references). A Pod's imageID is its image's digest (every node resolved the tag alike), one
+//! Pod in 50 on an older one. Probes go to the real `docker-registry`: a few images are pushed, the rest are
 //! absent (the probe path runs; the registry is not what is measured).
 //!
 //! ```text
@@ -320,7 +321,12 @@ fn pod(seed: u64, ns: &str, name: &str, template: &Value, owner: Option<Value>, 
         .enumerate()
         .map(|(n, (name, image))| {
             let (repo, _) = image.rsplit_once(':').expect("a tag");
-            json!({"name": name, "image": image, "imageID": format!("{repo}@sha256:{}", hex(seed * 3 + n as u64, 64)),
+            // As on a cluster: every node pulled the tag to the same digest, so the digest is
+            // the image's; one pod in 50 still runs an older one (drift).
+            let image_seed =
+                image.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3));
+            let drifted = u64::from(seed % 50 == 0);
+            json!({"name": name, "image": image, "imageID": format!("{repo}@sha256:{}", hex(image_seed + drifted, 64)),
                 "containerID": format!("containerd://{}", hex(seed * 5 + n as u64, 64)),
                 "ready": true, "started": true, "restartCount": 0, "lastState": {},
                 "state": {"running": {"startedAt": time(1100)}}})

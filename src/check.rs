@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials};
 use crate::error::Warning;
 use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
-use crate::inventory::running::{Digest, drift, running_digests};
+use crate::inventory::running::{Running, drift, running_digests};
 use crate::inventory::selection::Selection;
 use crate::inventory::{ContainerRef, WorkloadRef};
 use crate::platform::Platform;
@@ -54,7 +54,7 @@ pub async fn check_files(
         .then(|| no_workload_in_files(paths, inventory.files, inventory.documents, inventory.records.len()));
     let platforms: Arc<[Platform]> = Arc::from(settings.platforms.clone().unwrap_or_default());
     let uses = resolve(records, |_| None, client.config(), &selection.images, &platforms);
-    let mut report = probe_uses(uses, client, settings, &HashMap::new()).await;
+    let mut report = probe_uses(uses, client, settings, &Running::default()).await;
     report.input_errors = inventory.errors;
     report.errors.extend(empty.filter(|_| !settings.allow_empty));
     report
@@ -91,7 +91,7 @@ pub async fn check_cluster(
         BTreeMap::new()
     };
     let records: Vec<_> =
-        snapshot.records.iter().filter(|r| selection.admits(r, labels.get(&r.workload.namespace))).collect();
+        snapshot.records.iter().filter(|r| selection.admits(r, labels.get(r.workload.namespace.as_str()))).collect();
     let secrets = PullSecrets::new(kube_client.clone(), secret_ttl);
     let mut credentials: HashMap<&WorkloadRef, WorkloadCredentials> = HashMap::new();
     let mut others = snapshot.warnings.clone();
@@ -109,7 +109,7 @@ pub async fn check_cluster(
         &platforms,
     );
     let owners = snapshot.owners.iter().cloned().collect();
-    let running = running_digests(snapshot.pods.iter().map(|(p, r)| (p, r)), &owners);
+    let running = running_digests(&snapshot.pods, &owners);
     let mut report = probe_uses(uses, client, settings, &running).await;
     others.extend(platform_warning);
 
@@ -196,7 +196,7 @@ async fn probe_uses(
     uses: Vec<ImageUse>,
     client: &RegistryClient,
     settings: &CheckSettings,
-    running: &HashMap<ContainerRef, std::collections::BTreeSet<Digest>>,
+    running: &Running,
 ) -> Report {
     // Each key probed once, its credentials named as its first use knows them.
     let mut keys: BTreeMap<&ImageKey, Vec<SourcedCredential>> =
@@ -226,7 +226,7 @@ async fn probe_uses(
             let mut workloads: Vec<WorkloadUse> = users
                 .iter()
                 .map(|u| {
-                    let digests = running.get(&u.user);
+                    let digests = running.of(&u.user);
                     WorkloadUse {
                         user: u.user.clone(),
                         running_digests: digests.into_iter().flatten().map(ToString::to_string).collect(),

@@ -3,7 +3,7 @@
 //! Data flow (docs/architecture.md): [`sources`] → [`inventory`] → [`schedule`] → [`registry`]
 //! probe → [`telemetry`]. [`check`] is one pass over that flow, [`controller`] the loop of `run`.
 //! Under them, the vocabulary every layer shares: [`image`] references, [`platform`]s,
-//! [`credentials`] and the registry [`config`].
+//! [`credentials`], the registry [`config`], and shared [`name`]s.
 
 #![forbid(unsafe_code)]
 // Nothing from outside may panic the process: errors are values. Tests may unwrap.
@@ -17,6 +17,7 @@ pub mod error;
 pub mod health;
 pub mod image;
 pub mod inventory;
+pub mod name;
 pub mod platform;
 pub mod registry;
 pub mod report;

@@ -7,7 +7,7 @@ use std::path::Path;
 /// (files under src/, modules of this crate they may not use).
 const RULES: &[(&[&str], &[&str])] = &[
     (
-        &["image.rs", "platform.rs", "credentials/", "config/", "error.rs"],
+        &["image.rs", "name.rs", "platform.rs", "credentials/", "config/", "error.rs"],
         &["sources", "inventory", "schedule", "registry", "telemetry", "check", "report", "controller", "health"],
     ),
     (&["inventory/"], &["sources", "schedule", "registry", "telemetry", "check", "report", "controller", "health"]),

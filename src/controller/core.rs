@@ -2,21 +2,21 @@
 //! to the schedule, the states and the published series. The loop around it (`run`) only moves
 //! events in and probes out, so everything here is tested under paused time.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use opentelemetry::KeyValue;
 use tokio::time::Instant;
 
-use super::tracked::{InventoryChange, Tracked};
+use super::tracked::{InventoryChange, Series, Tracked};
 use crate::credentials::SourcedCredential;
 use crate::image::ImageRef;
 use crate::inventory::ContainerRef;
 use crate::inventory::keys::ImageKey;
-use crate::inventory::running::{Digest, drift};
+use crate::inventory::running::{Running, drift};
 use crate::registry::{ProbeResult, State, Trigger};
 use crate::schedule::{ScheduleSettings, Scheduler};
 use crate::sources::events::PullFailure;
+use crate::telemetry::attributes::{image_attributes, use_attributes};
 use crate::telemetry::logs::TransitionLog;
 use crate::telemetry::metrics::{Metrics, Snapshot};
 
@@ -43,7 +43,7 @@ pub struct Controller {
     ready: bool,
     /// Series are rebuilt only when a state or the inventory changed.
     series_stale: bool,
-    published_series: Arc<Vec<(Arc<[KeyValue]>, State)>>,
+    published_series: Arc<Vec<(Series, State)>>,
     /// Probes started since the last tick (the tick's batch and what refills added).
     last_batch: usize,
     /// This replica probes and exports image series (always, without leader election).
@@ -53,12 +53,12 @@ pub struct Controller {
     /// Failed pulls waiting for their key's next probe, then riding along with it.
     triggers: HashMap<ImageKey, Trigger>,
     /// What each workload container's pods run.
-    running: HashMap<ContainerRef, BTreeSet<Digest>>,
-    /// The drift last published per container (known ones only), to log when it changes.
-    drifted: HashMap<ContainerRef, bool>,
-    published_drift: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
+    running: Running,
+    /// The containers last published as drifting, to log when that changes.
+    drifted: HashSet<ContainerRef>,
+    published_drift: Arc<Vec<(Series, bool)>>,
     /// Per container on a deprecated registry: whether its replacement can be pulled.
-    published_replacements: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
+    published_replacements: Arc<Vec<(Series, bool)>>,
 }
 
 impl Controller {
@@ -83,8 +83,8 @@ impl Controller {
             leading: true,
             last_triggered: HashMap::new(),
             triggers: HashMap::new(),
-            running: HashMap::new(),
-            drifted: HashMap::new(),
+            running: Running::default(),
+            drifted: HashSet::new(),
             published_drift: Arc::new(Vec::new()),
             published_replacements: Arc::new(Vec::new()),
         }
@@ -116,7 +116,7 @@ impl Controller {
             .map(|(key, _)| key.clone())
             .collect();
         if keys.is_empty() {
-            let key = ImageKey { image, credentials: Vec::new(), platforms: Arc::from(Vec::new()) };
+            let key = ImageKey::new(image, Vec::new(), Arc::from(Vec::new()));
             if self.last_triggered.contains_key(&key) {
                 return Vec::new();
             }
@@ -242,7 +242,7 @@ impl Controller {
         if previous != Some(result.state) {
             self.log.transition(
                 &key.to_string(),
-                &users.attributes,
+                &image_attributes(&key.image),
                 previous,
                 &result,
                 &users.names(),
@@ -271,10 +271,10 @@ impl Controller {
                     .series()
                     .filter_map(|s| {
                         let state = match &s.key {
-                            Some(key) => self.states.get(key)?.state,
-                            None => State::BadImageFormat,
+                            Ok(key) => self.states.get(key)?.state,
+                            Err(_) => State::BadImageFormat,
                         };
-                        Some((s.attributes.clone(), state))
+                        Some((s.clone(), state))
                     })
                     .collect(),
             );
@@ -283,11 +283,8 @@ impl Controller {
                 self.tracked
                     .series()
                     .filter_map(|s| {
-                        let replacement = s.replacement.as_ref()?;
-                        let state = self.states.get(replacement)?.state;
-                        let mut attributes = s.attributes.to_vec();
-                        attributes.push(KeyValue::new("pullcheck.replacement.image", replacement.to_string()));
-                        Some((Arc::from(attributes), state == State::Available))
+                        let state = self.states.get(&s.replacement.as_ref()?.key)?.state;
+                        Some((s.clone(), state == State::Available))
                     })
                     .collect(),
             );
@@ -296,7 +293,7 @@ impl Controller {
         for key in self.tracked.keys().iter().filter(|(_, u)| !u.only_replacing()).map(|(k, _)| k) {
             *by_state.entry(self.state_of(key).unwrap_or(State::Pending)).or_default() += 1;
         }
-        let bad = self.tracked.series().filter(|s| s.key.is_none()).count() as u64;
+        let bad = self.tracked.series().filter(|s| s.key.is_err()).count() as u64;
         if bad > 0 {
             *by_state.entry(State::BadImageFormat).or_default() += bad;
         }
@@ -314,24 +311,29 @@ impl Controller {
 
     /// Per container: do its running pods run another digest than the tag resolves to now?
     /// Known only with running pods, a resolved digest and a tag (a pinned digest cannot drift).
-    /// A change is logged.
+    /// A container that starts drifting is logged, and one that stops (its pods now run what
+    /// the tag resolves to); one that never drifted is not, so a start tells nothing per
+    /// container.
     fn publish_drift(&mut self) {
         let mut published = Vec::new();
-        let mut now_drifted = HashMap::new();
+        let mut now_drifted = HashSet::new();
         for series in self.tracked.series() {
-            let Some(key) = &series.key else { continue };
+            let Ok(key) = &series.key else { continue };
             if key.image.digest().is_some() {
                 continue;
             }
             let current = self.states.get(key).and_then(|r| r.digest.as_deref());
-            let Some(drifted) = drift(self.running.get(&series.user), current) else { continue };
-            published.push((series.attributes.clone(), drifted));
-            if self.drifted.get(&series.user) != Some(&drifted) {
-                let running: Vec<String> =
-                    self.running.get(&series.user).into_iter().flatten().map(ToString::to_string).collect();
-                self.log.drift(&key.to_string(), &series.attributes, drifted, current.unwrap_or_default(), &running);
+            let running = self.running.of(&series.user);
+            let Some(drifted) = drift(running, current) else { continue };
+            published.push((series.clone(), drifted));
+            if self.drifted.contains(&series.user) != drifted {
+                let running: Vec<String> = running.into_iter().flatten().map(ToString::to_string).collect();
+                let attributes = use_attributes(series);
+                self.log.drift(&key.to_string(), &attributes, drifted, current.unwrap_or_default(), &running);
             }
-            now_drifted.insert(series.user.clone(), drifted);
+            if drifted {
+                now_drifted.insert(series.user.clone());
+            }
         }
         self.drifted = now_drifted;
         self.published_drift = Arc::new(published);

@@ -2,16 +2,13 @@
 //! per container. Kept up to date one workload at a time, so a change costs what it touches,
 //! not the size of the inventory.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-use opentelemetry::KeyValue;
 
 use crate::credentials::SourcedCredential;
 use crate::inventory::keys::{ImageKey, ImageUse};
-use crate::inventory::running::Digest;
+use crate::inventory::running::Running;
 use crate::inventory::{ContainerRef, WorkloadRef};
-use crate::telemetry::attributes::{image_attributes, use_attributes};
 
 /// What the tracker found: everything anew, or some workloads' uses (`None`: the workload is
 /// gone or no longer selected).
@@ -20,30 +17,21 @@ pub enum InventoryChange {
     Reset(Vec<(WorkloadRef, Vec<ImageUse>)>),
     Workloads(Vec<(WorkloadRef, Option<Vec<ImageUse>>)>),
     /// What the pods run now, per workload container.
-    Running(HashMap<ContainerRef, BTreeSet<Digest>>),
+    Running(Running),
 }
 
-/// One container's series.
-#[derive(Clone, Debug)]
-pub struct Series {
-    pub user: ContainerRef,
-    pub attributes: Arc<[KeyValue]>,
-    /// `None`: the reference does not parse (`bad_image_format`), never probed.
-    pub key: Option<ImageKey>,
-    /// On a deprecated registry: the same image under its replacement, probed too.
-    pub replacement: Option<ImageKey>,
-}
+/// One container's series: its use of an image, its key the one the key table holds. Shared
+/// with the published snapshots, whose attributes are built from it at export.
+pub type Series = Arc<ImageUse>;
 
 /// What is known of one key's users.
 #[derive(Debug)]
 pub struct KeyUsers {
-    /// The containers that run this image.
-    pub users: BTreeSet<ContainerRef>,
+    /// The containers that run this image, sorted, each once.
+    pub users: Vec<ContainerRef>,
     /// The containers whose deprecated registry this image replaces: probed for them, but
-    /// not theirs (no state change is told for them, no key counted by state).
-    pub replacing: BTreeSet<ContainerRef>,
-    /// Image attributes shared by its series' logs.
-    pub attributes: Vec<KeyValue>,
+    /// not theirs (no state change is told for them, no key counted by state). Sorted.
+    pub replacing: Vec<ContainerRef>,
     /// The key's credentials, named as the first user to bring them knows them.
     pub chain: Vec<SourcedCredential>,
 }
@@ -75,10 +63,13 @@ impl KeyChanges {
     }
 }
 
+/// Each touched key's users as they were before a change (absent: the key was new).
+type Before = HashMap<ImageKey, Vec<ContainerRef>>;
+
 #[derive(Debug, Default)]
 pub struct Tracked {
     keys: HashMap<ImageKey, KeyUsers>,
-    by_workload: HashMap<WorkloadRef, Vec<Series>>,
+    by_workload: HashMap<WorkloadRef, Box<[Series]>>,
 }
 
 impl Tracked {
@@ -91,41 +82,51 @@ impl Tracked {
     }
 
     pub fn series(&self) -> impl Iterator<Item = &Series> {
-        self.by_workload.values().flatten()
+        self.by_workload.values().flat_map(|s| s.iter())
     }
 
     /// Applies a change; says which keys came, went, or got other users.
     pub fn apply(&mut self, change: InventoryChange) -> KeyChanges {
-        // Each touched key's users as they were before the change (absent: the key was new).
-        let mut before: HashMap<ImageKey, BTreeSet<ContainerRef>> = HashMap::new();
+        let mut before = Before::new();
+        let mut touched = HashSet::new();
         match change {
             InventoryChange::Reset(all) => {
                 before = self.keys.drain().map(|(k, u)| (k, u.users)).collect();
                 self.by_workload.clear();
-                let mut seen = HashSet::new();
+                touched.extend(before.keys().cloned());
                 for (workload, uses) in all {
-                    self.insert(workload, uses, &mut seen, &mut HashMap::new());
+                    self.insert(workload, uses, &mut touched, &mut before, false);
                 }
-                let mut touched: HashSet<ImageKey> = before.keys().cloned().collect();
-                touched.extend(seen);
-                self.classify(touched, &before)
+                self.keys.shrink_to_fit();
             }
             // Not the tracked set's business: the controller keeps what runs.
-            InventoryChange::Running(_) => KeyChanges::default(),
+            InventoryChange::Running(_) => return KeyChanges::default(),
             InventoryChange::Workloads(changes) => {
-                let mut touched = HashSet::new();
                 for (workload, uses) in changes {
                     self.remove(&workload, &mut touched, &mut before);
                     if let Some(uses) = uses {
-                        self.insert(workload, uses, &mut touched, &mut before);
+                        self.insert(workload, uses, &mut touched, &mut before, true);
                     }
                 }
-                self.classify(touched, &before)
+            }
+        }
+        self.settle(&touched);
+        self.classify(touched, &before)
+    }
+
+    /// Users were pushed as they came: sorted and made unique once per change.
+    fn settle(&mut self, touched: &HashSet<ImageKey>) {
+        for key in touched {
+            if let Some(users) = self.keys.get_mut(key) {
+                for list in [&mut users.users, &mut users.replacing] {
+                    list.sort_unstable();
+                    list.dedup();
+                }
             }
         }
     }
 
-    fn classify(&self, touched: HashSet<ImageKey>, before: &HashMap<ImageKey, BTreeSet<ContainerRef>>) -> KeyChanges {
+    fn classify(&self, touched: HashSet<ImageKey>, before: &Before) -> KeyChanges {
         let mut changes = KeyChanges::default();
         for key in touched {
             match (before.get(&key), self.keys.get(&key)) {
@@ -142,7 +143,7 @@ impl Tracked {
     }
 
     /// Notes a key's users before its first change.
-    fn remember(&self, key: &ImageKey, before: &mut HashMap<ImageKey, BTreeSet<ContainerRef>>) {
+    fn remember(&self, key: &ImageKey, before: &mut Before) {
         if !before.contains_key(key)
             && let Some(users) = self.keys.get(key)
         {
@@ -150,64 +151,74 @@ impl Tracked {
         }
     }
 
-    fn remove(
-        &mut self,
-        workload: &WorkloadRef,
-        touched: &mut HashSet<ImageKey>,
-        before: &mut HashMap<ImageKey, BTreeSet<ContainerRef>>,
-    ) {
+    fn remove(&mut self, workload: &WorkloadRef, touched: &mut HashSet<ImageKey>, before: &mut Before) {
         for series in self.by_workload.remove(workload).into_iter().flatten() {
-            for key in series.key.into_iter().chain(series.replacement) {
-                self.remember(&key, before);
-                if let Some(users) = self.keys.get_mut(&key) {
+            let keys = series.key.as_ref().ok().into_iter().chain(series.replacement.as_ref().map(|r| &r.key));
+            for key in keys {
+                self.remember(key, before);
+                if let Some(users) = self.keys.get_mut(key) {
                     users.users.retain(|u| u.workload != *workload);
                     users.replacing.retain(|u| u.workload != *workload);
                     if users.users.is_empty() && users.replacing.is_empty() {
-                        self.keys.remove(&key);
+                        self.keys.remove(key);
                     }
                 }
-                touched.insert(key);
+                touched.insert(key.clone());
             }
         }
     }
 
+    /// The key as the table holds it (or held before a reset, as the schedule still does),
+    /// for a use to share; the given one when it is new.
+    fn held(&self, key: &ImageKey, before: &Before) -> ImageKey {
+        let held = self.keys.get_key_value(key).map(|(k, _)| k).or_else(|| before.get_key_value(key).map(|(k, _)| k));
+        held.unwrap_or(key).clone()
+    }
+
+    /// A workload's uses. `remember`: note each key's users before the first change (not
+    /// during a reset, whose `before` already holds every old key).
     fn insert(
         &mut self,
         workload: WorkloadRef,
         uses: Vec<ImageUse>,
         touched: &mut HashSet<ImageKey>,
-        before: &mut HashMap<ImageKey, BTreeSet<ContainerRef>>,
+        before: &mut Before,
+        remember: bool,
     ) {
         let mut series = Vec::with_capacity(uses.len());
-        for image_use in uses {
-            let attributes: Arc<[KeyValue]> = use_attributes(&image_use).into();
-            let key = image_use.key.as_ref().ok().cloned();
-            if let Some(key) = &key {
-                self.remember(key, before);
+        for mut image_use in uses {
+            if let Ok(key) = &image_use.key {
+                let key = self.held(key, before);
+                image_use.key = Ok(key.clone());
+                if remember {
+                    self.remember(&key, before);
+                }
+                let chain = image_use.chain();
                 let users = self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
-                    users: BTreeSet::new(),
-                    replacing: BTreeSet::new(),
-                    attributes: image_attributes(&key.image),
-                    chain: image_use.chain(),
+                    users: Vec::new(),
+                    replacing: Vec::new(),
+                    chain,
                 });
-                users.users.insert(image_use.user.clone());
+                users.users.push(image_use.user.clone());
                 touched.insert(key.clone());
             }
-            let replacement = image_use.replacement.as_deref().map(|r| {
-                self.remember(&r.key, before);
-                let users = self.keys.entry(r.key.clone()).or_insert_with(|| KeyUsers {
-                    users: BTreeSet::new(),
-                    replacing: BTreeSet::new(),
-                    attributes: image_attributes(&r.key.image),
-                    chain: r.chain(),
+            if let Some(replacement) = &mut image_use.replacement {
+                replacement.key = self.held(&replacement.key, before);
+                if remember {
+                    self.remember(&replacement.key, before);
+                }
+                let chain = replacement.chain();
+                let users = self.keys.entry(replacement.key.clone()).or_insert_with(|| KeyUsers {
+                    users: Vec::new(),
+                    replacing: Vec::new(),
+                    chain,
                 });
-                users.replacing.insert(image_use.user.clone());
-                touched.insert(r.key.clone());
-                r.key.clone()
-            });
-            series.push(Series { user: image_use.user.clone(), attributes, key, replacement });
+                users.replacing.push(image_use.user.clone());
+                touched.insert(replacement.key.clone());
+            }
+            series.push(Arc::new(image_use));
         }
-        self.by_workload.insert(workload, series);
+        self.by_workload.insert(workload, series.into_boxed_slice());
     }
 }
 
@@ -245,6 +256,9 @@ mod tests {
         let changes = tracked.apply(InventoryChange::Reset(vec![uses(&web), uses(&api)]));
         assert_eq!(names(&changes.added), ["docker.io/library/nginx:1", "docker.io/library/redis:7"]);
         assert_eq!((tracked.keys().len(), tracked.workloads(), tracked.series().count()), (2, 2, 3));
+        let nginx: Vec<&ImageKey> =
+            tracked.series().filter_map(|s| s.key.as_ref().ok()).filter(|k| k.to_string().contains("nginx")).collect();
+        assert!(nginx[0].is_same(nginx[1]), "both containers hold the key the table holds, not copies");
 
         // web moves off redis: redis goes, nginx loses a user.
         let changes = tracked.apply(InventoryChange::Workloads(vec![update(&record("web", &["nginx:1"]))]));

@@ -11,14 +11,19 @@ use super::{ContainerRef, WorkloadRecord};
 use crate::config::RegistryConfig;
 use crate::credentials::{Credential, CredentialSource, SourcedCredential, WorkloadCredentials};
 use crate::image::{ImageRef, ImageRefError};
+use crate::name::Name;
 use crate::platform::Platform;
 
 /// What one probe answers for: a canonical reference and the workload credentials kubelet
 /// would try for it, in its order. Two namespaces with different credentials for one image are
 /// two keys; the same credentials under other secret names are one (one probe per credential).
-/// Shown as the reference alone: a key never prints its credentials.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ImageKey {
+/// Shown as the reference alone: a key never prints its credentials. Shared, not copied:
+/// every container of the key, the schedule and the states hold the same one.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ImageKey(Arc<KeyParts>);
+
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct KeyParts {
     pub image: ImageRef,
     pub credentials: Vec<Credential>,
     /// The platforms its workloads' nodes have: an index must cover each, a single-platform
@@ -26,7 +31,29 @@ pub struct ImageKey {
     pub platforms: Arc<[Platform]>,
 }
 
+impl std::ops::Deref for ImageKey {
+    type Target = KeyParts;
+    fn deref(&self) -> &KeyParts {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ImageKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 impl ImageKey {
+    pub fn new(image: ImageRef, credentials: Vec<Credential>, platforms: Arc<[Platform]>) -> Self {
+        ImageKey(Arc::new(KeyParts { image, credentials, platforms }))
+    }
+
+    /// The very same key, not an equal copy.
+    pub fn is_same(&self, other: &ImageKey) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The registry as named in the reference: the unit of the scheduler's per-registry budgets.
     pub fn registry(&self) -> &str {
         self.image.registry()
@@ -44,7 +71,7 @@ impl fmt::Display for ImageKey {
 pub struct ImageUse {
     pub user: ContainerRef,
     /// The reference as written in the manifest.
-    pub written: String,
+    pub written: Name,
     /// The key probed for it, or why the reference is `bad_image_format` (never probed).
     pub key: Result<ImageKey, ImageRefError>,
     /// Where each of the key's credentials comes from for this use (its own secret names).
@@ -136,11 +163,11 @@ pub fn resolve<'a>(
                 Ok(image) => {
                     let replacement = config.replacement(&image).map(|image| {
                         let (credentials, sources) = credentials_for(own, &image);
-                        let key = ImageKey { image, credentials, platforms: schedulable.clone() };
+                        let key = ImageKey::new(image, credentials, schedulable.clone());
                         Box::new(Replacement { key, sources })
                     });
                     let (credentials, sources) = credentials_for(own, &image);
-                    (Ok(ImageKey { credentials, image, platforms: schedulable.clone() }), sources, replacement)
+                    (Ok(ImageKey::new(image, credentials, schedulable.clone())), sources, replacement)
                 }
                 Err(e) => (Err(e), Vec::new(), None),
             };

@@ -14,6 +14,8 @@ use std::fmt;
 
 use serde::Serialize;
 
+use crate::name::{Interner, Name};
+
 /// Workload kinds whose pod templates reference images.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub enum WorkloadKind {
@@ -93,8 +95,8 @@ pub enum ContainerRole {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
 pub struct WorkloadRef {
     pub kind: WorkloadKind,
-    pub namespace: String,
-    pub name: String,
+    pub namespace: Name,
+    pub name: Name,
 }
 
 impl fmt::Display for WorkloadRef {
@@ -109,7 +111,7 @@ impl fmt::Display for WorkloadRef {
 pub struct ContainerRef {
     #[serde(flatten)]
     pub workload: WorkloadRef,
-    pub container: String,
+    pub container: Name,
 }
 
 impl fmt::Display for ContainerRef {
@@ -121,10 +123,10 @@ impl fmt::Display for ContainerRef {
 /// One container of a workload's pod template.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ContainerSpec {
-    pub name: String,
+    pub name: Name,
     pub role: ContainerRole,
     /// The reference as written in the manifest.
-    pub image: String,
+    pub image: Name,
 }
 
 /// The slim record the inventory keeps per workload: never the whole object.
@@ -133,9 +135,9 @@ pub struct WorkloadRecord {
     pub workload: WorkloadRef,
     pub containers: Vec<ContainerSpec>,
     /// `imagePullSecrets` of the pod template, in order.
-    pub pull_secrets: Vec<String>,
+    pub pull_secrets: Vec<Name>,
     /// The pod template's service account (`default` when unset).
-    pub service_account: String,
+    pub service_account: Name,
     /// `spec.replicas` of the kinds that have it (absent means 1, as the API server defaults it).
     pub replicas: Option<i32>,
     /// `spec.suspend` of CronJobs and Jobs.
@@ -146,6 +148,24 @@ pub struct WorkloadRecord {
 }
 
 impl WorkloadRecord {
+    /// The same record with its names taken from `names`: equal names across records are one
+    /// allocation (a namespace, an image, a container name).
+    pub fn interned(mut self, names: &mut Interner) -> Self {
+        self.workload.namespace = names.share(&self.workload.namespace);
+        self.workload.name = names.share(&self.workload.name);
+        for container in &mut self.containers {
+            container.name = names.share(&container.name);
+            container.image = names.share(&container.image);
+        }
+        for secret in &mut self.pull_secrets {
+            *secret = names.share(secret);
+        }
+        self.service_account = names.share(&self.service_account);
+        self.containers.shrink_to_fit();
+        self.pull_secrets.shrink_to_fit();
+        self
+    }
+
     /// Scaled to zero or suspended: such workloads are left out unless asked for.
     pub fn is_disabled(&self) -> bool {
         self.replicas == Some(0) || self.suspended
@@ -165,9 +185,9 @@ pub(crate) mod fixtures {
                 .iter()
                 .enumerate()
                 .map(|(i, image)| ContainerSpec {
-                    name: format!("c{i}"),
+                    name: format!("c{i}").into(),
                     role: ContainerRole::Container,
-                    image: image.to_string(),
+                    image: (*image).into(),
                 })
                 .collect(),
             pull_secrets: vec![],

@@ -3,9 +3,10 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use super::running::{Digest, Owner, RunningPod};
+use super::running::{Controller, Digest, Owner, RunningPod};
 use super::slim::{Loose, SlimObject, SlimSpec, SlimTemplate};
 use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
+use crate::name::Name;
 use crate::platform::{PlatformConstraints, PlatformExpression};
 
 /// The namespace of an object that names none (a manifest applied with `kubectl apply -f`).
@@ -68,23 +69,23 @@ pub fn record_from_object(kind: WorkloadKind, object: &SlimObject) -> Result<Opt
     Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended, platforms }))
 }
 
-/// The controlling owner of an object (a Pod's ReplicaSet, a ReplicaSet's Deployment).
-pub fn controller_of(object: &SlimObject) -> Option<Owner> {
-    object
-        .metadata
-        .owner_references
-        .as_deref()
-        .into_iter()
-        .flatten()
-        .find(|o| o.controller.unwrap_or(false))
-        .map(|o| Owner { kind: o.kind.clone(), name: o.name.clone() })
+/// The controlling owner of an object (a Pod's ReplicaSet, a ReplicaSet's Deployment), when
+/// it has one.
+pub fn controller_of(object: &SlimObject) -> Option<Controller> {
+    let reference =
+        object.metadata.owner_references.as_deref().into_iter().flatten().find(|o| o.controller.unwrap_or(false))?;
+    Some(match WorkloadKind::from_kind(&reference.kind) {
+        Some(kind) => Controller::Workload(Owner { kind, name: reference.name.as_str().into() }),
+        None => Controller::Untracked,
+    })
 }
 
-/// What a Pod runs: each container's digest from its status, and its owner. `None` when no
-/// container reports a digest yet (pending, pulling).
+/// What a Pod runs: each container's digest from its status, and the workload that made it
+/// (its controller, or itself). `None` when no container reports a digest yet (pending,
+/// pulling), or when a kind pullcheck does not track controls it.
 pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
     let status = object.status.as_ref()?;
-    let containers: Vec<(Box<str>, Digest)> = [&status.init_container_statuses, &status.container_statuses]
+    let containers: Vec<(Name, Digest)> = [&status.init_container_statuses, &status.container_statuses]
         .into_iter()
         .filter_map(loose)
         .flatten()
@@ -94,7 +95,16 @@ pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
             Some((loose(&c.name)?.as_str().into(), digest))
         })
         .collect();
-    (!containers.is_empty()).then(|| RunningPod { owner: controller_of(object), containers })
+    if containers.is_empty() {
+        return None;
+    }
+    let namespace = object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
+    let owner = match controller_of(object) {
+        Some(Controller::Workload(owner)) => owner,
+        Some(Controller::Untracked) => return None,
+        None => Owner { kind: WorkloadKind::Pod, name: object.metadata.name.as_deref().unwrap_or_default().into() },
+    };
+    Some(RunningPod { namespace: namespace.into(), owner, containers: containers.into() })
 }
 
 /// A template's pod spec.
@@ -161,12 +171,12 @@ fn is_managed(kind: WorkloadKind, owner_references: Option<&[OwnerReference]>) -
 fn extract_pod_spec(
     workload: &WorkloadRef,
     spec: &SlimSpec,
-) -> Result<(Vec<ContainerSpec>, Vec<String>, String), RecordError> {
+) -> Result<(Vec<ContainerSpec>, Vec<Name>, Name), RecordError> {
     let mut problems = Vec::new();
     let pull_secrets = match &spec.image_pull_secrets {
         None => Vec::new(),
         Some(Loose(Some(secrets))) => {
-            secrets.iter().filter_map(Loose::get).filter_map(|s| loose(&s.name)).cloned().collect()
+            secrets.iter().filter_map(Loose::get).filter_map(|s| loose(&s.name)).map(Name::from).collect()
         }
         Some(Loose(None)) => {
             problems.push("imagePullSecrets is not a list".to_string());
@@ -177,7 +187,7 @@ fn extract_pod_spec(
         .or_else(|| loose(&spec.service_account))
         .filter(|s| !s.is_empty())
         .map_or("default", String::as_str)
-        .to_string();
+        .into();
     let mut containers = Vec::new();
     for (field, role, list) in [
         ("initContainers", ContainerRole::Init, &spec.init_containers),
@@ -197,15 +207,15 @@ fn extract_pod_spec(
             let name = container.and_then(|c| loose(&c.name)).map_or("", String::as_str);
             match container.and_then(|c| loose(&c.image)) {
                 Some(image) => containers.push(ContainerSpec {
-                    name: if name.is_empty() { format!("{field}[{i}]") } else { name.to_string() },
+                    name: if name.is_empty() { format!("{field}[{i}]").into() } else { name.into() },
                     role,
-                    image: image.clone(),
+                    image: image.into(),
                 }),
                 None => problems.push(format!("{field}[{i}] ({name}) has no image")),
             }
         }
     }
-    let (kind, name) = (workload.kind, workload.name.clone());
+    let (kind, name) = (workload.kind, workload.name.to_string());
     if !problems.is_empty() {
         return Err(RecordError::PodSpec { kind, name, problems });
     }

@@ -2,10 +2,13 @@
 //! (`status.containerStatuses[].imageID`), pods mapped to their workload through their owners
 //! (Pod → ReplicaSet → Deployment, Pod → Job → CronJob, …). Kept slim: a digest is 32 bytes.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
 
 use super::{ContainerRef, WorkloadKind, WorkloadRef};
+use crate::name::Name;
 
 /// A sha256 digest, as bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,67 +44,129 @@ impl fmt::Debug for Digest {
     }
 }
 
-/// A pod's controlling owner, or a ReplicaSet's or Job's.
+/// A pod's controlling workload, or a ReplicaSet's or Job's. The name is interned: the pods
+/// of one ReplicaSet hold it once.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
-    pub kind: String,
-    pub name: String,
+    pub kind: WorkloadKind,
+    pub name: Name,
 }
 
-/// What one pod runs: its owner and each container's digest.
+/// Whose an object is, by its controlling owner reference.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Controller {
+    /// A workload kind pullcheck tracks.
+    Workload(Owner),
+    /// Any other kind (a Node's mirror pod, a custom controller's ReplicaSet): its pods belong
+    /// to no workload pullcheck reports.
+    Untracked,
+}
+
+/// An object by identity, as 64 bits of a hash of its kind, namespace and name: what the
+/// running-pod tables are keyed by, so a pod costs no copy of its name. Two of a cluster's
+/// objects would share one with a probability of about n²/2⁶⁵ (10⁻¹¹ for 20,000 pods); the
+/// worst it could do is mix two pods' digests into one drift answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey(u64);
+
+impl ObjectKey {
+    pub fn of(kind: &str, namespace: &str, name: &str) -> Self {
+        // SipHash with fixed keys: the same object gives the same key in every process.
+        let mut hasher = std::hash::DefaultHasher::new();
+        (kind, namespace, name).hash(&mut hasher);
+        ObjectKey(hasher.finish())
+    }
+}
+
+/// What one pod runs: its namespace, the workload that made it (itself, for a pod no
+/// controller owns) and each container's digest. Pods of one template share one container
+/// list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningPod {
-    pub owner: Option<Owner>,
-    pub containers: Vec<(Box<str>, Digest)>,
+    pub namespace: Name,
+    pub owner: Owner,
+    pub containers: Arc<[(Name, Digest)]>,
 }
 
-/// A pod by identity.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PodRef {
-    pub namespace: String,
-    pub name: String,
+/// A ReplicaSet's or Job's owner (`None`: a kind pullcheck does not track), with what the
+/// table needs to replace a scope on a relist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OwnedBy {
+    pub kind: WorkloadKind,
+    pub namespace: Name,
+    pub owner: Option<Owner>,
 }
 
 /// The workload a pod belongs to: its owner, that owner's owner for ReplicaSets and Jobs,
 /// or the pod itself when no controller owns it.
-pub fn workload_of(pod: &PodRef, running: &RunningPod, owners: &HashMap<WorkloadRef, Owner>) -> Option<WorkloadRef> {
-    let namespace = pod.namespace.clone();
-    let Some(owner) = &running.owner else {
-        return Some(WorkloadRef { kind: WorkloadKind::Pod, namespace, name: pod.name.clone() });
-    };
-    let kind = WorkloadKind::from_kind(&owner.kind)?;
-    let direct = WorkloadRef { kind, namespace, name: owner.name.clone() };
-    match owners.get(&direct) {
+pub fn workload_of(running: &RunningPod, owners: &HashMap<ObjectKey, OwnedBy>) -> Option<WorkloadRef> {
+    let namespace = running.namespace.clone();
+    let owner = &running.owner;
+    let direct = ObjectKey::of(owner.kind.as_str(), &namespace, &owner.name);
+    match owners.get(&direct).filter(|_| owner.kind != WorkloadKind::Pod) {
         // A Deployment's ReplicaSet, a CronJob's Job: the workload is the owner's owner.
-        Some(grand) => WorkloadKind::from_kind(&grand.kind).map(|kind| WorkloadRef {
-            kind,
-            namespace: direct.namespace.clone(),
-            name: grand.name.clone(),
-        }),
-        None => Some(direct),
+        Some(by) => {
+            by.owner.as_ref().map(|grand| WorkloadRef { kind: grand.kind, namespace, name: grand.name.clone() })
+        }
+        None => Some(WorkloadRef { kind: owner.kind, namespace, name: owner.name.clone() }),
+    }
+}
+
+/// What each workload's containers run: per container, its pods' digests, sorted, each once.
+/// Keyed by workload (its containers are a handful): one entry per workload, not per container.
+#[derive(Debug, Default)]
+pub struct Running(HashMap<WorkloadRef, Box<[ContainerDigests]>>);
+
+/// One container by name, and the digests its pods run.
+type ContainerDigests = (Name, Box<[Digest]>);
+
+impl Running {
+    /// The digests a workload container's pods run.
+    pub fn of(&self, user: &ContainerRef) -> Option<&[Digest]> {
+        let containers = self.0.get(&user.workload)?;
+        containers.iter().find(|(name, _)| *name == user.container).map(|(_, digests)| &digests[..])
+    }
+
+    /// Workload containers with running pods.
+    pub fn containers(&self) -> usize {
+        self.0.values().map(|c| c.len()).sum()
     }
 }
 
 /// Every workload container's running digests.
 pub fn running_digests<'a>(
-    pods: impl IntoIterator<Item = (&'a PodRef, &'a RunningPod)>,
-    owners: &HashMap<WorkloadRef, Owner>,
-) -> HashMap<ContainerRef, BTreeSet<Digest>> {
-    let mut out: HashMap<ContainerRef, BTreeSet<Digest>> = HashMap::new();
-    for (pod, running) in pods {
-        let Some(workload) = workload_of(pod, running, owners) else { continue };
-        for (container, digest) in &running.containers {
-            let user = ContainerRef { workload: workload.clone(), container: container.to_string() };
-            out.entry(user).or_default().insert(*digest);
+    pods: impl IntoIterator<Item = &'a RunningPod>,
+    owners: &HashMap<ObjectKey, OwnedBy>,
+) -> Running {
+    let mut out: HashMap<WorkloadRef, Vec<(Name, Vec<Digest>)>> = HashMap::new();
+    for running in pods {
+        let Some(workload) = workload_of(running, owners) else { continue };
+        let containers = out.entry(workload).or_default();
+        for (container, digest) in running.containers.iter() {
+            let index = containers.iter().position(|(name, _)| name == container).unwrap_or_else(|| {
+                containers.push((container.clone(), Vec::new()));
+                containers.len() - 1
+            });
+            let digests = &mut containers[index].1;
+            if !digests.contains(digest) {
+                digests.push(*digest);
+            }
         }
     }
-    out
+    let boxed = out.into_iter().map(|(workload, containers)| {
+        let containers = containers.into_iter().map(|(name, mut digests)| {
+            digests.sort();
+            (name, digests.into_boxed_slice())
+        });
+        (workload, containers.collect())
+    });
+    Running(boxed.collect())
 }
 
 /// Whether the running pods of a container would get something else on their next start: some
 /// run another digest than the tag resolves to now. `None` when unknown: no running pod, or
 /// the current digest not known.
-pub fn drift(running: Option<&BTreeSet<Digest>>, current: Option<&str>) -> Option<bool> {
+pub fn drift(running: Option<&[Digest]>, current: Option<&str>) -> Option<bool> {
     let running = running.filter(|r| !r.is_empty())?;
     let current = Digest::parse(current?)?;
     Some(running.iter().any(|d| *d != current))
@@ -129,38 +194,40 @@ mod tests {
 
     #[test]
     fn pods_map_to_their_workload_through_owners() {
-        let owners = HashMap::from([(
-            WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), name: "web-5d8".into() },
-            Owner { kind: "Deployment".into(), name: "web".into() },
-        )]);
-        let pod = |name: &str, owner: Option<(&str, &str)>, d: &str| {
-            (
-                PodRef { namespace: "ns".into(), name: name.into() },
-                RunningPod {
-                    owner: owner.map(|(k, n)| Owner { kind: k.into(), name: n.into() }),
-                    containers: vec![("app".into(), digest(d))],
-                },
-            )
+        let owner = |kind: WorkloadKind, name: &str| Owner { kind, name: name.into() };
+        let owned = |owner| OwnedBy { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), owner };
+        let owners = HashMap::from([
+            (ObjectKey::of("ReplicaSet", "ns", "web-5d8"), owned(Some(owner(WorkloadKind::Deployment, "web")))),
+            (ObjectKey::of("ReplicaSet", "ns", "argo-7f9"), owned(None)),
+        ]);
+        let pod = |owner: Owner, d: &str| RunningPod {
+            namespace: "ns".into(),
+            owner,
+            containers: Arc::from(vec![(Name::from("app"), digest(d))]),
         };
         let pods = [
-            pod("web-5d8-a", Some(("ReplicaSet", "web-5d8")), A),
-            pod("web-5d8-b", Some(("ReplicaSet", "web-5d8")), B),
-            pod("db-0", Some(("StatefulSet", "db")), A),
-            pod("debug", None, A),
+            pod(owner(WorkloadKind::ReplicaSet, "web-5d8"), A),
+            pod(owner(WorkloadKind::ReplicaSet, "web-5d8"), B),
+            pod(owner(WorkloadKind::ReplicaSet, "web-5d8"), B),
+            pod(owner(WorkloadKind::StatefulSet, "db"), A),
+            pod(owner(WorkloadKind::Pod, "debug"), A),
+            pod(owner(WorkloadKind::ReplicaSet, "argo-7f9"), A),
         ];
-        let running = running_digests(pods.iter().map(|(p, r)| (p, r)), &owners);
+        let running = running_digests(&pods, &owners);
         let of = |kind, name: &str| {
-            running.get(&ContainerRef {
+            running.of(&ContainerRef {
                 workload: WorkloadRef { kind, namespace: "ns".into(), name: name.into() },
                 container: "app".into(),
             })
         };
-        assert_eq!(of(WorkloadKind::Deployment, "web").map(|s| s.len()), Some(2));
-        assert_eq!(of(WorkloadKind::StatefulSet, "db").map(|s| s.len()), Some(1));
-        assert_eq!(of(WorkloadKind::Pod, "debug").map(|s| s.len()), Some(1));
+        assert_eq!(of(WorkloadKind::Deployment, "web"), Some(&[digest(A), digest(B)][..]), "sorted, each once");
+        assert_eq!(of(WorkloadKind::StatefulSet, "db").map(<[_]>::len), Some(1));
+        assert_eq!(of(WorkloadKind::Pod, "debug").map(<[_]>::len), Some(1));
+        assert_eq!(running.containers(), 3, "the pods of a ReplicaSet a Rollout owns belong to no workload");
         assert_eq!(drift(of(WorkloadKind::Deployment, "web"), Some(A)), Some(true), "one pod runs B");
         assert_eq!(drift(of(WorkloadKind::StatefulSet, "db"), Some(A)), Some(false));
         assert_eq!(drift(None, Some(A)), None, "no running pod: unknown");
         assert_eq!(drift(of(WorkloadKind::StatefulSet, "db"), None), None, "not probed: unknown");
+        assert_ne!(ObjectKey::of("Pod", "a", "bc"), ObjectKey::of("Pod", "ab", "c"), "parts are delimited");
     }
 }

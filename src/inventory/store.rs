@@ -2,12 +2,15 @@
 //! watcher's whole scope at once, so a dropped watch or a 410 Gone neither loses nor duplicates
 //! a workload.
 
+use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
-use super::running::{Owner, PodRef, RunningPod};
+use super::running::{Digest, ObjectKey, OwnedBy, Owner, RunningPod};
 use super::selection::Selection;
 use super::{WorkloadKind, WorkloadRecord, WorkloadRef};
+use crate::name::{Interner, Name};
 
 /// What one watcher covers: a kind, in one namespace or all.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -18,7 +21,7 @@ pub struct WatchScope {
 
 impl WatchScope {
     fn covers(&self, workload: &WorkloadRef) -> bool {
-        workload.kind == self.kind && self.namespace.as_ref().is_none_or(|ns| *ns == workload.namespace)
+        workload.kind == self.kind && self.namespace.as_ref().is_none_or(|ns| workload.namespace == *ns)
     }
 }
 
@@ -31,11 +34,11 @@ pub enum Update {
     Upsert(WorkloadRecord),
     Remove(WorkloadRef),
     /// What a pod runs (`None`: gone, or nothing reported yet); during a relist, as `InitPod`.
-    Pod(PodRef, Option<RunningPod>),
-    InitPod(WatchScope, PodRef, RunningPod),
+    Pod(ObjectKey, Option<RunningPod>),
+    InitPod(WatchScope, ObjectKey, RunningPod),
     /// A ReplicaSet's or Job's controlling owner (`None`: gone or none); during a relist, as `InitOwner`.
-    Owner(WorkloadRef, Option<Owner>),
-    InitOwner(WatchScope, WorkloadRef, Owner),
+    Owner(ObjectKey, Option<OwnedBy>),
+    InitOwner(WatchScope, ObjectKey, OwnedBy),
     /// The scope will never sync (403): readiness must not wait for it.
     GaveUp(WatchScope),
     /// A namespace's labels (`None`: deleted).
@@ -43,9 +46,34 @@ pub enum Update {
     NamespacesSynced,
 }
 
+/// A record in the table, found by its workload: the table holds each identity once, inside
+/// the record.
+#[derive(Debug)]
+struct ByWorkload(WorkloadRecord);
+
+impl Borrow<WorkloadRef> for ByWorkload {
+    fn borrow(&self) -> &WorkloadRef {
+        &self.0.workload
+    }
+}
+
+impl PartialEq for ByWorkload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.workload == other.0.workload
+    }
+}
+
+impl Eq for ByWorkload {}
+
+impl Hash for ByWorkload {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.workload.hash(state);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Store {
-    records: HashMap<WorkloadRef, WorkloadRecord>,
+    records: HashSet<ByWorkload>,
     buffers: HashMap<WatchScope, Vec<WorkloadRecord>>,
     synced: HashSet<WatchScope>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
@@ -57,12 +85,16 @@ pub struct Store {
     changed: HashSet<WorkloadRef>,
     /// A change that concerns every workload (namespace labels, for the selector).
     changed_all: bool,
-    pods: HashMap<PodRef, RunningPod>,
-    owners: HashMap<WorkloadRef, Owner>,
-    pod_buffers: HashMap<WatchScope, Vec<(PodRef, RunningPod)>>,
-    owner_buffers: HashMap<WatchScope, Vec<(WorkloadRef, Owner)>>,
+    pods: HashMap<ObjectKey, RunningPod>,
+    owners: HashMap<ObjectKey, OwnedBy>,
+    pod_buffers: HashMap<WatchScope, Vec<(ObjectKey, RunningPod)>>,
+    owner_buffers: HashMap<WatchScope, Vec<(ObjectKey, OwnedBy)>>,
     /// Bumped when what runs changed (a pod's digests, an owner), apart from the records.
     pub running_generation: u64,
+    /// Every name held here, once: namespaces, images, container and owner names.
+    names: Interner,
+    /// Pods' container lists, once per distinct list (a template's pods share one).
+    pod_containers: Interner<[(Name, Digest)]>,
 }
 
 /// What changed since the last look.
@@ -98,14 +130,14 @@ impl Store {
             Update::InitOwner(scope, owned, owner) => self.owner_buffers.entry(scope).or_default().push((owned, owner)),
             Update::Pod(pod, running) => {
                 let changed = match running {
-                    Some(running) => self.pods.insert(pod, running.clone()).is_none_or(|old| old != running),
+                    Some(running) => self.insert_pod(pod, running),
                     None => self.pods.remove(&pod).is_some(),
                 };
                 self.running_generation += u64::from(changed);
             }
             Update::Owner(owned, owner) => {
                 let changed = match owner {
-                    Some(owner) => self.owners.insert(owned, owner.clone()).is_none_or(|old| old != owner),
+                    Some(owner) => self.insert_owner(owned, owner),
                     None => self.owners.remove(&owned).is_some(),
                 };
                 self.running_generation += u64::from(changed);
@@ -119,8 +151,13 @@ impl Store {
                     .into_iter()
                     .map(|r| (r.workload.clone(), r))
                     .collect();
-                let gone: Vec<WorkloadRef> =
-                    self.records.keys().filter(|w| scope.covers(w) && !fresh.contains_key(*w)).cloned().collect();
+                let gone: Vec<WorkloadRef> = self
+                    .records
+                    .iter()
+                    .map(|r| &r.0.workload)
+                    .filter(|w| scope.covers(w) && !fresh.contains_key(*w))
+                    .cloned()
+                    .collect();
                 for workload in gone {
                     self.records.remove(&workload);
                     self.mark(workload);
@@ -134,7 +171,7 @@ impl Store {
             }
             Update::Upsert(record) => self.upsert(record.workload.clone(), record),
             Update::Remove(workload) => {
-                if self.records.remove(&workload).is_some() {
+                if self.records.remove(&workload) {
                     self.mark(workload);
                 }
             }
@@ -169,42 +206,76 @@ impl Store {
         let in_scope = |namespace: &str| scope.namespace.as_ref().is_none_or(|ns| ns == namespace);
         let mut changed = false;
         if scope.kind == WorkloadKind::Pod {
-            let fresh: HashMap<PodRef, RunningPod> =
+            let fresh: HashMap<ObjectKey, RunningPod> =
                 self.pod_buffers.remove(scope).unwrap_or_default().into_iter().collect();
             self.pods.retain(|pod, running| {
-                let keep = !in_scope(&pod.namespace) || fresh.get(pod) == Some(running);
+                let keep = !in_scope(&running.namespace) || fresh.contains_key(pod);
                 changed |= !keep;
                 keep
             });
             for (pod, running) in fresh {
-                changed |= self.pods.insert(pod, running).is_none();
+                changed |= self.insert_pod(pod, running);
             }
         } else if matches!(scope.kind, WorkloadKind::ReplicaSet | WorkloadKind::Job) {
-            let fresh: HashMap<WorkloadRef, Owner> =
+            let fresh: HashMap<ObjectKey, OwnedBy> =
                 self.owner_buffers.remove(scope).unwrap_or_default().into_iter().collect();
-            self.owners.retain(|owned, owner| {
-                let keep = owned.kind != scope.kind || !in_scope(&owned.namespace) || fresh.get(owned) == Some(owner);
+            self.owners.retain(|owned, by| {
+                let keep = by.kind != scope.kind || !in_scope(&by.namespace) || fresh.contains_key(owned);
                 changed |= !keep;
                 keep
             });
-            for (owned, owner) in fresh {
-                changed |= self.owners.insert(owned, owner).is_none();
+            for (owned, by) in fresh {
+                changed |= self.insert_owner(owned, by);
             }
         }
         self.running_generation += u64::from(changed);
     }
 
+    /// Holds what a pod runs, its names shared; says whether anything changed.
+    fn insert_pod(&mut self, pod: ObjectKey, running: RunningPod) -> bool {
+        if self.pods.get(&pod) == Some(&running) {
+            return false;
+        }
+        let names = &mut self.names;
+        let containers: Vec<(Name, Digest)> =
+            running.containers.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
+        let running = RunningPod {
+            namespace: names.share(&running.namespace),
+            owner: Owner { kind: running.owner.kind, name: names.share(&running.owner.name) },
+            containers: self.pod_containers.share_arc(&containers.into()),
+        };
+        self.pods.insert(pod, running);
+        true
+    }
+
+    /// Holds a ReplicaSet's or Job's owner, its names shared; says whether anything changed.
+    fn insert_owner(&mut self, owned: ObjectKey, by: OwnedBy) -> bool {
+        if self.owners.get(&owned) == Some(&by) {
+            return false;
+        }
+        let names = &mut self.names;
+        let by = OwnedBy {
+            kind: by.kind,
+            namespace: names.share(&by.namespace),
+            owner: by.owner.map(|owner| Owner { kind: owner.kind, name: names.share(&owner.name) }),
+        };
+        self.owners.insert(owned, by);
+        true
+    }
+
     /// The pods' running digests and the owners that map them to workloads.
-    pub fn running(&self) -> (&HashMap<PodRef, RunningPod>, &HashMap<WorkloadRef, Owner>) {
-        (&self.pods, &self.owners)
+    pub fn running(&self) -> (impl Iterator<Item = &RunningPod>, &HashMap<ObjectKey, OwnedBy>) {
+        (self.pods.values(), &self.owners)
     }
 
     /// Inserts or replaces a record; a record equal to the one held changes nothing.
     fn upsert(&mut self, workload: WorkloadRef, record: WorkloadRecord) {
-        if self.records.get(&workload) == Some(&record) {
+        if self.records.get(&workload).is_some_and(|held| held.0 == record) {
             return;
         }
-        self.records.insert(workload.clone(), record);
+        let record = record.interned(&mut self.names);
+        let workload = record.workload.clone();
+        self.records.replace(ByWorkload(record));
         self.mark(workload);
     }
 
@@ -222,7 +293,8 @@ impl Store {
 
     /// A workload's record, when it exists and the selection admits it.
     pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<WorkloadRecord> {
-        self.records.get(workload).filter(|r| selection.admits(r, self.namespaces.get(&r.workload.namespace))).cloned()
+        let record = &self.records.get(workload)?.0;
+        selection.admits(record, self.namespaces.get(record.workload.namespace.as_str())).then(|| record.clone())
     }
 
     /// Every scope listed once (or given up on), and namespaces too when a selector needs them.
@@ -242,8 +314,9 @@ impl Store {
     pub fn selected(&self, selection: &Selection) -> Vec<WorkloadRecord> {
         let mut records: Vec<WorkloadRecord> = self
             .records
-            .values()
-            .filter(|r| selection.admits(r, self.namespaces.get(&r.workload.namespace)))
+            .iter()
+            .map(|r| &r.0)
+            .filter(|r| selection.admits(r, self.namespaces.get(r.workload.namespace.as_str())))
             .cloned()
             .collect();
         records.sort_by(|a, b| a.workload.cmp(&b.workload));
@@ -270,7 +343,7 @@ mod tests {
     }
 
     fn names(store: &Store) -> Vec<String> {
-        store.selected(&Selection::default()).iter().map(|r| r.workload.name.clone()).collect()
+        store.selected(&Selection::default()).iter().map(|r| r.workload.name.to_string()).collect()
     }
 
     #[test]
@@ -318,6 +391,64 @@ mod tests {
     }
 
     #[test]
+    fn pods_of_one_template_share_their_names_and_container_list() {
+        let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).expect("a digest");
+        let pod = |name: &str| {
+            // As a watch event brings it: every string its own allocation.
+            let running = RunningPod {
+                namespace: String::from("ns").into(),
+                owner: Owner { kind: WorkloadKind::ReplicaSet, name: String::from("web-5d8").into() },
+                containers: Arc::from(vec![(Name::from(String::from("app")), digest)]),
+            };
+            (ObjectKey::of("Pod", "ns", name), running)
+        };
+        let mut store = Store::default();
+        let ((a, pod_a), (b, pod_b)) = (pod("web-5d8-a"), pod("web-5d8-b"));
+        store.apply(Update::Pod(a, Some(pod_a.clone())));
+        let generation = store.running_generation;
+        store.apply(Update::Pod(a, Some(pod_a)));
+        assert_eq!(store.running_generation, generation, "the same pod again changes nothing");
+        store.apply(Update::Pod(b, Some(pod_b)));
+        let (pods, _) = store.running();
+        let pods: Vec<&RunningPod> = pods.collect();
+        assert!(Arc::ptr_eq(&pods[0].containers, &pods[1].containers), "one container list for both pods");
+        assert_eq!(pods[0].owner.name.as_ptr(), pods[1].owner.name.as_ptr(), "one owner name for both pods");
+        assert_eq!(pods[0].namespace.as_ptr(), pods[1].namespace.as_ptr());
+        store.apply(Update::Pod(a, None));
+        store.apply(Update::Pod(b, None));
+        assert_eq!(store.running().0.count(), 0);
+        assert_eq!(store.running_generation, generation + 3);
+    }
+
+    #[test]
+    fn a_relist_of_pods_replaces_only_its_namespace() {
+        let digest = Digest::parse(&format!("sha256:{}", "b".repeat(64))).expect("a digest");
+        let pod = |ns: &str, name: &str| {
+            let running = RunningPod {
+                namespace: ns.into(),
+                owner: Owner { kind: WorkloadKind::Pod, name: name.into() },
+                containers: Arc::from(vec![(Name::from("app"), digest)]),
+            };
+            (ObjectKey::of("Pod", ns, name), running)
+        };
+        let scope = WatchScope { kind: WorkloadKind::Pod, namespace: Some("a".into()) };
+        let mut store = Store::default();
+        for (ns, name) in [("a", "old"), ("a", "kept"), ("b", "other")] {
+            let (key, running) = pod(ns, name);
+            store.apply(Update::Pod(key, Some(running)));
+        }
+        store.apply(Update::Init(scope.clone()));
+        for (ns, name) in [("a", "kept"), ("a", "new")] {
+            let (key, running) = pod(ns, name);
+            store.apply(Update::InitPod(scope.clone(), key, running));
+        }
+        store.apply(Update::InitDone(scope));
+        let mut names: Vec<String> = store.running().0.map(|p| format!("{}/{}", p.namespace, p.owner.name)).collect();
+        names.sort();
+        assert_eq!(names, ["a/kept", "a/new", "b/other"]);
+    }
+
+    #[test]
     fn selection_by_namespace_labels() {
         let mut store = Store::default();
         store.apply(Update::Upsert(record(WorkloadKind::Pod, "team-a", "p1", "x")));
@@ -327,7 +458,7 @@ mod tests {
             namespace_selector: LabelSelector::parse("team in (a)").expect("valid"),
             ..Selection::default()
         };
-        let selected: Vec<String> = store.selected(&selection).iter().map(|r| r.workload.name.clone()).collect();
+        let selected: Vec<String> = store.selected(&selection).iter().map(|r| r.workload.name.to_string()).collect();
         assert_eq!(selected, ["p1"]);
         let excluded = Selection { exclude_namespaces: vec!["team-a".into()], ..Selection::default() };
         assert_eq!(store.selected(&excluded).len(), 1);

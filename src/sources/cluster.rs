@@ -12,8 +12,8 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
 
 use crate::error::{Warning, WarningKind};
-use crate::inventory::record::{RecordError, controller_of, record_from_object, running_pod};
-use crate::inventory::running::{Owner, PodRef, RunningPod};
+use crate::inventory::record::{DEFAULT_NAMESPACE, RecordError, controller_of, record_from_object, running_pod};
+use crate::inventory::running::{Controller, ObjectKey, OwnedBy, RunningPod};
 use crate::inventory::slim::SlimObject;
 use crate::inventory::store::{SharedStore, Update, WatchScope, write};
 use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
@@ -85,8 +85,8 @@ fn api(client: &kube::Client, scope: &WatchScope) -> Api<SlimObject> {
 fn identity(kind: WorkloadKind, object: &SlimObject) -> WorkloadRef {
     WorkloadRef {
         kind,
-        namespace: object.metadata.namespace.clone().unwrap_or_default(),
-        name: object.metadata.name.clone().unwrap_or_default(),
+        namespace: object.metadata.namespace.as_deref().unwrap_or_default().into(),
+        name: object.metadata.name.as_deref().unwrap_or_default().into(),
     }
 }
 
@@ -113,8 +113,8 @@ pub struct ClusterSnapshot {
     /// Kinds that could not be listed, each with why.
     pub failures: Vec<ListFailure>,
     /// What the pods run, and the owners mapping them to workloads (for drift).
-    pub pods: Vec<(PodRef, RunningPod)>,
-    pub owners: Vec<(WorkloadRef, Owner)>,
+    pub pods: Vec<RunningPod>,
+    pub owners: Vec<(ObjectKey, OwnedBy)>,
 }
 
 impl ClusterSnapshot {
@@ -284,7 +284,7 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
         }
         let listed = list_each(&api(client, &scope), |object| {
             match running_of(scope.kind, &object) {
-                Running::Pod(pod, Some(running)) => snapshot.pods.push((pod, running)),
+                Running::Pod(_, Some(running)) => snapshot.pods.push(running),
                 Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
                 _ => {}
             }
@@ -371,21 +371,27 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
 
 /// What an object says of what runs: a Pod's digests, a ReplicaSet's or Job's owner.
 pub enum Running {
-    Pod(PodRef, Option<RunningPod>),
-    Owned(WorkloadRef, Option<Owner>),
+    Pod(ObjectKey, Option<RunningPod>),
+    Owned(ObjectKey, Option<OwnedBy>),
     Nothing,
 }
 
 pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
+    let namespace = object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
+    let key = ObjectKey::of(kind.as_str(), namespace, object.metadata.name.as_deref().unwrap_or_default());
     match kind {
-        WorkloadKind::Pod => {
-            let pod = PodRef {
-                namespace: object.metadata.namespace.clone().unwrap_or_default(),
-                name: object.metadata.name.clone().unwrap_or_default(),
-            };
-            Running::Pod(pod, running_pod(object))
-        }
-        WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(identity(kind, object), controller_of(object)),
+        WorkloadKind::Pod => Running::Pod(key, running_pod(object)),
+        WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(
+            key,
+            controller_of(object).map(|controller| OwnedBy {
+                kind,
+                namespace: namespace.into(),
+                owner: match controller {
+                    Controller::Workload(owner) => Some(owner),
+                    Controller::Untracked => None,
+                },
+            }),
+        ),
         _ => Running::Nothing,
     }
 }

@@ -91,7 +91,7 @@ impl PullSecrets {
                 }
             }
         } else {
-            record.pull_secrets.clone()
+            record.pull_secrets.iter().map(ToString::to_string).collect()
         };
         for name in names {
             match self.secret(namespace, &name).await {

@@ -52,18 +52,29 @@ pub const DEPRECATED_REGISTRY_ATTRIBUTE: &str = "pullcheck.registry.deprecated";
 /// as written when it does not parse), and whether the image's registry is deprecated.
 pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
     let w = &image_use.user.workload;
-    let mut attributes = vec![
-        KeyValue::new("k8s.namespace.name", w.namespace.clone()),
-        KeyValue::new(workload_name_attribute(w.kind), w.name.clone()),
+    let mut attributes = Vec::with_capacity(10);
+    attributes.extend([
+        KeyValue::new("k8s.namespace.name", w.namespace.to_otel()),
+        KeyValue::new(workload_name_attribute(w.kind), w.name.to_otel()),
         KeyValue::new("pullcheck.workload.kind", w.kind.as_str()),
-        KeyValue::new("k8s.container.name", image_use.user.container.clone()),
-    ];
+        KeyValue::new("k8s.container.name", image_use.user.container.to_otel()),
+    ]);
     match image_use.canonical() {
         Some(image) => attributes.extend(image_attributes(image)),
-        None => attributes.push(KeyValue::new("container.image.name", image_use.written.clone())),
+        None => attributes.push(KeyValue::new("container.image.name", image_use.written.to_otel())),
     }
     if image_use.replacement.is_some() {
         attributes.push(KeyValue::new(DEPRECATED_REGISTRY_ATTRIBUTE, true));
+    }
+    attributes
+}
+
+/// A deprecated image's series attributes and the reference of its replacement
+/// (`pullcheck.replacement.image`), for `pullcheck.image.replacement.available`.
+pub fn replacement_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
+    let mut attributes = use_attributes(image_use);
+    if let Some(replacement) = &image_use.replacement {
+        attributes.push(KeyValue::new("pullcheck.replacement.image", replacement.key.to_string()));
     }
     attributes
 }

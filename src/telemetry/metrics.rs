@@ -8,15 +8,17 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
-use super::attributes::server_attributes;
+use super::attributes::{replacement_attributes, server_attributes, use_attributes};
+use crate::inventory::keys::ImageUse;
 use crate::registry::State;
 
 /// What the observable gauges report at the next collection.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Per (workload, container): its attributes and current state (never `pending`). Shared:
-    /// rebuilt only when a state or the inventory changes, not every tick.
-    pub series: Arc<Vec<(Arc<[KeyValue]>, State)>>,
+    /// Per (workload, container): its use of an image and current state (never `pending`).
+    /// Shared: rebuilt only when a state or the inventory changes, not every tick. The
+    /// attributes are built at collection: between collections the uses are all there is.
+    pub series: Arc<Vec<(Arc<ImageUse>, State)>>,
     /// Tracked image keys per state, `pending` included.
     pub keys_by_state: Vec<(State, u64)>,
     pub workloads: u64,
@@ -25,10 +27,10 @@ pub struct Snapshot {
     /// This replica leads (always, without leader election): only a leader has image series.
     pub leader: bool,
     /// Per container whose drift is known: whether its pods run another digest than the tag's.
-    pub drift: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
+    pub drift: Arc<Vec<(Arc<ImageUse>, bool)>>,
     /// Per container on a deprecated registry (its series attributes and the replacement
     /// reference): whether the replacement can be pulled today.
-    pub replacements: Arc<Vec<(Arc<[KeyValue]>, bool)>>,
+    pub replacements: Arc<Vec<(Arc<ImageUse>, bool)>>,
 }
 
 pub struct Metrics {
@@ -56,8 +58,8 @@ impl Metrics {
                 "1 when the image of a workload's container can be pulled now, 0 when not (no point while pending)",
             )
             .with_callback(move |observer| {
-                for (attributes, state) in read(&s).series.iter() {
-                    observer.observe(i64::from(*state == State::Available), attributes);
+                for (image_use, state) in read(&s).series.iter() {
+                    observer.observe(i64::from(*state == State::Available), &use_attributes(image_use));
                 }
             })
             .build();
@@ -68,8 +70,8 @@ impl Metrics {
                 "Always 1; pullcheck.image.state carries the current probe state of the workload's container",
             )
             .with_callback(move |observer| {
-                for (attributes, state) in read(&s).series.iter() {
-                    let mut with_state = attributes.to_vec();
+                for (image_use, state) in read(&s).series.iter() {
+                    let mut with_state = use_attributes(image_use);
                     with_state.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
                     observer.observe(1, &with_state);
                 }
@@ -110,8 +112,8 @@ impl Metrics {
                 "1 when some running pod of the workload's container runs another digest than its tag resolves to now, 0 when all match; no point when unknown",
             )
             .with_callback(move |observer| {
-                for (attributes, drifted) in read(&s).drift.iter() {
-                    observer.observe(i64::from(*drifted), attributes);
+                for (image_use, drifted) in read(&s).drift.iter() {
+                    observer.observe(i64::from(*drifted), &use_attributes(image_use));
                 }
             })
             .build();
@@ -122,8 +124,8 @@ impl Metrics {
                 "For a container whose image is on a deprecated registry: 1 when the same image under the replacement registry can be pulled now, 0 when not",
             )
             .with_callback(move |observer| {
-                for (attributes, available) in read(&s).replacements.iter() {
-                    observer.observe(i64::from(*available), attributes);
+                for (image_use, available) in read(&s).replacements.iter() {
+                    observer.observe(i64::from(*available), &replacement_attributes(image_use));
                 }
             })
             .build();
