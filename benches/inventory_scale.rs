@@ -1,7 +1,8 @@
 //! Inventory at scale through the API-server harness and the real kube client: 10,000
 //! workloads (20,000 containers, 5,000 unique images). Time to a complete inventory (paged
 //! list for `check`, watchers for `run`), live heap of the store per workload (counting
-//! allocator), and resident memory.
+//! allocator), resident memory, and the live heap each owned object (a Deployment's ReplicaSet
+//! and Pods, which pullcheck keeps only for what they run) adds.
 //!
 //! `cargo bench --bench inventory_scale` (env BENCH_WORKLOADS).
 
@@ -14,8 +15,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use pullcheck::inventory::WorkloadKind;
 use pullcheck::inventory::selection::Selection;
-use pullcheck::inventory::store::{SharedStore, Store};
+use pullcheck::inventory::store::{SharedStore, Store, WatchScope};
 use pullcheck::sources::cluster::{list_workloads, scopes, watch_scope};
 use support::apiserver::ApiServer;
 
@@ -92,7 +94,10 @@ fn main() {
         let live_before = LIVE.load(Ordering::Relaxed);
         let rss_before = rss_kib();
         let store: SharedStore = Arc::new(RwLock::new(Store::default()));
-        let all = scopes(None);
+        // Workload kinds first; the owned kinds (ReplicaSets, Pods) after, into the same store.
+        let (owned_kinds, all): (Vec<_>, Vec<_>) = scopes(None)
+            .into_iter()
+            .partition(|s| matches!(s.kind, WorkloadKind::ReplicaSet | WorkloadKind::Pod));
         let started = Instant::now();
         let watchers: Vec<_> =
             all.iter().cloned().map(|scope| tokio::spawn(watch_scope(client.clone(), scope, store.clone()))).collect();
@@ -108,6 +113,11 @@ fn main() {
         assert_eq!(store.read().expect("lock").selected(&Selection::default()).len(), workloads);
         let per_workload = (live_after.saturating_sub(live_before)) as f64 / workloads as f64;
 
+        // Each Deployment's ReplicaSet and its two Pods, as their controllers would make them:
+        // what they cost once the store holds them is the owned objects' share.
+        let (owned, live_owned) = owned_objects(&api, workloads, namespaces, unique_images, &store, &owned_kinds).await;
+        let per_owned = live_owned as f64 / owned as f64;
+
         println!("inventory of {workloads} workloads, {containers} containers, {unique} unique images:");
         println!("  paged list (check)        {:>8.0} ms", list_time.as_secs_f64() * 1000.0);
         println!("  watchers synced (run)     {:>8.0} ms", watch_time.as_secs_f64() * 1000.0);
@@ -120,8 +130,58 @@ fn main() {
             rss_after,
             rss_after.saturating_sub(rss_before)
         );
+        println!(
+            "  owned objects             {:>8.0} KiB for {owned} ReplicaSets and Pods ({per_owned:.0} bytes per owned object, goal < 100)",
+            live_owned as f64 / 1024.0
+        );
         for w in watchers {
             w.abort();
         }
     });
+}
+
+/// One ReplicaSet per Deployment (`app-{i}-5d8f7c9b6`) and two Pods under it running both
+/// containers' images (imageID the image's digest), applied to the harness and watched into
+/// `store`: the objects and the live heap they added once synced.
+async fn owned_objects(
+    api: &ApiServer,
+    workloads: usize,
+    namespaces: usize,
+    unique_images: usize,
+    store: &SharedStore,
+    scopes: &[WatchScope],
+) -> (usize, usize) {
+    let owner = |kind: &str, name: &str| serde_json::json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": format!("uid-{name}"), "controller": true}]);
+    let digest = |n: usize| format!("sha256:{n:064x}");
+    for i in 0..workloads {
+        let namespace = format!("ns-{}", i % namespaces);
+        let (deployment, replica_set) = (format!("app-{i}"), format!("app-{i}-5d8f7c9b6"));
+        let mut rs = support::workload("ReplicaSet", &namespace, &replica_set, &image(i % unique_images));
+        rs["metadata"]["ownerReferences"] = owner("Deployment", &deployment);
+        api.apply(rs);
+        for suffix in ["x7k2p", "q9m4z"] {
+            let mut pod =
+                support::workload("Pod", &namespace, &format!("{replica_set}-{suffix}"), &image(i % unique_images));
+            pod["metadata"]["ownerReferences"] = owner("ReplicaSet", &replica_set);
+            let sidecar = (i + unique_images / 2) % unique_images;
+            pod["status"] = serde_json::json!({"containerStatuses": [
+                {"name": "main", "imageID": format!("{}@{}", image(i % unique_images), digest(i % unique_images))},
+                {"name": "sidecar", "imageID": format!("{}@{}", image(sidecar), digest(sidecar))}
+            ]});
+            api.apply(pod);
+        }
+    }
+    let live_before = LIVE.load(Ordering::Relaxed);
+    let generation = store.read().expect("lock").running_generation;
+    let watchers: Vec<_> =
+        scopes.iter().cloned().map(|scope| tokio::spawn(watch_scope(api.client(), scope, store.clone()))).collect();
+    while !store.read().expect("lock").is_synced(scopes, false) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(store.read().expect("lock").running_generation > generation, "the pods arrived");
+    let live = LIVE.load(Ordering::Relaxed).saturating_sub(live_before);
+    for w in watchers {
+        w.abort();
+    }
+    (workloads * 3, live)
 }

@@ -7,16 +7,16 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::tracked::{InventoryChange, Series, Tracked};
+use super::tracked::{InventoryChange, Tracked};
 use crate::credentials::SourcedCredential;
 use crate::image::ImageRef;
 use crate::inventory::ContainerRef;
-use crate::inventory::keys::ImageKey;
+use crate::inventory::keys::{ImageKey, Series};
 use crate::inventory::running::{Running, drift};
 use crate::registry::{ProbeResult, State, Trigger};
 use crate::schedule::{ScheduleSettings, Scheduler};
 use crate::sources::events::PullFailure;
-use crate::telemetry::attributes::{image_attributes, use_attributes};
+use crate::telemetry::attributes::{image_attributes, series_attributes};
 use crate::telemetry::logs::TransitionLog;
 use crate::telemetry::metrics::{Metrics, Snapshot};
 
@@ -269,12 +269,12 @@ impl Controller {
             self.published_series = Arc::new(
                 self.tracked
                     .series()
-                    .filter_map(|s| {
-                        let state = match &s.key {
-                            Ok(key) => self.states.get(key)?.state,
-                            Err(_) => State::BadImageFormat,
+                    .filter_map(|(workload, index, container)| {
+                        let state = match &container.key {
+                            Some(key) => self.states.get(key)?.state,
+                            None => State::BadImageFormat,
                         };
-                        Some((s.clone(), state))
+                        Some((Series::new(workload.clone(), index)?, state))
                     })
                     .collect(),
             );
@@ -282,9 +282,9 @@ impl Controller {
             self.published_replacements = Arc::new(
                 self.tracked
                     .series()
-                    .filter_map(|s| {
-                        let state = self.states.get(&s.replacement.as_ref()?.key)?.state;
-                        Some((s.clone(), state == State::Available))
+                    .filter_map(|(workload, index, container)| {
+                        let state = self.states.get(container.replacement.as_ref()?)?.state;
+                        Some((Series::new(workload.clone(), index)?, state == State::Available))
                     })
                     .collect(),
             );
@@ -293,7 +293,7 @@ impl Controller {
         for key in self.tracked.keys().iter().filter(|(_, u)| !u.only_replacing()).map(|(k, _)| k) {
             *by_state.entry(self.state_of(key).unwrap_or(State::Pending)).or_default() += 1;
         }
-        let bad = self.tracked.series().filter(|s| s.key.is_err()).count() as u64;
+        let bad = self.tracked.series().filter(|(_, _, c)| c.key.is_none()).count() as u64;
         if bad > 0 {
             *by_state.entry(State::BadImageFormat).or_default() += bad;
         }
@@ -317,23 +317,25 @@ impl Controller {
     fn publish_drift(&mut self) {
         let mut published = Vec::new();
         let mut now_drifted = HashSet::new();
-        for series in self.tracked.series() {
-            let Ok(key) = &series.key else { continue };
+        for (workload, index, container) in self.tracked.series() {
+            let Some(key) = &container.key else { continue };
             if key.image.digest().is_some() {
                 continue;
             }
+            let Some(series) = Series::new(workload.clone(), index) else { continue };
+            let user = series.user();
             let current = self.states.get(key).and_then(|r| r.digest.as_deref());
-            let running = self.running.of(&series.user);
+            let running = self.running.of(&user);
             let Some(drifted) = drift(running, current) else { continue };
-            published.push((series.clone(), drifted));
-            if self.drifted.contains(&series.user) != drifted {
+            if self.drifted.contains(&user) != drifted {
                 let running: Vec<String> = running.into_iter().flatten().map(ToString::to_string).collect();
-                let attributes = use_attributes(series);
+                let attributes = series_attributes(&series);
                 self.log.drift(&key.to_string(), &attributes, drifted, current.unwrap_or_default(), &running);
             }
             if drifted {
-                now_drifted.insert(series.user.clone());
+                now_drifted.insert(user);
             }
+            published.push((series, drifted));
         }
         self.drifted = now_drifted;
         self.published_drift = Arc::new(published);

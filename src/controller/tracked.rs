@@ -2,11 +2,13 @@
 //! per container. Kept up to date one workload at a time, so a change costs what it touches,
 //! not the size of the inventory.
 
+use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
+use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::credentials::SourcedCredential;
-use crate::inventory::keys::{ImageKey, ImageUse};
+use crate::inventory::keys::{ContainerSeries, ImageKey, ImageUse, WorkloadSeries};
 use crate::inventory::running::Running;
 use crate::inventory::{ContainerRef, WorkloadRef};
 
@@ -19,10 +21,6 @@ pub enum InventoryChange {
     /// What the pods run now, per workload container.
     Running(Running),
 }
-
-/// One container's series: its use of an image, its key the one the key table holds. Shared
-/// with the published snapshots, whose attributes are built from it at export.
-pub type Series = Arc<ImageUse>;
 
 /// What is known of one key's users.
 #[derive(Debug)]
@@ -66,10 +64,35 @@ impl KeyChanges {
 /// Each touched key's users as they were before a change (absent: the key was new).
 type Before = HashMap<ImageKey, Vec<ContainerRef>>;
 
+/// A workload's series in the table, found by its workload: the identity is held once.
+#[derive(Debug)]
+struct ByWorkload(Arc<WorkloadSeries>);
+
+impl Borrow<WorkloadRef> for ByWorkload {
+    fn borrow(&self) -> &WorkloadRef {
+        &self.0.workload
+    }
+}
+
+impl PartialEq for ByWorkload {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.workload == other.0.workload
+    }
+}
+
+impl Eq for ByWorkload {}
+
+impl Hash for ByWorkload {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.workload.hash(state);
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Tracked {
     keys: HashMap<ImageKey, KeyUsers>,
-    by_workload: HashMap<WorkloadRef, Box<[Series]>>,
+    /// Each workload's series, shared with the published snapshots.
+    by_workload: HashSet<ByWorkload>,
 }
 
 impl Tracked {
@@ -81,8 +104,14 @@ impl Tracked {
         self.by_workload.len()
     }
 
-    pub fn series(&self) -> impl Iterator<Item = &Series> {
-        self.by_workload.values().flat_map(|s| s.iter())
+    /// Every workload's series.
+    pub fn workload_series(&self) -> impl Iterator<Item = &Arc<WorkloadSeries>> {
+        self.by_workload.iter().map(|w| &w.0)
+    }
+
+    /// Every container's series, with its workload's.
+    pub fn series(&self) -> impl Iterator<Item = (&Arc<WorkloadSeries>, usize, &ContainerSeries)> {
+        self.workload_series().flat_map(|w| w.containers.iter().enumerate().map(move |(i, c)| (w, i, c)))
     }
 
     /// Applies a change; says which keys came, went, or got other users.
@@ -152,9 +181,9 @@ impl Tracked {
     }
 
     fn remove(&mut self, workload: &WorkloadRef, touched: &mut HashSet<ImageKey>, before: &mut Before) {
-        for series in self.by_workload.remove(workload).into_iter().flatten() {
-            let keys = series.key.as_ref().ok().into_iter().chain(series.replacement.as_ref().map(|r| &r.key));
-            for key in keys {
+        let Some(ByWorkload(series)) = self.by_workload.take(workload) else { return };
+        for container in series.containers.iter() {
+            for key in container.key.iter().chain(&container.replacement) {
                 self.remember(key, before);
                 if let Some(users) = self.keys.get_mut(key) {
                     users.users.retain(|u| u.workload != *workload);
@@ -185,40 +214,45 @@ impl Tracked {
         before: &mut Before,
         remember: bool,
     ) {
-        let mut series = Vec::with_capacity(uses.len());
-        for mut image_use in uses {
-            if let Ok(key) = &image_use.key {
+        let mut containers = Vec::with_capacity(uses.len());
+        for image_use in uses {
+            let key = image_use.key.as_ref().ok().map(|key| {
                 let key = self.held(key, before);
-                image_use.key = Ok(key.clone());
                 if remember {
                     self.remember(&key, before);
                 }
-                let chain = image_use.chain();
                 let users = self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
                     users: Vec::new(),
                     replacing: Vec::new(),
-                    chain,
+                    chain: image_use.chain(),
                 });
                 users.users.push(image_use.user.clone());
                 touched.insert(key.clone());
-            }
-            if let Some(replacement) = &mut image_use.replacement {
-                replacement.key = self.held(&replacement.key, before);
+                key
+            });
+            let replacement = image_use.replacement.as_deref().map(|replacement| {
+                let key = self.held(&replacement.key, before);
                 if remember {
-                    self.remember(&replacement.key, before);
+                    self.remember(&key, before);
                 }
-                let chain = replacement.chain();
-                let users = self.keys.entry(replacement.key.clone()).or_insert_with(|| KeyUsers {
+                let users = self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
                     users: Vec::new(),
                     replacing: Vec::new(),
-                    chain,
+                    chain: replacement.chain(),
                 });
                 users.replacing.push(image_use.user.clone());
-                touched.insert(replacement.key.clone());
-            }
-            series.push(Arc::new(image_use));
+                touched.insert(key.clone());
+                key
+            });
+            containers.push(ContainerSeries {
+                container: image_use.user.container,
+                written: image_use.written,
+                key,
+                replacement,
+            });
         }
-        self.by_workload.insert(workload, series.into_boxed_slice());
+        let series = WorkloadSeries { workload, containers: containers.into_boxed_slice() };
+        self.by_workload.replace(ByWorkload(Arc::new(series)));
     }
 }
 
@@ -256,8 +290,11 @@ mod tests {
         let changes = tracked.apply(InventoryChange::Reset(vec![uses(&web), uses(&api)]));
         assert_eq!(names(&changes.added), ["docker.io/library/nginx:1", "docker.io/library/redis:7"]);
         assert_eq!((tracked.keys().len(), tracked.workloads(), tracked.series().count()), (2, 2, 3));
-        let nginx: Vec<&ImageKey> =
-            tracked.series().filter_map(|s| s.key.as_ref().ok()).filter(|k| k.to_string().contains("nginx")).collect();
+        let nginx: Vec<&ImageKey> = tracked
+            .series()
+            .filter_map(|(_, _, c)| c.key.as_ref())
+            .filter(|k| k.to_string().contains("nginx"))
+            .collect();
         assert!(nginx[0].is_same(nginx[1]), "both containers hold the key the table holds, not copies");
 
         // web moves off redis: redis goes, nginx loses a user.

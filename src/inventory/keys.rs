@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::selection::ImageFilter;
-use super::{ContainerRef, WorkloadRecord};
+use super::{ContainerRef, WorkloadRecord, WorkloadRef};
 use crate::config::RegistryConfig;
 use crate::credentials::{Credential, CredentialSource, SourcedCredential, WorkloadCredentials};
 use crate::image::{ImageRef, ImageRefError};
@@ -128,6 +128,55 @@ impl ImageUse {
     /// The canonical reference, when the written one parses.
     pub fn canonical(&self) -> Option<&ImageRef> {
         self.key.as_ref().ok().map(|k| &k.image)
+    }
+}
+
+/// One workload's series, as `run` keeps them: each container's image with the key the key
+/// table holds (shared, not copied). Series attributes are built from it at export; between
+/// exports this is all a series costs.
+#[derive(Debug)]
+pub struct WorkloadSeries {
+    pub workload: WorkloadRef,
+    pub containers: Box<[ContainerSeries]>,
+}
+
+/// One container's image, in its workload's series.
+#[derive(Debug)]
+pub struct ContainerSeries {
+    pub container: Name,
+    /// The reference as written in the manifest.
+    pub written: Name,
+    /// `None`: the reference does not parse (`bad_image_format`), never probed.
+    pub key: Option<ImageKey>,
+    /// On a deprecated registry: the same image under its replacement, probed too.
+    pub replacement: Option<ImageKey>,
+}
+
+/// One container's series: its workload's series and which container. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Series {
+    workload: Arc<WorkloadSeries>,
+    index: usize,
+}
+
+impl Series {
+    /// The `index`th container of `workload`; `None` past its containers.
+    pub fn new(workload: Arc<WorkloadSeries>, index: usize) -> Option<Self> {
+        (index < workload.containers.len()).then_some(Series { workload, index })
+    }
+
+    pub fn workload(&self) -> &WorkloadRef {
+        &self.workload.workload
+    }
+
+    pub fn container(&self) -> &ContainerSeries {
+        // In range: checked when made.
+        &self.workload.containers[self.index]
+    }
+
+    /// Who this series is for.
+    pub fn user(&self) -> ContainerRef {
+        ContainerRef { workload: self.workload().clone(), container: self.container().container.clone() }
     }
 }
 

@@ -47,9 +47,9 @@ pub enum Update {
 }
 
 /// A record in the table, found by its workload: the table holds each identity once, inside
-/// the record.
+/// the record. Boxed: the table's empty slots cost a pointer, not a record.
 #[derive(Debug)]
-struct ByWorkload(WorkloadRecord);
+struct ByWorkload(Box<WorkloadRecord>);
 
 impl Borrow<WorkloadRef> for ByWorkload {
     fn borrow(&self) -> &WorkloadRef {
@@ -270,12 +270,12 @@ impl Store {
 
     /// Inserts or replaces a record; a record equal to the one held changes nothing.
     fn upsert(&mut self, workload: WorkloadRef, record: WorkloadRecord) {
-        if self.records.get(&workload).is_some_and(|held| held.0 == record) {
+        if self.records.get(&workload).is_some_and(|held| *held.0 == record) {
             return;
         }
         let record = record.interned(&mut self.names);
         let workload = record.workload.clone();
-        self.records.replace(ByWorkload(record));
+        self.records.replace(ByWorkload(Box::new(record)));
         self.mark(workload);
     }
 
@@ -293,7 +293,7 @@ impl Store {
 
     /// A workload's record, when it exists and the selection admits it.
     pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<WorkloadRecord> {
-        let record = &self.records.get(workload)?.0;
+        let record: &WorkloadRecord = &self.records.get(workload)?.0;
         selection.admits(record, self.namespaces.get(record.workload.namespace.as_str())).then(|| record.clone())
     }
 
@@ -315,7 +315,7 @@ impl Store {
         let mut records: Vec<WorkloadRecord> = self
             .records
             .iter()
-            .map(|r| &r.0)
+            .map(|r| &*r.0)
             .filter(|r| selection.admits(r, self.namespaces.get(r.workload.namespace.as_str())))
             .cloned()
             .collect();

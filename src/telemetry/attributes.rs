@@ -4,8 +4,9 @@
 use opentelemetry::{Array, KeyValue, StringValue, Value};
 
 use crate::image::{ImageRef, host_and_port};
-use crate::inventory::WorkloadKind;
-use crate::inventory::keys::ImageUse;
+use crate::inventory::keys::{ImageUse, Series};
+use crate::inventory::{WorkloadKind, WorkloadRef};
+use crate::name::Name;
 
 /// `k8s.<kind>.name`, as the semantic conventions name each workload kind.
 pub fn workload_name_attribute(kind: WorkloadKind) -> &'static str {
@@ -51,19 +52,40 @@ pub const DEPRECATED_REGISTRY_ATTRIBUTE: &str = "pullcheck.registry.deprecated";
 /// The attributes of one container's series: its workload, container and image (the reference
 /// as written when it does not parse), and whether the image's registry is deprecated.
 pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
-    let w = &image_use.user.workload;
+    container_attributes(
+        &image_use.user.workload,
+        &image_use.user.container,
+        image_use.canonical().ok_or(&image_use.written),
+        image_use.replacement.is_some(),
+    )
+}
+
+/// The attributes of a series as `run` keeps it: the same as its use's.
+pub fn series_attributes(series: &Series) -> Vec<KeyValue> {
+    let container = series.container();
+    let image = container.key.as_ref().map(|k| &k.image).ok_or(&container.written);
+    container_attributes(series.workload(), &container.container, image, container.replacement.is_some())
+}
+
+/// `image`: the canonical reference, or the one written when it does not parse.
+fn container_attributes(
+    workload: &WorkloadRef,
+    container: &Name,
+    image: Result<&ImageRef, &Name>,
+    deprecated: bool,
+) -> Vec<KeyValue> {
     let mut attributes = Vec::with_capacity(10);
     attributes.extend([
-        KeyValue::new("k8s.namespace.name", w.namespace.to_otel()),
-        KeyValue::new(workload_name_attribute(w.kind), w.name.to_otel()),
-        KeyValue::new("pullcheck.workload.kind", w.kind.as_str()),
-        KeyValue::new("k8s.container.name", image_use.user.container.to_otel()),
+        KeyValue::new("k8s.namespace.name", workload.namespace.to_otel()),
+        KeyValue::new(workload_name_attribute(workload.kind), workload.name.to_otel()),
+        KeyValue::new("pullcheck.workload.kind", workload.kind.as_str()),
+        KeyValue::new("k8s.container.name", container.to_otel()),
     ]);
-    match image_use.canonical() {
-        Some(image) => attributes.extend(image_attributes(image)),
-        None => attributes.push(KeyValue::new("container.image.name", image_use.written.to_otel())),
+    match image {
+        Ok(image) => attributes.extend(image_attributes(image)),
+        Err(written) => attributes.push(KeyValue::new("container.image.name", written.to_otel())),
     }
-    if image_use.replacement.is_some() {
+    if deprecated {
         attributes.push(KeyValue::new(DEPRECATED_REGISTRY_ATTRIBUTE, true));
     }
     attributes
@@ -71,10 +93,10 @@ pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
 
 /// A deprecated image's series attributes and the reference of its replacement
 /// (`pullcheck.replacement.image`), for `pullcheck.image.replacement.available`.
-pub fn replacement_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
-    let mut attributes = use_attributes(image_use);
-    if let Some(replacement) = &image_use.replacement {
-        attributes.push(KeyValue::new("pullcheck.replacement.image", replacement.key.to_string()));
+pub fn replacement_attributes(series: &Series) -> Vec<KeyValue> {
+    let mut attributes = series_attributes(series);
+    if let Some(replacement) = &series.container().replacement {
+        attributes.push(KeyValue::new("pullcheck.replacement.image", replacement.to_string()));
     }
     attributes
 }
@@ -108,6 +130,29 @@ mod tests {
             RegistryConfig::parse("deprecatedRegistries: {k8s.gcr.io: null}", "r.yaml", std::path::Path::new("."))
                 .expect("valid");
         assert_eq!(deprecated(&removed), [None, None], "a config removing the entry drops the attribute");
+    }
+
+    #[test]
+    fn a_series_kept_by_run_has_its_uses_attributes() {
+        use crate::inventory::keys::{ContainerSeries, WorkloadSeries};
+        let record = crate::inventory::fixtures::deployment("ns", "web", &["k8s.gcr.io/pause:3.9", "Not An Image"]);
+        let uses =
+            resolve([&record], |_| None, &RegistryConfig::default(), &ImageFilter::default(), &Arc::from(Vec::new()));
+        let containers = uses
+            .iter()
+            .map(|u| ContainerSeries {
+                container: u.user.container.clone(),
+                written: u.written.clone(),
+                key: u.key.as_ref().ok().cloned(),
+                replacement: u.replacement.as_ref().map(|r| r.key.clone()),
+            })
+            .collect();
+        let workload = Arc::new(WorkloadSeries { workload: record.workload.clone(), containers });
+        for (index, image_use) in uses.iter().enumerate() {
+            let series = Series::new(workload.clone(), index).expect("in range");
+            assert_eq!(series_attributes(&series), use_attributes(image_use), "{image_use:?}");
+        }
+        assert!(Series::new(workload, 2).is_none(), "past the containers");
     }
 
     #[test]

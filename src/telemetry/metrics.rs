@@ -8,17 +8,17 @@ use std::time::Duration;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
-use super::attributes::{replacement_attributes, server_attributes, use_attributes};
-use crate::inventory::keys::ImageUse;
+use super::attributes::{replacement_attributes, series_attributes, server_attributes};
+use crate::inventory::keys::Series;
 use crate::registry::State;
 
 /// What the observable gauges report at the next collection.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Per (workload, container): its use of an image and current state (never `pending`).
+    /// Per (workload, container): its series and current state (never `pending`).
     /// Shared: rebuilt only when a state or the inventory changes, not every tick. The
     /// attributes are built at collection: between collections the uses are all there is.
-    pub series: Arc<Vec<(Arc<ImageUse>, State)>>,
+    pub series: Arc<Vec<(Series, State)>>,
     /// Tracked image keys per state, `pending` included.
     pub keys_by_state: Vec<(State, u64)>,
     pub workloads: u64,
@@ -27,10 +27,10 @@ pub struct Snapshot {
     /// This replica leads (always, without leader election): only a leader has image series.
     pub leader: bool,
     /// Per container whose drift is known: whether its pods run another digest than the tag's.
-    pub drift: Arc<Vec<(Arc<ImageUse>, bool)>>,
+    pub drift: Arc<Vec<(Series, bool)>>,
     /// Per container on a deprecated registry (its series attributes and the replacement
     /// reference): whether the replacement can be pulled today.
-    pub replacements: Arc<Vec<(Arc<ImageUse>, bool)>>,
+    pub replacements: Arc<Vec<(Series, bool)>>,
 }
 
 pub struct Metrics {
@@ -58,8 +58,8 @@ impl Metrics {
                 "1 when the image of a workload's container can be pulled now, 0 when not (no point while pending)",
             )
             .with_callback(move |observer| {
-                for (image_use, state) in read(&s).series.iter() {
-                    observer.observe(i64::from(*state == State::Available), &use_attributes(image_use));
+                for (series, state) in read(&s).series.iter() {
+                    observer.observe(i64::from(*state == State::Available), &series_attributes(series));
                 }
             })
             .build();
@@ -70,8 +70,8 @@ impl Metrics {
                 "Always 1; pullcheck.image.state carries the current probe state of the workload's container",
             )
             .with_callback(move |observer| {
-                for (image_use, state) in read(&s).series.iter() {
-                    let mut with_state = use_attributes(image_use);
+                for (series, state) in read(&s).series.iter() {
+                    let mut with_state = series_attributes(series);
                     with_state.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
                     observer.observe(1, &with_state);
                 }
@@ -112,8 +112,8 @@ impl Metrics {
                 "1 when some running pod of the workload's container runs another digest than its tag resolves to now, 0 when all match; no point when unknown",
             )
             .with_callback(move |observer| {
-                for (image_use, drifted) in read(&s).drift.iter() {
-                    observer.observe(i64::from(*drifted), &use_attributes(image_use));
+                for (series, drifted) in read(&s).drift.iter() {
+                    observer.observe(i64::from(*drifted), &series_attributes(series));
                 }
             })
             .build();
@@ -124,8 +124,8 @@ impl Metrics {
                 "For a container whose image is on a deprecated registry: 1 when the same image under the replacement registry can be pulled now, 0 when not",
             )
             .with_callback(move |observer| {
-                for (image_use, available) in read(&s).replacements.iter() {
-                    observer.observe(i64::from(*available), &replacement_attributes(image_use));
+                for (series, available) in read(&s).replacements.iter() {
+                    observer.observe(i64::from(*available), &replacement_attributes(series));
                 }
             })
             .build();
