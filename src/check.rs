@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials};
 use crate::error::Warning;
 use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
-use crate::inventory::running::{Running, drift, running_digests};
+use crate::inventory::running::{Digest, Running, drift, running_digests};
 use crate::inventory::selection::Selection;
 use crate::inventory::{ContainerRef, WorkloadRef};
 use crate::platform::Platform;
@@ -230,7 +230,7 @@ async fn probe_uses(
                     WorkloadUse {
                         user: u.user.clone(),
                         running_digests: digests.into_iter().flatten().map(ToString::to_string).collect(),
-                        drift: if pinned { None } else { drift(digests, current) },
+                        drift: if pinned { None } else { drift(digests, current.and_then(Digest::parse)) },
                     }
                 })
                 .collect();

@@ -143,6 +143,11 @@ impl<T: ?Sized + Eq + Hash> Interner<T> {
         value.clone()
     }
 
+    /// The held value equal to `value`, if one is.
+    pub fn get(&self, value: &T) -> Option<Arc<T>> {
+        self.held.get(value).cloned()
+    }
+
     pub fn len(&self) -> usize {
         self.held.len()
     }

@@ -12,7 +12,7 @@ use crate::credentials::SourcedCredential;
 use crate::image::ImageRef;
 use crate::inventory::ContainerRef;
 use crate::inventory::keys::{ImageKey, Series};
-use crate::inventory::running::{Running, drift};
+use crate::inventory::running::{Digest, Running, drift};
 use crate::registry::{ProbeResult, State, Trigger};
 use crate::schedule::{ScheduleSettings, Scheduler};
 use crate::sources::events::PullFailure;
@@ -33,10 +33,24 @@ pub struct ProbeJob {
     pub orphan: bool,
 }
 
+/// What is kept of a key's last answer: its state and the digest its tag resolved to (all
+/// drift needs). The answer itself is told when it comes, then dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Known {
+    state: State,
+    digest: Option<Digest>,
+}
+
+impl Known {
+    fn of(result: &ProbeResult) -> Self {
+        Known { state: result.state, digest: result.digest.as_deref().and_then(Digest::parse) }
+    }
+}
+
 pub struct Controller {
     scheduler: Scheduler<ImageKey>,
     tracked: Tracked,
-    states: HashMap<ImageKey, ProbeResult>,
+    states: HashMap<ImageKey, Known>,
     metrics: Arc<Metrics>,
     log: TransitionLog,
     /// The inventory arrived once: probing may start.
@@ -111,7 +125,7 @@ impl Controller {
             .keys()
             .iter()
             .filter(|(key, users)| {
-                key.image == image && users.users.iter().any(|u| u.workload.namespace == trigger.namespace)
+                key.image == image && users.users.iter().any(|u| u.workload().namespace == trigger.namespace)
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -231,12 +245,13 @@ impl Controller {
             if self.states.get(&key).map(|r| r.state) != Some(result.state) {
                 self.series_stale = true;
             }
-            self.states.insert(key, result);
+            self.states.insert(key, Known::of(&result));
             return room_freed;
         }
         let previous = self.states.get(&key).map(|r| r.state);
         // A tag moved to another digest: drift may have changed, though the state has not.
-        if self.states.get(&key).map(|r| &r.digest) != Some(&result.digest) {
+        let known = Known::of(&result);
+        if self.states.get(&key).map(|r| r.digest) != Some(known.digest) {
             self.series_stale = true;
         }
         if previous != Some(result.state) {
@@ -250,7 +265,7 @@ impl Controller {
             );
             self.series_stale = true;
         }
-        self.states.insert(key, result);
+        self.states.insert(key, known);
         room_freed
     }
 
@@ -324,13 +339,14 @@ impl Controller {
             }
             let Some(series) = Series::new(workload.clone(), index) else { continue };
             let user = series.user();
-            let current = self.states.get(key).and_then(|r| r.digest.as_deref());
+            let current = self.states.get(key).and_then(|r| r.digest);
             let running = self.running.of(&user);
             let Some(drifted) = drift(running, current) else { continue };
             if self.drifted.contains(&user) != drifted {
                 let running: Vec<String> = running.into_iter().flatten().map(ToString::to_string).collect();
                 let attributes = series_attributes(&series);
-                self.log.drift(&key.to_string(), &attributes, drifted, current.unwrap_or_default(), &running);
+                let current = current.map(|d| d.to_string()).unwrap_or_default();
+                self.log.drift(&key.to_string(), &attributes, drifted, &current, &running);
             }
             if drifted {
                 now_drifted.insert(user);

@@ -27,7 +27,7 @@ use crate::inventory::store::{SharedStore, Store};
 use crate::platform::Platform;
 use crate::registry::{ProbeResult, RegistryClient, State};
 use crate::schedule::{Jitter, ScheduleSettings};
-use crate::sources::cluster::{scopes, watch_namespaces, watch_scope};
+use crate::sources::cluster::{list_turns, scopes, watch_namespaces, watch_scope};
 use crate::sources::events::watch_pull_failures;
 use crate::sources::secrets::PullSecrets;
 use crate::telemetry::logs::TransitionLog;
@@ -74,8 +74,9 @@ pub async fn run(
     let store: SharedStore = Arc::new(RwLock::new(Store::default()));
     let watch_scopes = scopes(settings.namespaces.as_deref());
     let mut background = JoinSet::new();
+    let turns = list_turns();
     for scope in watch_scopes.iter().cloned() {
-        background.spawn(watch_scope(kube_client.clone(), scope, store.clone()));
+        background.spawn(watch_scope(kube_client.clone(), scope, store.clone(), turns.clone()));
     }
     if settings.selection.needs_namespace_labels() {
         background.spawn(watch_namespaces(kube_client.clone(), store.clone()));

@@ -2,15 +2,13 @@
 //! per container. Kept up to date one workload at a time, so a change costs what it touches,
 //! not the size of the inventory.
 
-use std::borrow::Borrow;
 use std::collections::{HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use crate::credentials::SourcedCredential;
-use crate::inventory::keys::{ContainerSeries, ImageKey, ImageUse, WorkloadSeries};
+use crate::inventory::keys::{ContainerSeries, ImageKey, ImageUse, Series, WorkloadSeries};
 use crate::inventory::running::Running;
-use crate::inventory::{ContainerRef, WorkloadRef};
+use crate::inventory::{ByWorkload, WorkloadRef};
 
 /// What the tracker found: everything anew, or some workloads' uses (`None`: the workload is
 /// gone or no longer selected).
@@ -26,10 +24,10 @@ pub enum InventoryChange {
 #[derive(Debug)]
 pub struct KeyUsers {
     /// The containers that run this image, sorted, each once.
-    pub users: Vec<ContainerRef>,
+    pub users: Vec<Series>,
     /// The containers whose deprecated registry this image replaces: probed for them, but
     /// not theirs (no state change is told for them, no key counted by state). Sorted.
-    pub replacing: Vec<ContainerRef>,
+    pub replacing: Vec<Series>,
     /// The key's credentials, named as the first user to bring them knows them.
     pub chain: Vec<SourcedCredential>,
 }
@@ -37,7 +35,7 @@ pub struct KeyUsers {
 impl KeyUsers {
     /// `Kind namespace/name (container)` of each user, sorted.
     pub fn names(&self) -> Vec<String> {
-        self.users.iter().map(ToString::to_string).collect()
+        self.users.iter().map(|u| u.user().to_string()).collect()
     }
 
     /// A replacement only: no container runs it.
@@ -62,37 +60,13 @@ impl KeyChanges {
 }
 
 /// Each touched key's users as they were before a change (absent: the key was new).
-type Before = HashMap<ImageKey, Vec<ContainerRef>>;
-
-/// A workload's series in the table, found by its workload: the identity is held once.
-#[derive(Debug)]
-struct ByWorkload(Arc<WorkloadSeries>);
-
-impl Borrow<WorkloadRef> for ByWorkload {
-    fn borrow(&self) -> &WorkloadRef {
-        &self.0.workload
-    }
-}
-
-impl PartialEq for ByWorkload {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.workload == other.0.workload
-    }
-}
-
-impl Eq for ByWorkload {}
-
-impl Hash for ByWorkload {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.workload.hash(state);
-    }
-}
+type Before = HashMap<ImageKey, Vec<Series>>;
 
 #[derive(Debug, Default)]
 pub struct Tracked {
     keys: HashMap<ImageKey, KeyUsers>,
     /// Each workload's series, shared with the published snapshots.
-    by_workload: HashSet<ByWorkload>,
+    by_workload: HashSet<ByWorkload<Arc<WorkloadSeries>>>,
 }
 
 impl Tracked {
@@ -186,8 +160,8 @@ impl Tracked {
             for key in container.key.iter().chain(&container.replacement) {
                 self.remember(key, before);
                 if let Some(users) = self.keys.get_mut(key) {
-                    users.users.retain(|u| u.workload != *workload);
-                    users.replacing.retain(|u| u.workload != *workload);
+                    users.users.retain(|u| u.workload() != workload);
+                    users.replacing.retain(|u| u.workload() != workload);
                     if users.users.is_empty() && users.replacing.is_empty() {
                         self.keys.remove(key);
                     }
@@ -216,34 +190,21 @@ impl Tracked {
     ) {
         let mut containers = Vec::with_capacity(uses.len());
         for image_use in uses {
-            let key = image_use.key.as_ref().ok().map(|key| {
+            let mut hold = |key: &ImageKey, chain: &dyn Fn() -> Vec<SourcedCredential>| {
                 let key = self.held(key, before);
                 if remember {
                     self.remember(&key, before);
                 }
-                let users = self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
+                self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
                     users: Vec::new(),
                     replacing: Vec::new(),
-                    chain: image_use.chain(),
+                    chain: chain(),
                 });
-                users.users.push(image_use.user.clone());
                 touched.insert(key.clone());
                 key
-            });
-            let replacement = image_use.replacement.as_deref().map(|replacement| {
-                let key = self.held(&replacement.key, before);
-                if remember {
-                    self.remember(&key, before);
-                }
-                let users = self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
-                    users: Vec::new(),
-                    replacing: Vec::new(),
-                    chain: replacement.chain(),
-                });
-                users.replacing.push(image_use.user.clone());
-                touched.insert(key.clone());
-                key
-            });
+            };
+            let key = image_use.key.as_ref().ok().map(|key| hold(key, &|| image_use.chain()));
+            let replacement = image_use.replacement.as_deref().map(|r| hold(&r.key, &|| r.chain()));
             containers.push(ContainerSeries {
                 container: image_use.user.container,
                 written: image_use.written,
@@ -251,8 +212,18 @@ impl Tracked {
                 replacement,
             });
         }
-        let series = WorkloadSeries { workload, containers: containers.into_boxed_slice() };
-        self.by_workload.replace(ByWorkload(Arc::new(series)));
+        let series = Arc::new(WorkloadSeries { workload, containers: containers.into_boxed_slice() });
+        // Each container is its keys' user: the series itself, not a copy of who it is.
+        for (index, container) in series.containers.iter().enumerate() {
+            let Some(user) = Series::new(series.clone(), index) else { continue };
+            if let Some(users) = container.key.as_ref().and_then(|k| self.keys.get_mut(k)) {
+                users.users.push(user.clone());
+            }
+            if let Some(users) = container.replacement.as_ref().and_then(|k| self.keys.get_mut(k)) {
+                users.replacing.push(user);
+            }
+        }
+        self.by_workload.replace(ByWorkload(series));
     }
 }
 

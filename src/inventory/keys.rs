@@ -140,6 +140,12 @@ pub struct WorkloadSeries {
     pub containers: Box<[ContainerSeries]>,
 }
 
+impl super::ForWorkload for WorkloadSeries {
+    fn workload(&self) -> &WorkloadRef {
+        &self.workload
+    }
+}
+
 /// One container's image, in its workload's series.
 #[derive(Debug)]
 pub struct ContainerSeries {
@@ -152,11 +158,38 @@ pub struct ContainerSeries {
     pub replacement: Option<ImageKey>,
 }
 
-/// One container's series: its workload's series and which container. Cheap to clone.
+/// One container's series: its workload's series and which container. Cheap to clone;
+/// compares and sorts as the container it is for (`Kind namespace/name (container)`).
 #[derive(Clone, Debug)]
 pub struct Series {
     workload: Arc<WorkloadSeries>,
     index: usize,
+}
+
+impl Series {
+    fn identity(&self) -> (&WorkloadRef, &Name) {
+        (self.workload(), &self.container().container)
+    }
+}
+
+impl PartialEq for Series {
+    fn eq(&self, other: &Self) -> bool {
+        self.identity() == other.identity()
+    }
+}
+
+impl Eq for Series {}
+
+impl PartialOrd for Series {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for Series {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.identity().cmp(&other.identity())
+    }
 }
 
 impl Series {

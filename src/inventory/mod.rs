@@ -10,7 +10,9 @@ pub mod selector;
 pub mod slim;
 pub mod store;
 
+use std::borrow::Borrow;
 use std::fmt;
+use std::hash::{Hash, Hasher};
 
 use serde::Serialize;
 
@@ -169,6 +171,54 @@ impl WorkloadRecord {
     /// Scaled to zero or suspended: such workloads are left out unless asked for.
     pub fn is_disabled(&self) -> bool {
         self.replicas == Some(0) || self.suspended
+    }
+}
+
+/// Something that is for one workload.
+pub trait ForWorkload {
+    fn workload(&self) -> &WorkloadRef;
+}
+
+impl ForWorkload for WorkloadRecord {
+    fn workload(&self) -> &WorkloadRef {
+        &self.workload
+    }
+}
+
+impl<T: ForWorkload + ?Sized> ForWorkload for Box<T> {
+    fn workload(&self) -> &WorkloadRef {
+        (**self).workload()
+    }
+}
+
+impl<T: ForWorkload + ?Sized> ForWorkload for std::sync::Arc<T> {
+    fn workload(&self) -> &WorkloadRef {
+        (**self).workload()
+    }
+}
+
+/// A value in a hash set, found by its workload: the set holds each identity once, inside the
+/// value, not once as a key and again in the value.
+#[derive(Debug)]
+pub struct ByWorkload<T>(pub T);
+
+impl<T: ForWorkload> Borrow<WorkloadRef> for ByWorkload<T> {
+    fn borrow(&self) -> &WorkloadRef {
+        self.0.workload()
+    }
+}
+
+impl<T: ForWorkload> PartialEq for ByWorkload<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.workload() == other.0.workload()
+    }
+}
+
+impl<T: ForWorkload> Eq for ByWorkload<T> {}
+
+impl<T: ForWorkload> Hash for ByWorkload<T> {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.0.workload().hash(state);
     }
 }
 

@@ -3,6 +3,8 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
+use std::sync::Arc;
+
 use super::running::{Controller, Digest, Owner, RunningPod};
 use super::slim::{Loose, SlimObject, SlimSpec, SlimTemplate};
 use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
@@ -104,7 +106,8 @@ pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
         Some(Controller::Untracked) => return None,
         None => Owner { kind: WorkloadKind::Pod, name: object.metadata.name.as_deref().unwrap_or_default().into() },
     };
-    Some(RunningPod { namespace: namespace.into(), owner, containers: containers.into() })
+    let owner = WorkloadRef { kind: owner.kind, namespace: namespace.into(), name: owner.name };
+    Some(RunningPod { owner: Arc::new(owner), containers: containers.into() })
 }
 
 /// A template's pod spec.

@@ -8,7 +8,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 
 use super::{ContainerRef, WorkloadKind, WorkloadRef};
-use crate::name::Name;
+use crate::name::{Interner, Name};
 
 /// A sha256 digest, as bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,30 +78,28 @@ impl ObjectKey {
     }
 }
 
-/// What one pod runs: its namespace, the workload that made it (itself, for a pod no
-/// controller owns) and each container's digest. Pods of one template share one container
-/// list.
+/// What one pod runs: the object that made it (its ReplicaSet, Job or StatefulSet…; the pod
+/// itself when no controller owns it) and each container's digest. Both are shared: the pods
+/// of one ReplicaSet hold one owner, the pods of one template one container list.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningPod {
-    pub namespace: Name,
-    pub owner: Owner,
+    pub owner: Arc<WorkloadRef>,
     pub containers: Arc<[(Name, Digest)]>,
 }
 
-/// A ReplicaSet's or Job's owner (`None`: a kind pullcheck does not track), with what the
-/// table needs to replace a scope on a relist.
+/// A ReplicaSet's or Job's owner (`None`: a kind pullcheck does not track). `owned` is the
+/// ReplicaSet or Job itself, the same allocation its pods hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OwnedBy {
-    pub kind: WorkloadKind,
-    pub namespace: Name,
+    pub owned: Arc<WorkloadRef>,
     pub owner: Option<Owner>,
 }
 
 /// The workload a pod belongs to: its owner, that owner's owner for ReplicaSets and Jobs,
 /// or the pod itself when no controller owns it.
 pub fn workload_of(running: &RunningPod, owners: &HashMap<ObjectKey, OwnedBy>) -> Option<WorkloadRef> {
-    let namespace = running.namespace.clone();
-    let owner = &running.owner;
+    let owner = &*running.owner;
+    let namespace = owner.namespace.clone();
     let direct = ObjectKey::of(owner.kind.as_str(), &namespace, &owner.name);
     match owners.get(&direct).filter(|_| owner.kind != WorkloadKind::Pod) {
         // A Deployment's ReplicaSet, a CronJob's Job: the workload is the owner's owner.
@@ -117,8 +115,9 @@ pub fn workload_of(running: &RunningPod, owners: &HashMap<ObjectKey, OwnedBy>) -
 #[derive(Debug, Default)]
 pub struct Running(HashMap<WorkloadRef, Box<[ContainerDigests]>>);
 
-/// One container by name, and the digests its pods run.
-type ContainerDigests = (Name, Box<[Digest]>);
+/// One container by name, and the digests its pods run (one list for every container that
+/// runs the same ones).
+type ContainerDigests = (Name, Arc<[Digest]>);
 
 impl Running {
     /// The digests a workload container's pods run.
@@ -153,22 +152,24 @@ pub fn running_digests<'a>(
             }
         }
     }
-    let boxed = out.into_iter().map(|(workload, containers)| {
+    let mut lists: Interner<[Digest]> = Interner::default();
+    let mut running = HashMap::with_capacity(out.len());
+    for (workload, containers) in out {
         let containers = containers.into_iter().map(|(name, mut digests)| {
             digests.sort();
-            (name, digests.into_boxed_slice())
+            (name, lists.share_arc(&Arc::from(digests)))
         });
-        (workload, containers.collect())
-    });
-    Running(boxed.collect())
+        running.insert(workload, containers.collect());
+    }
+    Running(running)
 }
 
 /// Whether the running pods of a container would get something else on their next start: some
 /// run another digest than the tag resolves to now. `None` when unknown: no running pod, or
 /// the current digest not known.
-pub fn drift(running: Option<&[Digest]>, current: Option<&str>) -> Option<bool> {
+pub fn drift(running: Option<&[Digest]>, current: Option<Digest>) -> Option<bool> {
     let running = running.filter(|r| !r.is_empty())?;
-    let current = Digest::parse(current?)?;
+    let current = current?;
     Some(running.iter().any(|d| *d != current))
 }
 
@@ -195,14 +196,19 @@ mod tests {
     #[test]
     fn pods_map_to_their_workload_through_owners() {
         let owner = |kind: WorkloadKind, name: &str| Owner { kind, name: name.into() };
-        let owned = |owner| OwnedBy { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), owner };
+        let owned = |name: &str, owner| OwnedBy {
+            owned: Arc::new(WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), name: name.into() }),
+            owner,
+        };
         let owners = HashMap::from([
-            (ObjectKey::of("ReplicaSet", "ns", "web-5d8"), owned(Some(owner(WorkloadKind::Deployment, "web")))),
-            (ObjectKey::of("ReplicaSet", "ns", "argo-7f9"), owned(None)),
+            (
+                ObjectKey::of("ReplicaSet", "ns", "web-5d8"),
+                owned("web-5d8", Some(owner(WorkloadKind::Deployment, "web"))),
+            ),
+            (ObjectKey::of("ReplicaSet", "ns", "argo-7f9"), owned("argo-7f9", None)),
         ]);
         let pod = |owner: Owner, d: &str| RunningPod {
-            namespace: "ns".into(),
-            owner,
+            owner: Arc::new(WorkloadRef { kind: owner.kind, namespace: "ns".into(), name: owner.name }),
             containers: Arc::from(vec![(Name::from("app"), digest(d))]),
         };
         let pods = [
@@ -224,9 +230,9 @@ mod tests {
         assert_eq!(of(WorkloadKind::StatefulSet, "db").map(<[_]>::len), Some(1));
         assert_eq!(of(WorkloadKind::Pod, "debug").map(<[_]>::len), Some(1));
         assert_eq!(running.containers(), 3, "the pods of a ReplicaSet a Rollout owns belong to no workload");
-        assert_eq!(drift(of(WorkloadKind::Deployment, "web"), Some(A)), Some(true), "one pod runs B");
-        assert_eq!(drift(of(WorkloadKind::StatefulSet, "db"), Some(A)), Some(false));
-        assert_eq!(drift(None, Some(A)), None, "no running pod: unknown");
+        assert_eq!(drift(of(WorkloadKind::Deployment, "web"), Some(digest(A))), Some(true), "one pod runs B");
+        assert_eq!(drift(of(WorkloadKind::StatefulSet, "db"), Some(digest(A))), Some(false));
+        assert_eq!(drift(None, Some(digest(A))), None, "no running pod: unknown");
         assert_eq!(drift(of(WorkloadKind::StatefulSet, "db"), None), None, "not probed: unknown");
         assert_ne!(ObjectKey::of("Pod", "a", "bc"), ObjectKey::of("Pod", "ab", "c"), "parts are delimited");
     }

@@ -2,14 +2,12 @@
 //! watcher's whole scope at once, so a dropped watch or a 410 Gone neither loses nor duplicates
 //! a workload.
 
-use std::borrow::Borrow;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::hash::{Hash, Hasher};
 use std::sync::{Arc, RwLock};
 
 use super::running::{Digest, ObjectKey, OwnedBy, Owner, RunningPod};
 use super::selection::Selection;
-use super::{WorkloadKind, WorkloadRecord, WorkloadRef};
+use super::{ByWorkload, WorkloadKind, WorkloadRecord, WorkloadRef};
 use crate::name::{Interner, Name};
 
 /// What one watcher covers: a kind, in one namespace or all.
@@ -46,34 +44,10 @@ pub enum Update {
     NamespacesSynced,
 }
 
-/// A record in the table, found by its workload: the table holds each identity once, inside
-/// the record. Boxed: the table's empty slots cost a pointer, not a record.
-#[derive(Debug)]
-struct ByWorkload(Box<WorkloadRecord>);
-
-impl Borrow<WorkloadRef> for ByWorkload {
-    fn borrow(&self) -> &WorkloadRef {
-        &self.0.workload
-    }
-}
-
-impl PartialEq for ByWorkload {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.workload == other.0.workload
-    }
-}
-
-impl Eq for ByWorkload {}
-
-impl Hash for ByWorkload {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        self.0.workload.hash(state);
-    }
-}
-
 #[derive(Debug, Default)]
 pub struct Store {
-    records: HashSet<ByWorkload>,
+    /// Boxed: the table's empty slots cost a pointer, not a record.
+    records: HashSet<ByWorkload<Box<WorkloadRecord>>>,
     buffers: HashMap<WatchScope, Vec<WorkloadRecord>>,
     synced: HashSet<WatchScope>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
@@ -95,6 +69,8 @@ pub struct Store {
     names: Interner,
     /// Pods' container lists, once per distinct list (a template's pods share one).
     pod_containers: Interner<[(Name, Digest)]>,
+    /// Pods' owners, once each (a ReplicaSet's pods share it, and so does its owner entry).
+    objects: Interner<WorkloadRef>,
 }
 
 /// What changed since the last look.
@@ -209,7 +185,7 @@ impl Store {
             let fresh: HashMap<ObjectKey, RunningPod> =
                 self.pod_buffers.remove(scope).unwrap_or_default().into_iter().collect();
             self.pods.retain(|pod, running| {
-                let keep = !in_scope(&running.namespace) || fresh.contains_key(pod);
+                let keep = !in_scope(&running.owner.namespace) || fresh.contains_key(pod);
                 changed |= !keep;
                 keep
             });
@@ -220,7 +196,7 @@ impl Store {
             let fresh: HashMap<ObjectKey, OwnedBy> =
                 self.owner_buffers.remove(scope).unwrap_or_default().into_iter().collect();
             self.owners.retain(|owned, by| {
-                let keep = by.kind != scope.kind || !in_scope(&by.namespace) || fresh.contains_key(owned);
+                let keep = by.owned.kind != scope.kind || !in_scope(&by.owned.namespace) || fresh.contains_key(owned);
                 changed |= !keep;
                 keep
             });
@@ -231,7 +207,7 @@ impl Store {
         self.running_generation += u64::from(changed);
     }
 
-    /// Holds what a pod runs, its names shared; says whether anything changed.
+    /// Holds what a pod runs, its owner and names shared; says whether anything changed.
     fn insert_pod(&mut self, pod: ObjectKey, running: RunningPod) -> bool {
         if self.pods.get(&pod) == Some(&running) {
             return false;
@@ -240,8 +216,7 @@ impl Store {
         let containers: Vec<(Name, Digest)> =
             running.containers.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
         let running = RunningPod {
-            namespace: names.share(&running.namespace),
-            owner: Owner { kind: running.owner.kind, name: names.share(&running.owner.name) },
+            owner: self.object(&running.owner),
             containers: self.pod_containers.share_arc(&containers.into()),
         };
         self.pods.insert(pod, running);
@@ -253,14 +228,26 @@ impl Store {
         if self.owners.get(&owned) == Some(&by) {
             return false;
         }
-        let names = &mut self.names;
         let by = OwnedBy {
-            kind: by.kind,
-            namespace: names.share(&by.namespace),
-            owner: by.owner.map(|owner| Owner { kind: owner.kind, name: names.share(&owner.name) }),
+            owned: self.object(&by.owned),
+            owner: by.owner.map(|owner| Owner { kind: owner.kind, name: self.names.share(&owner.name) }),
         };
         self.owners.insert(owned, by);
         true
+    }
+
+    /// The object as held here (one allocation for a ReplicaSet and all its pods), its names
+    /// shared.
+    fn object(&mut self, object: &Arc<WorkloadRef>) -> Arc<WorkloadRef> {
+        if let Some(held) = self.objects.get(object) {
+            return held;
+        }
+        let shared = WorkloadRef {
+            kind: object.kind,
+            namespace: self.names.share(&object.namespace),
+            name: self.names.share(&object.name),
+        };
+        self.objects.share_arc(&Arc::new(shared))
     }
 
     /// The pods' running digests and the owners that map them to workloads.
@@ -396,8 +383,11 @@ mod tests {
         let pod = |name: &str| {
             // As a watch event brings it: every string its own allocation.
             let running = RunningPod {
-                namespace: String::from("ns").into(),
-                owner: Owner { kind: WorkloadKind::ReplicaSet, name: String::from("web-5d8").into() },
+                owner: Arc::new(WorkloadRef {
+                    kind: WorkloadKind::ReplicaSet,
+                    namespace: String::from("ns").into(),
+                    name: String::from("web-5d8").into(),
+                }),
                 containers: Arc::from(vec![(Name::from(String::from("app")), digest)]),
             };
             (ObjectKey::of("Pod", "ns", name), running)
@@ -412,12 +402,19 @@ mod tests {
         let (pods, _) = store.running();
         let pods: Vec<&RunningPod> = pods.collect();
         assert!(Arc::ptr_eq(&pods[0].containers, &pods[1].containers), "one container list for both pods");
-        assert_eq!(pods[0].owner.name.as_ptr(), pods[1].owner.name.as_ptr(), "one owner name for both pods");
-        assert_eq!(pods[0].namespace.as_ptr(), pods[1].namespace.as_ptr());
+        assert!(Arc::ptr_eq(&pods[0].owner, &pods[1].owner), "one owner for both pods");
+        let owner = pods[0].owner.clone();
+        let replica_set =
+            WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), name: "web-5d8".into() };
+        let deployment = Owner { kind: WorkloadKind::Deployment, name: "web".into() };
+        let key = ObjectKey::of("ReplicaSet", "ns", "web-5d8");
+        store.apply(Update::Owner(key, Some(OwnedBy { owned: Arc::new(replica_set), owner: Some(deployment) })));
+        let owned = store.running().1.get(&key).map(|by| by.owned.clone()).expect("held");
+        assert!(Arc::ptr_eq(&owned, &owner), "the ReplicaSet's entry holds the same identity as its pods");
         store.apply(Update::Pod(a, None));
         store.apply(Update::Pod(b, None));
         assert_eq!(store.running().0.count(), 0);
-        assert_eq!(store.running_generation, generation + 3);
+        assert_eq!(store.running_generation, generation + 4);
     }
 
     #[test]
@@ -425,8 +422,7 @@ mod tests {
         let digest = Digest::parse(&format!("sha256:{}", "b".repeat(64))).expect("a digest");
         let pod = |ns: &str, name: &str| {
             let running = RunningPod {
-                namespace: ns.into(),
-                owner: Owner { kind: WorkloadKind::Pod, name: name.into() },
+                owner: Arc::new(WorkloadRef { kind: WorkloadKind::Pod, namespace: ns.into(), name: name.into() }),
                 containers: Arc::from(vec![(Name::from("app"), digest)]),
             };
             (ObjectKey::of("Pod", ns, name), running)
@@ -443,7 +439,8 @@ mod tests {
             store.apply(Update::InitPod(scope.clone(), key, running));
         }
         store.apply(Update::InitDone(scope));
-        let mut names: Vec<String> = store.running().0.map(|p| format!("{}/{}", p.namespace, p.owner.name)).collect();
+        let mut names: Vec<String> =
+            store.running().0.map(|p| format!("{}/{}", p.owner.namespace, p.owner.name)).collect();
         names.sort();
         assert_eq!(names, ["a/kept", "a/new", "b/other"]);
     }

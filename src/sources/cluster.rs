@@ -5,11 +5,13 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::Arc;
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
+use tokio::sync::Semaphore;
 
 use crate::error::{Warning, WarningKind};
 use crate::inventory::record::{DEFAULT_NAMESPACE, RecordError, controller_of, record_from_object, running_pod};
@@ -320,12 +322,26 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
     format!("{workload}: {problem}")
 }
 
+/// Turns at the initial list: a watcher lists only while it holds one. Each page is held whole
+/// while it is decoded, and every kind's pages at once were most of the process's peak.
+pub type ListTurns = Arc<Semaphore>;
+
+/// One initial list at a time.
+pub fn list_turns() -> ListTurns {
+    Arc::new(Semaphore::new(1))
+}
+
 /// Keeps the store current for one scope until the stream ends. A 403 is reported once and the
-/// scope given up; other errors are retried with kube-runtime's default backoff.
-pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore) {
+/// scope given up; other errors are retried with kube-runtime's default backoff. The initial
+/// list waits for its turn (`turns`); a failing one gives its turn up before retrying.
+pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore, turns: ListTurns) {
+    let mut turn = turns.acquire_owned().await.ok();
     let mut events = watcher::watcher(api(&client, &scope), watcher::Config::default()).default_backoff().boxed();
     let apply = |update: Update| write(&store).apply(update);
     while let Some(event) = events.next().await {
+        if matches!(event, Ok(Event::InitDone) | Err(_)) {
+            drop(turn.take());
+        }
         match event {
             Ok(Event::Init) => apply(Update::Init(scope.clone())),
             Ok(Event::InitApply(object)) => {
@@ -378,14 +394,14 @@ pub enum Running {
 
 pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
     let namespace = object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
-    let key = ObjectKey::of(kind.as_str(), namespace, object.metadata.name.as_deref().unwrap_or_default());
+    let name = object.metadata.name.as_deref().unwrap_or_default();
+    let key = ObjectKey::of(kind.as_str(), namespace, name);
     match kind {
         WorkloadKind::Pod => Running::Pod(key, running_pod(object)),
         WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(
             key,
             controller_of(object).map(|controller| OwnedBy {
-                kind,
-                namespace: namespace.into(),
+                owned: std::sync::Arc::new(WorkloadRef { kind, namespace: namespace.into(), name: name.into() }),
                 owner: match controller {
                     Controller::Workload(owner) => Some(owner),
                     Controller::Untracked => None,
