@@ -124,6 +124,7 @@ impl Tracked {
                 for list in [&mut users.users, &mut users.replacing] {
                     list.sort_unstable();
                     list.dedup();
+                    list.shrink_to_fit();
                 }
             }
         }

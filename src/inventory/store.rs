@@ -273,7 +273,9 @@ impl Store {
 
     /// What changed since the last call.
     pub fn take_changes(&mut self) -> Changes {
-        let mut workloads: Vec<WorkloadRef> = self.changed.drain().collect();
+        // Taken, not drained: the initial sync marks every workload, and a drained set would
+        // keep that table for good.
+        let mut workloads: Vec<WorkloadRef> = std::mem::take(&mut self.changed).into_iter().collect();
         workloads.sort();
         Changes { all: std::mem::take(&mut self.changed_all), workloads }
     }
