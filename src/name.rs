@@ -45,12 +45,6 @@ impl Borrow<str> for Name {
     }
 }
 
-impl AsRef<str> for Name {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
-
 impl From<&str> for Name {
     fn from(text: &str) -> Self {
         Name(Arc::from(text))
@@ -66,12 +60,6 @@ impl From<String> for Name {
 impl From<&String> for Name {
     fn from(text: &String) -> Self {
         Name(Arc::from(text.as_str()))
-    }
-}
-
-impl From<Name> for String {
-    fn from(name: Name) -> Self {
-        name.0.to_string()
     }
 }
 
@@ -165,13 +153,6 @@ impl<T: ?Sized + Eq + Hash> Interner<T> {
 }
 
 impl Interner<str> {
-    pub fn intern(&mut self, text: &str) -> Name {
-        match self.held.get(text) {
-            Some(held) => Name(held.clone()),
-            None => self.share(&Name::from(text)),
-        }
-    }
-
     /// The same name, as the one held here (the given one stays valid either way).
     pub fn share(&mut self, name: &Name) -> Name {
         Name(self.share_arc(&name.0))
@@ -185,8 +166,8 @@ mod tests {
     #[test]
     fn equal_names_are_one_allocation_until_no_one_holds_them() {
         let mut interner: Interner = Interner::default();
-        let a = interner.intern("team-a");
-        let b = interner.intern(&String::from("team-a"));
+        let a = interner.share(&Name::from("team-a"));
+        let b = interner.share(&Name::from(String::from("team-a")));
         assert!(Arc::ptr_eq(&a.0, &b.0), "one allocation for equal text");
         let fresh = Name::from("team-b");
         let shared = interner.share(&fresh);
@@ -204,10 +185,10 @@ mod tests {
     fn sweeps_come_when_the_table_doubles() {
         let mut interner: Interner = Interner::default();
         for i in 0..SWEEP_FLOOR * 3 {
-            drop(interner.intern(&format!("pod-{i}")));
+            drop(interner.share(&Name::from(format!("pod-{i}"))));
         }
         assert!(interner.len() < SWEEP_FLOOR * 2, "names no one holds were swept: {}", interner.len());
-        let kept: Vec<Name> = (0..10).map(|i| interner.intern(&format!("kept-{i}"))).collect();
+        let kept: Vec<Name> = (0..10).map(|i| interner.share(&Name::from(format!("kept-{i}")))).collect();
         interner.sweep();
         assert_eq!(interner.len(), kept.len());
     }

@@ -78,14 +78,9 @@ impl Tracked {
         self.by_workload.len()
     }
 
-    /// Every workload's series.
-    pub fn workload_series(&self) -> impl Iterator<Item = &Arc<WorkloadSeries>> {
-        self.by_workload.iter().map(|w| &w.0)
-    }
-
     /// Every container's series, with its workload's.
     pub fn series(&self) -> impl Iterator<Item = (&Arc<WorkloadSeries>, usize, &ContainerSeries)> {
-        self.workload_series().flat_map(|w| w.containers.iter().enumerate().map(move |(i, c)| (w, i, c)))
+        self.by_workload.iter().map(|w| &w.0).flat_map(|w| w.containers.iter().enumerate().map(move |(i, c)| (w, i, c)))
     }
 
     /// Applies a change; says which keys came, went, or got other users.

@@ -166,12 +166,6 @@ pub struct Series {
     index: usize,
 }
 
-impl Series {
-    fn identity(&self) -> (&WorkloadRef, &Name) {
-        (self.workload(), &self.container().container)
-    }
-}
-
 impl PartialEq for Series {
     fn eq(&self, other: &Self) -> bool {
         self.identity() == other.identity()
@@ -210,6 +204,10 @@ impl Series {
     /// Who this series is for.
     pub fn user(&self) -> ContainerRef {
         ContainerRef { workload: self.workload().clone(), container: self.container().container.clone() }
+    }
+
+    fn identity(&self) -> (&WorkloadRef, &Name) {
+        (self.workload(), &self.container().container)
     }
 }
 

@@ -101,6 +101,13 @@ pub struct WorkloadRef {
     pub name: Name,
 }
 
+impl WorkloadRef {
+    /// The same identity with its names taken from `names`.
+    pub fn interned(&self, names: &mut Interner) -> Self {
+        WorkloadRef { kind: self.kind, namespace: names.share(&self.namespace), name: names.share(&self.name) }
+    }
+}
+
 impl fmt::Display for WorkloadRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
@@ -153,8 +160,7 @@ impl WorkloadRecord {
     /// The same record with its names taken from `names`: equal names across records are one
     /// allocation (a namespace, an image, a container name).
     pub fn interned(mut self, names: &mut Interner) -> Self {
-        self.workload.namespace = names.share(&self.workload.namespace);
-        self.workload.name = names.share(&self.workload.name);
+        self.workload = self.workload.interned(names);
         for container in &mut self.containers {
             container.name = names.share(&container.name);
             container.image = names.share(&container.image);

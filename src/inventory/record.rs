@@ -14,6 +14,11 @@ use crate::platform::{PlatformConstraints, PlatformExpression};
 /// The namespace of an object that names none (a manifest applied with `kubectl apply -f`).
 pub const DEFAULT_NAMESPACE: &str = "default";
 
+/// An object's namespace, `default` when it names none.
+pub fn namespace_of(object: &SlimObject) -> &str {
+    object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE)
+}
+
 /// Why an object could not be reduced to a record.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RecordError {
@@ -40,7 +45,7 @@ pub fn record_from_object(kind: WorkloadKind, object: &SlimObject) -> Result<Opt
     if is_managed(kind, object.metadata.owner_references.as_deref()) {
         return Ok(None);
     }
-    let namespace = object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
+    let namespace = namespace_of(object);
     let workload = WorkloadRef { kind, namespace: namespace.into(), name: name.into() };
     let spec = object.spec.as_ref();
     let pod_spec = match kind {
@@ -100,7 +105,7 @@ pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
     if containers.is_empty() {
         return None;
     }
-    let namespace = object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
+    let namespace = namespace_of(object);
     let owner = match controller_of(object) {
         Some(Controller::Workload(owner)) => owner,
         Some(Controller::Untracked) => return None,

@@ -138,14 +138,14 @@ impl Store {
                     self.records.remove(&workload);
                     self.mark(workload);
                 }
-                for (workload, record) in fresh {
-                    self.upsert(workload, record);
+                for record in fresh.into_values() {
+                    self.upsert(record);
                 }
                 if self.synced.insert(scope) {
                     self.generation += 1;
                 }
             }
-            Update::Upsert(record) => self.upsert(record.workload.clone(), record),
+            Update::Upsert(record) => self.upsert(record),
             Update::Remove(workload) => {
                 if self.records.remove(&workload) {
                     self.mark(workload);
@@ -212,13 +212,8 @@ impl Store {
         if self.pods.get(&pod) == Some(&running) {
             return false;
         }
-        let names = &mut self.names;
-        let containers: Vec<(Name, Digest)> =
-            running.containers.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
-        let running = RunningPod {
-            owner: self.object(&running.owner),
-            containers: self.pod_containers.share_arc(&containers.into()),
-        };
+        let running =
+            RunningPod { owner: self.object(&running.owner), containers: self.container_list(&running.containers) };
         self.pods.insert(pod, running);
         true
     }
@@ -242,12 +237,19 @@ impl Store {
         if let Some(held) = self.objects.get(object) {
             return held;
         }
-        let shared = WorkloadRef {
-            kind: object.kind,
-            namespace: self.names.share(&object.namespace),
-            name: self.names.share(&object.name),
-        };
+        let shared = object.interned(&mut self.names);
         self.objects.share_arc(&Arc::new(shared))
+    }
+
+    /// The container list as held here (one allocation for every pod of a template), its names
+    /// shared.
+    fn container_list(&mut self, list: &Arc<[(Name, Digest)]>) -> Arc<[(Name, Digest)]> {
+        if let Some(held) = self.pod_containers.get(list) {
+            return held;
+        }
+        let names = &mut self.names;
+        let shared: Vec<(Name, Digest)> = list.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
+        self.pod_containers.share_arc(&shared.into())
     }
 
     /// The pods' running digests and the owners that map them to workloads.
@@ -256,8 +258,8 @@ impl Store {
     }
 
     /// Inserts or replaces a record; a record equal to the one held changes nothing.
-    fn upsert(&mut self, workload: WorkloadRef, record: WorkloadRecord) {
-        if self.records.get(&workload).is_some_and(|held| *held.0 == record) {
+    fn upsert(&mut self, record: WorkloadRecord) {
+        if self.records.get(&record.workload).is_some_and(|held| *held.0 == record) {
             return;
         }
         let record = record.interned(&mut self.names);

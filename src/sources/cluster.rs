@@ -14,7 +14,7 @@ use kube::runtime::watcher::{self, Event};
 use tokio::sync::Semaphore;
 
 use crate::error::{Warning, WarningKind};
-use crate::inventory::record::{DEFAULT_NAMESPACE, RecordError, controller_of, record_from_object, running_pod};
+use crate::inventory::record::{RecordError, controller_of, namespace_of, record_from_object, running_pod};
 use crate::inventory::running::{Controller, ObjectKey, OwnedBy, RunningPod};
 use crate::inventory::slim::SlimObject;
 use crate::inventory::store::{SharedStore, Update, WatchScope, write};
@@ -393,7 +393,7 @@ pub enum Running {
 }
 
 pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
-    let namespace = object.metadata.namespace.as_deref().filter(|n| !n.is_empty()).unwrap_or(DEFAULT_NAMESPACE);
+    let namespace = namespace_of(object);
     let name = object.metadata.name.as_deref().unwrap_or_default();
     let key = ObjectKey::of(kind.as_str(), namespace, name);
     match kind {
@@ -401,7 +401,7 @@ pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
         WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(
             key,
             controller_of(object).map(|controller| OwnedBy {
-                owned: std::sync::Arc::new(WorkloadRef { kind, namespace: namespace.into(), name: name.into() }),
+                owned: Arc::new(WorkloadRef { kind, namespace: namespace.into(), name: name.into() }),
                 owner: match controller {
                     Controller::Workload(owner) => Some(owner),
                     Controller::Untracked => None,
