@@ -39,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::Env;
 use support::apiserver::ApiServer;
+use support::process::{cpu_seconds, status_kib};
 
 const WINDOW_SECS: u64 = 30;
 const NAMESPACES: usize = 50;
@@ -658,21 +659,6 @@ fn descendant_running(root: u32, exe: &Path) -> Option<u32> {
     None
 }
 
-fn proc_kib(pid: u32, key: &str) -> u64 {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0)
-}
-
-/// utime + stime, seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
-}
-
 fn health_addr(running: &Running) -> Option<std::net::SocketAddr> {
     let logged = running.log.lock().expect("log").iter().find_map(|line| {
         let line = line.split_once("serving /healthz and /readyz")?.1;
@@ -806,10 +792,10 @@ fn start_and_sync(
     // Let the last answers land.
     std::thread::sleep(Duration::from_secs(3));
     f.objects = inventory.objects;
-    f.rss = proc_kib(running.pid, "VmRSS:");
-    f.rss_anon = proc_kib(running.pid, "RssAnon:");
-    f.rss_file = proc_kib(running.pid, "RssFile:");
-    f.hwm = proc_kib(running.pid, "VmHWM:");
+    f.rss = status_kib(running.pid, "VmRSS:");
+    f.rss_anon = status_kib(running.pid, "RssAnon:");
+    f.rss_file = status_kib(running.pid, "RssFile:");
+    f.hwm = status_kib(running.pid, "VmHWM:");
     running
 }
 
@@ -865,8 +851,8 @@ fn measure(
     f.churn_rate = churn(full, s.churn_rate, s.churn_secs, counter);
     f.churn_secs = churn_started.elapsed().as_secs_f64();
     f.churn_cpu = (cpu_seconds(running.pid) - cpu0) / f.churn_secs;
-    f.rss_after = proc_kib(running.pid, "VmRSS:");
-    f.hwm_after = proc_kib(running.pid, "VmHWM:");
+    f.rss_after = status_kib(running.pid, "VmRSS:");
+    f.hwm_after = status_kib(running.pid, "VmHWM:");
     f.log_tail = tail(&running);
     f
 }

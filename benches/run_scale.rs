@@ -14,22 +14,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use support::apiserver::ApiServer;
 use support::otlp::{Receiver, latest_points};
+use support::process::{cpu_seconds, status_kib};
 use support::{Env, workload};
-
-fn proc_field(pid: u32, file: &str, key: &str) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/{file}")).ok()?;
-    text.lines().find(|l| l.starts_with(key))?.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// utime + stime of a process, in seconds.
-fn cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> =
-        stat.rsplit_once(')').map(|(_, rest)| rest.split_whitespace().collect()).unwrap_or_default();
-    let ticks: u64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
-    ticks as f64 / 100.0
-}
 
 fn total(receiver: &Receiver, name: &str) -> f64 {
     receiver.received(|r| latest_points(r, name).iter().map(|(_, v)| v).sum())
@@ -107,7 +93,7 @@ fn main() {
         let steady_cpu = cpu_seconds(pid) - first_cpu;
         let steady_secs = steady_start.elapsed().as_secs_f64();
         let coverage = coverage_now();
-        let rss = proc_field(pid, "status", "VmRSS:").unwrap_or(0);
+        let rss = status_kib(pid, "VmRSS:");
         let (exports, bytes) = receiver.received(|r| {
             let metrics: Vec<usize> = r.http_bytes.iter().filter(|(p, _)| p == "/v1/metrics").map(|(_, b)| *b).collect();
             (metrics.len(), metrics.iter().sum::<usize>())

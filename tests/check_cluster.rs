@@ -70,25 +70,16 @@ async fn cluster() -> Cluster {
     Cluster { env, api, private, kubeconfig, registry_config }
 }
 
-async fn check_all_namespaces(c: &Cluster) -> Output {
-    run_pullcheck(&[
-        "check",
-        "--kubeconfig",
-        &c.kubeconfig,
-        "-A",
-        "-o",
-        "json",
-        "--registry-config",
-        &c.registry_config,
-    ])
-    .await
+/// `check` of the cluster with its registry config, JSON out, and `extra` flags.
+async fn check(c: &Cluster, extra: &[&str]) -> Output {
+    let mut args = vec!["check", "--kubeconfig", &c.kubeconfig, "-o", "json", "--registry-config", &c.registry_config];
+    args.extend_from_slice(extra);
+    run_pullcheck(&args).await
 }
 
 /// The namespaces whose workloads a selection checks.
 async fn selected(c: &Cluster, extra: &[&str]) -> Vec<String> {
-    let mut args = vec!["check", "--kubeconfig", &c.kubeconfig, "-o", "json", "--registry-config", &c.registry_config];
-    args.extend_from_slice(extra);
-    let r = json_report(&run_pullcheck(&args).await);
+    let r = json_report(&check(c, extra).await);
     let mut namespaces: Vec<String> = states(&r).into_iter().flat_map(|(_, _, ns)| ns).collect();
     namespaces.sort();
     namespaces
@@ -97,7 +88,7 @@ async fn selected(c: &Cluster, extra: &[&str]) -> Vec<String> {
 #[tokio::test]
 async fn pull_secrets_service_accounts_and_namespace_isolation() {
     let c = cluster().await;
-    let out = check_all_namespaces(&c).await;
+    let out = check(&c, &["-A"]).await;
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     let r = json_report(&out);
     let strs = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -149,18 +140,7 @@ async fn forbidden_secrets_and_kinds_degrade_with_one_clear_warning_when_partial
     let c = cluster().await;
     c.api.forbid("Secret");
     c.api.forbid("StatefulSet");
-    let out = run_pullcheck(&[
-        "check",
-        "--kubeconfig",
-        &c.kubeconfig,
-        "-A",
-        "-o",
-        "json",
-        "--registry-config",
-        &c.registry_config,
-        "--allow-partial",
-    ])
-    .await;
+    let out = check(&c, &["-A", "--allow-partial"]).await;
     assert_eq!(out.status.code(), Some(1), "exit per images: {}", String::from_utf8_lossy(&out.stderr));
     let r = json_report(&out);
     let every: Vec<String> = states(&r).into_iter().map(|(_, s, _)| s).collect();
@@ -272,7 +252,7 @@ async fn a_cluster_that_cannot_be_read_fails_the_check_with_one_line_per_cause()
 async fn one_kind_not_listed_is_exit_2_unless_partial_answers_are_allowed() {
     let c = cluster().await;
     c.api.forbid_verb("list", "StatefulSet", None);
-    let out = check_all_namespaces(&c).await;
+    let out = check(&c, &["-A"]).await;
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("pullcheck: forbidden by RBAC: list statefulsets cluster-wide\n"), "{stderr}");
