@@ -949,12 +949,14 @@ fn top_sites(text: &str, title: &str) -> Vec<String> {
         }
         let amount = head.split_whitespace().next().unwrap_or("?").to_string();
         let allocator = section.get(i + 1).map(|l| readable(l.trim())).unwrap_or_default();
-        // The first (largest) backtrace under it.
+        // The first (largest) backtrace under it, and what it alone holds: a leaf allocator
+        // (a hash table's) sums every caller.
         let mut frames = Vec::new();
         let mut j = i + 2;
         while j < section.len() && !section[j].ends_with("from:") {
             j += 1;
         }
+        let largest = section.get(j).and_then(|l| l.split_whitespace().next()).unwrap_or("?").to_string();
         j += 1;
         while j < section.len() && section[j].starts_with("    ") {
             let frame = section[j].trim();
@@ -981,7 +983,7 @@ fn top_sites(text: &str, title: &str) -> Vec<String> {
         if let Some(own) = frames.iter().skip(2).find(|f| f.contains("pullcheck::")) {
             who.push(format!("… {own}"));
         }
-        out.push(format!("{amount:>8} {allocator} <- {}", who.join(" <- ")));
+        out.push(format!("{amount:>8} {allocator} ({largest} of it) <- {}", who.join(" <- ")));
         i = j;
     }
     out

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use pullcheck::inventory::WorkloadKind;
 use pullcheck::inventory::selection::Selection;
 use pullcheck::inventory::store::{SharedStore, Store, WatchScope};
-use pullcheck::sources::cluster::{list_turns, list_workloads, scopes, watch_scope};
+use pullcheck::sources::cluster::{DEFAULT_PAGE_SIZE, Lists, list_workloads, scopes, watch_scope};
 use support::apiserver::ApiServer;
 
 struct Counting;
@@ -74,7 +74,7 @@ fn main() {
         let client = api.client();
 
         let started = Instant::now();
-        let snapshot = list_workloads(&client, None).await;
+        let snapshot = list_workloads(&client, None, DEFAULT_PAGE_SIZE).await;
         let list_time = started.elapsed();
         assert_eq!(snapshot.records.len(), workloads);
         let unique: usize = snapshot
@@ -94,9 +94,9 @@ fn main() {
             .into_iter()
             .partition(|s| matches!(s.kind, WorkloadKind::ReplicaSet | WorkloadKind::Pod));
         let started = Instant::now();
-        let turns = list_turns();
+        let lists = Lists::new(DEFAULT_PAGE_SIZE);
         let watchers: Vec<_> =
-            all.iter().cloned().map(|scope| tokio::spawn(watch_scope(client.clone(), scope, store.clone(), turns.clone()))).collect();
+            all.iter().cloned().map(|scope| tokio::spawn(watch_scope(client.clone(), scope, store.clone(), lists.clone()))).collect();
         while !store.read().expect("lock").is_synced(&all, false) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -169,11 +169,11 @@ async fn owned_objects(
     }
     let live_before = LIVE.load(Ordering::Relaxed);
     let generation = store.read().expect("lock").running_generation;
-    let turns = list_turns();
+    let lists = Lists::new(DEFAULT_PAGE_SIZE);
     let watchers: Vec<_> = scopes
         .iter()
         .cloned()
-        .map(|scope| tokio::spawn(watch_scope(api.client(), scope, store.clone(), turns.clone())))
+        .map(|scope| tokio::spawn(watch_scope(api.client(), scope, store.clone(), lists.clone())))
         .collect();
     while !store.read().expect("lock").is_synced(scopes, false) {
         tokio::time::sleep(Duration::from_millis(5)).await;

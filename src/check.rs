@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials};
 use crate::error::Warning;
 use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
-use crate::inventory::running::{Digest, Running, drift, running_digests};
+use crate::inventory::running::{Digest, ObjectKey, OwnedBy, Running, drift, running_digests};
 use crate::inventory::selection::Selection;
 use crate::inventory::{ContainerRef, WorkloadRef};
 use crate::platform::Platform;
@@ -72,7 +72,7 @@ pub async fn check_cluster(
     settings: &CheckSettings,
 ) -> Report {
     let kube_client = &cluster.client;
-    let snapshot = list_workloads(kube_client, namespaces).await;
+    let snapshot = list_workloads(kube_client, namespaces, cluster.page_size).await;
     // Unreached, or the credentials refused: nodes and namespaces would fail the same way.
     let reached = snapshot.reached();
     let (platforms, platform_warning) = if reached {
@@ -108,8 +108,8 @@ pub async fn check_cluster(
         &selection.images,
         &platforms,
     );
-    let owners = snapshot.owners.iter().cloned().collect();
-    let running = running_digests(&snapshot.pods, &owners);
+    let owners: HashMap<ObjectKey, OwnedBy> = snapshot.owners.iter().copied().collect();
+    let running = running_digests(&snapshot.pods, |owned| owners.get(&owned).copied());
     let mut report = probe_uses(uses, client, settings, &running).await;
     others.extend(platform_warning);
 

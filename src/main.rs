@@ -30,7 +30,7 @@ use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::platform::Platform;
 use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
 use pullcheck::schedule::ScheduleSettings;
-use pullcheck::sources::cluster::{Connection, connect};
+use pullcheck::sources::cluster::{Connection, DEFAULT_PAGE_SIZE, connect};
 use pullcheck::telemetry::logs::TransitionLog;
 use pullcheck::telemetry::metrics::Metrics;
 use pullcheck::telemetry::otlp::ProcessEnv;
@@ -250,12 +250,17 @@ struct ClusterArgs {
     /// How long a pull secret read is used before it is read again.
     #[arg(long, env = "PULLCHECK_SECRET_TTL", default_value = "2m", value_parser = humantime::parse_duration)]
     secret_ttl: Duration,
+    /// Objects per page when listing workloads. A page is held whole while it is read: smaller
+    /// pages lower the memory peak at start-up, larger ones need fewer requests.
+    #[arg(long, env = "PULLCHECK_LIST_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
+    list_page_size: u32,
 }
 
 impl ClusterArgs {
     /// The client with the API server's URL, for `check` to name it.
     async fn connection(&self) -> anyhow::Result<Connection> {
-        Ok(connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?)
+        let connection = connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+        Ok(Connection { page_size: self.list_page_size, ..connection })
     }
 }
 
@@ -476,7 +481,8 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |host, status| observer_metrics.record_request(host, status));
     let registry = args.registry.client(Some(observer))?;
-    let Connection { client: kube_client, namespace: context_namespace, .. } = args.cluster.connection().await?;
+    let Connection { client: kube_client, namespace: context_namespace, page_size, .. } =
+        args.cluster.connection().await?;
     let leader_election = args.leader.settings(&context_namespace)?;
     let settings = ControllerSettings {
         schedule: ScheduleSettings {
@@ -490,6 +496,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
         selection: args.selection.selection(),
         health_addr: args.health_addr.0,
         secret_ttl: args.cluster.secret_ttl,
+        list_page_size: page_size,
         platforms: args.selection.platforms(),
         leader_election,
     };

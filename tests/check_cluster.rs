@@ -412,3 +412,22 @@ async fn two_secrets_for_one_registry_work_in_either_order() {
         assert_eq!(image["credential"], "pull secret current", "{image}");
     }
 }
+
+#[tokio::test]
+async fn list_page_size_sets_the_pages_asked_for() {
+    let c = cluster().await;
+    let deployment_pages = |api: &ApiServer, from: usize| -> Vec<String> {
+        api.requests()[from..].iter().filter(|r| r.starts_with("GET /apis/apps/v1/deployments?")).cloned().collect()
+    };
+    let out = check(&c, &["-A"]).await;
+    let by_default = deployment_pages(&c.api, 0);
+    assert!(by_default.iter().all(|r| r.contains("limit=100")), "{by_default:?}");
+    let before = c.api.requests().len();
+    let paged = check(&c, &["-A", "--list-page-size", "1"]).await;
+    let pages = deployment_pages(&c.api, before);
+    assert_eq!(pages.len(), 5, "one Deployment per page: {pages:?}");
+    assert!(pages.iter().all(|r| r.contains("limit=1&") || r.ends_with("limit=1")), "{pages:?}");
+    assert_eq!(states(&json_report(&paged)), states(&json_report(&out)), "the same workloads, however paged");
+    let refused = run_pullcheck(&["check", "--kubeconfig", &c.kubeconfig, "--list-page-size", "0"]).await;
+    assert_eq!(refused.status.code(), Some(2), "a page of nothing is refused");
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 use pullcheck::inventory::WorkloadKind;
 use pullcheck::inventory::selection::Selection;
 use pullcheck::inventory::store::{SharedStore, Store};
-use pullcheck::sources::cluster::{list_turns, scopes, watch_scope};
+use pullcheck::sources::cluster::{DEFAULT_PAGE_SIZE, Lists, scopes, watch_scope};
 use serde_json::json;
 use support::apiserver::ApiServer;
 use support::{eventually, workload};
@@ -20,10 +20,10 @@ const WAIT: Duration = Duration::from_secs(10);
 /// One watcher task per scope, with the kind it watches.
 fn start_watchers(api: &ApiServer, store: &SharedStore) -> Vec<(WorkloadKind, tokio::task::JoinHandle<()>)> {
     let client = api.client();
-    let turns = list_turns();
+    let lists = Lists::new(DEFAULT_PAGE_SIZE);
     scopes(None)
         .into_iter()
-        .map(|scope| (scope.kind, tokio::spawn(watch_scope(client.clone(), scope, store.clone(), turns.clone()))))
+        .map(|scope| (scope.kind, tokio::spawn(watch_scope(client.clone(), scope, store.clone(), lists.clone()))))
         .collect()
 }
 

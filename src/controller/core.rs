@@ -188,6 +188,7 @@ impl Controller {
             self.series_stale = true;
             return;
         }
+        let completes = change.completes();
         let changes = self.tracked.apply(change);
         for key in changes.removed {
             self.scheduler.remove(&key);
@@ -200,7 +201,7 @@ impl Controller {
         for key in &changes.changed {
             self.scheduler.mark_changed(key);
         }
-        self.ready = true;
+        self.ready |= completes;
         self.series_stale = true;
     }
 
@@ -428,7 +429,7 @@ mod tests {
         let start = Instant::now();
         let mut ctl = controller(start);
         assert!(ctl.on_tick(start, |_| true).is_empty(), "not ready: no probe");
-        ctl.on_inventory_change(InventoryChange::Reset(vec![workload("web", "nginx:1"), workload("api", "redis:7")]));
+        ctl.on_inventory_change(InventoryChange::whole(vec![workload("web", "nginx:1"), workload("api", "redis:7")]));
         assert!(ctl.is_ready());
         let jobs = ctl.on_tick(start, |_| true);
         assert_eq!(jobs.len(), 2, "new keys go in the first batch: {jobs:?}");
@@ -439,7 +440,7 @@ mod tests {
     async fn results_are_kept_per_key_and_forgotten_with_it() {
         let start = Instant::now();
         let mut ctl = controller(start);
-        ctl.on_inventory_change(InventoryChange::Reset(vec![workload("web", "nginx:1")]));
+        ctl.on_inventory_change(InventoryChange::whole(vec![workload("web", "nginx:1")]));
         let job = ctl.on_tick(start, |_| true).pop().expect("one job");
         let key = job.key.clone();
         tokio::time::advance(Duration::from_secs(1)).await;
@@ -482,7 +483,7 @@ mod tests {
         let start = Instant::now();
         let mut ctl = controller(start);
         let many: Vec<_> = (0..10).map(|i| workload(&format!("w{i}"), &format!("img{i}:1"))).collect();
-        ctl.on_inventory_change(InventoryChange::Reset(many));
+        ctl.on_inventory_change(InventoryChange::whole(many));
         for job in ctl.on_tick(start, |_| true) {
             ctl.on_probe_done(job, result(State::Available), start);
         }
@@ -521,7 +522,7 @@ mod tests {
         let mut ctl = controller(start);
         ctl.on_standby();
         let many: Vec<_> = (0..8).map(|i| workload(&format!("w{i}"), &format!("img{i}:1"))).collect();
-        ctl.on_inventory_change(InventoryChange::Reset(many));
+        ctl.on_inventory_change(InventoryChange::whole(many));
         assert!(ctl.on_tick(start, |_| true).is_empty(), "a standby keeps its inventory warm but probes nothing");
         ctl.on_leading();
         let first = ctl.on_tick(start, |_| true);
@@ -542,7 +543,7 @@ mod tests {
         let start = Instant::now();
         let mut ctl = controller(start);
         let many: Vec<_> = (0..10).map(|i| workload(&format!("w{i}"), &format!("img{i}:1"))).collect();
-        ctl.on_inventory_change(InventoryChange::Reset(many));
+        ctl.on_inventory_change(InventoryChange::whole(many));
         let first = ctl.on_tick(start, |_| true);
         assert_eq!(first.len(), 10);
         for job in first {

@@ -27,7 +27,7 @@ use crate::inventory::store::{SharedStore, Store};
 use crate::platform::Platform;
 use crate::registry::{ProbeResult, RegistryClient, State};
 use crate::schedule::{Jitter, ScheduleSettings};
-use crate::sources::cluster::{list_turns, scopes, watch_namespaces, watch_scope};
+use crate::sources::cluster::{Lists, scopes, watch_namespaces, watch_scope};
 use crate::sources::events::watch_pull_failures;
 use crate::sources::secrets::PullSecrets;
 use crate::telemetry::logs::TransitionLog;
@@ -40,6 +40,8 @@ pub struct ControllerSettings {
     pub selection: Selection,
     pub health_addr: Option<SocketAddr>,
     pub secret_ttl: Duration,
+    /// Objects per list page of the watchers' initial lists.
+    pub list_page_size: u32,
     /// Platforms every index must cover; `None`: those of the cluster's nodes, read again
     /// with the pull secrets.
     pub platforms: Option<Vec<Platform>>,
@@ -74,9 +76,9 @@ pub async fn run(
     let store: SharedStore = Arc::new(RwLock::new(Store::default()));
     let watch_scopes = scopes(settings.namespaces.as_deref());
     let mut background = JoinSet::new();
-    let turns = list_turns();
+    let lists = Lists::new(settings.list_page_size);
     for scope in watch_scopes.iter().cloned() {
-        background.spawn(watch_scope(kube_client.clone(), scope, store.clone(), turns.clone()));
+        background.spawn(watch_scope(kube_client.clone(), scope, store.clone(), lists.clone()));
     }
     if settings.selection.needs_namespace_labels() {
         background.spawn(watch_namespaces(kube_client.clone(), store.clone()));
@@ -170,7 +172,7 @@ pub async fn run(
             Some(change) = changes.recv() => {
                 let first = !controller.is_ready();
                 controller.on_inventory_change(change);
-                if first {
+                if first && controller.is_ready() {
                     ready.store(true, Ordering::Relaxed);
                     tracing::info!(workloads = controller.tracked().workloads(), "inventory synced");
                     start(&mut probes, controller.on_tick(Instant::now(), open(&registry)), &registry);

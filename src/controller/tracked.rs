@@ -14,10 +14,29 @@ use crate::inventory::{ByWorkload, WorkloadRef};
 /// gone or no longer selected).
 #[derive(Debug)]
 pub enum InventoryChange {
-    Reset(Vec<(WorkloadRef, Vec<ImageUse>)>),
+    /// Every workload anew, in parts: a part's workloads replace what is held of them, and the
+    /// last part (`done`) drops the workloads no part of the reset named. In parts so that a
+    /// whole cluster's uses are never held at once (they were the peak of the heap at sync).
+    Reset {
+        part: Vec<(WorkloadRef, Vec<ImageUse>)>,
+        done: bool,
+    },
     Workloads(Vec<(WorkloadRef, Option<Vec<ImageUse>>)>),
     /// What the pods run now, per workload container.
     Running(Running),
+}
+
+impl InventoryChange {
+    /// A reset in one part.
+    pub fn whole(all: Vec<(WorkloadRef, Vec<ImageUse>)>) -> Self {
+        InventoryChange::Reset { part: all, done: true }
+    }
+
+    /// Whether the inventory is whole once this is applied: anything but a reset's part
+    /// before its last.
+    pub fn completes(&self) -> bool {
+        !matches!(self, InventoryChange::Reset { done: false, .. })
+    }
 }
 
 /// What is known of one key's users.
@@ -59,14 +78,16 @@ impl KeyChanges {
     }
 }
 
-/// Each touched key's users as they were before a change (absent: the key was new).
-type Before = HashMap<ImageKey, Vec<Series>>;
+/// Each touched key's users as they were before a change (`None`: the key was new).
+type Before = HashMap<ImageKey, Option<Vec<Series>>>;
 
 #[derive(Debug, Default)]
 pub struct Tracked {
     keys: HashMap<ImageKey, KeyUsers>,
     /// Each workload's series, shared with the published snapshots.
     by_workload: HashSet<ByWorkload<Arc<WorkloadSeries>>>,
+    /// During a reset: the workloads held before it that no part has named yet.
+    unnamed: Option<HashSet<WorkloadRef>>,
 }
 
 impl Tracked {
@@ -88,14 +109,22 @@ impl Tracked {
         let mut before = Before::new();
         let mut touched = HashSet::new();
         match change {
-            InventoryChange::Reset(all) => {
-                before = self.keys.drain().map(|(k, u)| (k, u.users)).collect();
-                self.by_workload.clear();
-                touched.extend(before.keys().cloned());
-                for (workload, uses) in all {
-                    self.insert(workload, uses, &mut touched, &mut before, false);
+            InventoryChange::Reset { part, done } => {
+                let unnamed =
+                    self.unnamed.get_or_insert_with(|| self.by_workload.iter().map(|w| w.0.workload.clone()).collect());
+                for (workload, _) in &part {
+                    unnamed.remove(workload);
                 }
-                self.keys.shrink_to_fit();
+                for (workload, uses) in part {
+                    self.remove(&workload, &mut touched, &mut before);
+                    self.insert(workload, uses, &mut touched, &mut before);
+                }
+                if done {
+                    for workload in self.unnamed.take().unwrap_or_default() {
+                        self.remove(&workload, &mut touched, &mut before);
+                    }
+                    self.keys.shrink_to_fit();
+                }
             }
             // Not the tracked set's business: the controller keeps what runs.
             InventoryChange::Running(_) => return KeyChanges::default(),
@@ -103,7 +132,7 @@ impl Tracked {
                 for (workload, uses) in changes {
                     self.remove(&workload, &mut touched, &mut before);
                     if let Some(uses) = uses {
-                        self.insert(workload, uses, &mut touched, &mut before, true);
+                        self.insert(workload, uses, &mut touched, &mut before);
                     }
                 }
             }
@@ -128,7 +157,7 @@ impl Tracked {
     fn classify(&self, touched: HashSet<ImageKey>, before: &Before) -> KeyChanges {
         let mut changes = KeyChanges::default();
         for key in touched {
-            match (before.get(&key), self.keys.get(&key)) {
+            match (before.get(&key).and_then(Option::as_ref), self.keys.get(&key)) {
                 (None, Some(_)) => changes.added.push(key),
                 (Some(_), None) => changes.removed.push(key),
                 (Some(old), Some(now)) if *old != now.users && !now.only_replacing() => changes.changed.push(key),
@@ -141,12 +170,11 @@ impl Tracked {
         changes
     }
 
-    /// Notes a key's users before its first change.
+    /// Notes a key's users before its first change, or that it was new: a key two workloads
+    /// bring in one change is added, not changed.
     fn remember(&self, key: &ImageKey, before: &mut Before) {
-        if !before.contains_key(key)
-            && let Some(users) = self.keys.get(key)
-        {
-            before.insert(key.clone(), users.users.clone());
+        if !before.contains_key(key) {
+            before.insert(key.clone(), self.keys.get(key).map(|users| users.users.clone()));
         }
     }
 
@@ -174,23 +202,19 @@ impl Tracked {
         held.unwrap_or(key).clone()
     }
 
-    /// A workload's uses. `remember`: note each key's users before the first change (not
-    /// during a reset, whose `before` already holds every old key).
+    /// A workload's uses, each key's users before the change noted first.
     fn insert(
         &mut self,
         workload: WorkloadRef,
         uses: Vec<ImageUse>,
         touched: &mut HashSet<ImageKey>,
         before: &mut Before,
-        remember: bool,
     ) {
         let mut containers = Vec::with_capacity(uses.len());
         for image_use in uses {
             let mut hold = |key: &ImageKey, chain: &dyn Fn() -> Vec<SourcedCredential>| {
                 let key = self.held(key, before);
-                if remember {
-                    self.remember(&key, before);
-                }
+                self.remember(&key, before);
                 self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
                     users: Vec::new(),
                     replacing: Vec::new(),
@@ -254,7 +278,7 @@ mod tests {
     fn changes_touch_only_what_moved() {
         let mut tracked = Tracked::default();
         let (web, api) = (record("web", &["nginx:1", "redis:7"]), record("api", &["nginx:1"]));
-        let changes = tracked.apply(InventoryChange::Reset(vec![uses(&web), uses(&api)]));
+        let changes = tracked.apply(InventoryChange::whole(vec![uses(&web), uses(&api)]));
         assert_eq!(names(&changes.added), ["docker.io/library/nginx:1", "docker.io/library/redis:7"]);
         assert_eq!((tracked.keys().len(), tracked.workloads(), tracked.series().count()), (2, 2, 3));
         let nginx: Vec<&ImageKey> = tracked
@@ -278,9 +302,37 @@ mod tests {
         assert_eq!(names(&changes.changed), ["docker.io/library/nginx:1"]);
         assert_eq!(tracked.keys().values().map(|u| u.names()).collect::<Vec<_>>(), [["Deployment ns/web (c0)"]]);
 
+        // Two new workloads bringing one new key in one change: it is added.
+        let (one, two) = (record("one", &["busybox:1"]), record("two", &["busybox:1"]));
+        let changes = tracked.apply(InventoryChange::Workloads(vec![update(&one), update(&two)]));
+        assert_eq!(names(&changes.added), ["docker.io/library/busybox:1"], "{changes:?}");
+        assert!(changes.changed.is_empty(), "{changes:?}");
+        tracked.apply(InventoryChange::Workloads(vec![(one.workload.clone(), None), (two.workload.clone(), None)]));
+
         // A reset that changes nothing reports nothing.
-        let changes = tracked.apply(InventoryChange::Reset(vec![uses(&record("web", &["nginx:1"]))]));
+        let changes = tracked.apply(InventoryChange::whole(vec![uses(&record("web", &["nginx:1"]))]));
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(tracked.workloads(), 1);
+    }
+
+    #[test]
+    fn a_reset_in_parts_drops_at_its_end_what_no_part_named() {
+        let mut tracked = Tracked::default();
+        let (web, api, db) = (record("web", &["nginx:1"]), record("api", &["redis:7"]), record("db", &["postgres:16"]));
+        tracked.apply(InventoryChange::whole(vec![uses(&web), uses(&api), uses(&db)]));
+        // web moves to nginx:2 in the first part; db is in the second; api is in none.
+        let changes =
+            tracked.apply(InventoryChange::Reset { part: vec![uses(&record("web", &["nginx:2"]))], done: false });
+        assert_eq!(names(&changes.added), ["docker.io/library/nginx:2"]);
+        assert_eq!(names(&changes.removed), ["docker.io/library/nginx:1"]);
+        assert_eq!(tracked.workloads(), 3, "nothing is dropped before the last part");
+        let changes = tracked.apply(InventoryChange::Reset { part: vec![uses(&db)], done: true });
+        assert_eq!(names(&changes.removed), ["docker.io/library/redis:7"], "api was named by no part");
+        assert!(changes.added.is_empty() && changes.changed.is_empty(), "{changes:?}");
+        assert_eq!(tracked.workloads(), 2);
+        // The next reset starts afresh: what the last one named is held, not remembered.
+        let changes = tracked.apply(InventoryChange::Reset { part: vec![], done: true });
+        assert_eq!(names(&changes.removed), ["docker.io/library/nginx:2", "docker.io/library/postgres:16"]);
+        assert_eq!(tracked.workloads(), 0);
     }
 }

@@ -10,7 +10,6 @@ use tokio::time::{Instant, MissedTickBehavior};
 
 use super::tracked::InventoryChange;
 use crate::inventory::keys::{ImageUse, resolve};
-use crate::inventory::running::running_digests;
 use crate::inventory::selection::Selection;
 use crate::inventory::store::{SharedStore, WatchScope, read, write};
 use crate::inventory::{WorkloadRecord, WorkloadRef};
@@ -21,6 +20,9 @@ use crate::sources::secrets::PullSecrets;
 
 /// How often the store is looked at: a generation compare, nothing more when nothing changed.
 const LOOK_INTERVAL: Duration = Duration::from_millis(100);
+
+/// Workloads per part of a reset: the uses of this many are held at once, not a cluster's.
+const RESET_PART: usize = 256;
 
 pub struct TrackerSettings {
     pub scopes: Vec<WatchScope>,
@@ -73,11 +75,7 @@ impl Tracker {
             // What runs (pods' digests): apart from the records, only when it changed.
             if seen_running != Some(running_generation) && seen_generation.is_some() {
                 seen_running = Some(running_generation);
-                let running = {
-                    let store = read(&self.store);
-                    let (pods, owners) = store.running();
-                    running_digests(pods, owners)
-                };
+                let running = read(&self.store).running();
                 if changes.send(InventoryChange::Running(running)).await.is_err() {
                     return;
                 }
@@ -90,36 +88,30 @@ impl Tracker {
             let taken = write(&self.store).take_changes();
             // Everything anew when secrets may have rotated or platforms moved (the refresh), or
             // when a change concerns every workload (namespace labels).
-            let change = if refresh_due || taken.all {
+            if refresh_due || taken.all {
                 if refresh_due {
                     refreshed = Some(Instant::now());
                     self.refresh_platforms().await;
                 }
-                let records = read(&self.store).selected(&self.settings.selection);
-                InventoryChange::Reset(self.resolve_all(&records).await)
-            } else if taken.workloads.is_empty() {
-                continue;
-            } else {
-                let records: Vec<(WorkloadRef, Option<WorkloadRecord>)> = {
-                    let store = read(&self.store);
-                    let selected = |w: WorkloadRef| {
-                        let record = store.selected_record(&w, &self.settings.selection);
-                        (w, record)
-                    };
-                    taken.workloads.into_iter().map(selected).collect()
-                };
-                let mut updates = Vec::with_capacity(records.len());
-                for (workload, record) in records {
-                    let uses = match record {
-                        Some(record) => Some(self.resolve_one(&record).await),
-                        None => None,
-                    };
-                    updates.push((workload, uses));
+                let workloads = read(&self.store).workloads();
+                let mut parts = workloads.chunks(RESET_PART).peekable();
+                loop {
+                    let part = parts.next().unwrap_or_default();
+                    let done = parts.peek().is_none();
+                    let part = self.resolve_each(part).await;
+                    let part = part.into_iter().filter_map(|(workload, uses)| Some((workload, uses?))).collect();
+                    if changes.send(InventoryChange::Reset { part, done }).await.is_err() {
+                        return;
+                    }
+                    if done {
+                        break;
+                    }
                 }
-                InventoryChange::Workloads(updates)
-            };
-            if changes.send(change).await.is_err() {
-                return;
+            } else if !taken.workloads.is_empty() {
+                let updates = self.resolve_each(&taken.workloads).await;
+                if changes.send(InventoryChange::Workloads(updates)).await.is_err() {
+                    return;
+                }
             }
         }
     }
@@ -138,12 +130,21 @@ impl Tracker {
         }
     }
 
-    async fn resolve_all(&self, records: &[WorkloadRecord]) -> Vec<(WorkloadRef, Vec<ImageUse>)> {
-        let mut all = Vec::with_capacity(records.len());
-        for record in records {
-            all.push((record.workload.clone(), self.resolve_one(record).await));
+    /// Each workload's uses (`None`: gone, or not selected), its record read from the store.
+    async fn resolve_each(&self, workloads: &[WorkloadRef]) -> Vec<(WorkloadRef, Option<Vec<ImageUse>>)> {
+        let records: Vec<Option<WorkloadRecord>> = {
+            let store = read(&self.store);
+            workloads.iter().map(|w| store.selected_record(w, &self.settings.selection)).collect()
+        };
+        let mut resolved = Vec::with_capacity(records.len());
+        for (workload, record) in workloads.iter().zip(records) {
+            let uses = match record {
+                Some(record) => Some(self.resolve_one(&record).await),
+                None => None,
+            };
+            resolved.push((workload.clone(), uses));
         }
-        all
+        resolved
     }
 
     /// One workload's uses, with the pull secrets of its own namespace.

@@ -3,9 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use std::sync::Arc;
-
-use super::running::{Controller, Digest, Owner, RunningPod};
+use super::running::{Controller, Digest, ObjectKey, Owner, RunningPod};
 use super::slim::{Loose, SlimObject, SlimSpec, SlimTemplate};
 use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
 use crate::name::Name;
@@ -107,12 +105,11 @@ pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
     }
     let namespace = namespace_of(object);
     let owner = match controller_of(object) {
-        Some(Controller::Workload(owner)) => owner,
+        Some(Controller::Workload(owner)) => ObjectKey::of(owner.kind, namespace, &owner.name),
         Some(Controller::Untracked) => return None,
-        None => Owner { kind: WorkloadKind::Pod, name: object.metadata.name.as_deref().unwrap_or_default().into() },
+        None => ObjectKey::of(WorkloadKind::Pod, namespace, object.metadata.name.as_deref().unwrap_or_default()),
     };
-    let owner = WorkloadRef { kind: owner.kind, namespace: namespace.into(), name: owner.name };
-    Some(RunningPod { owner: Arc::new(owner), containers: containers.into() })
+    Some(RunningPod { owner, containers: containers.into() })
 }
 
 /// A template's pod spec.

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
+use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use super::{ContainerRef, WorkloadKind, WorkloadRef};
@@ -44,8 +45,7 @@ impl fmt::Debug for Digest {
     }
 }
 
-/// A pod's controlling workload, or a ReplicaSet's or Job's. The name is interned: the pods
-/// of one ReplicaSet hold it once.
+/// A pod's controlling workload, or a ReplicaSet's or Job's.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
     pub kind: WorkloadKind,
@@ -63,57 +63,70 @@ pub enum Controller {
 }
 
 /// An object by identity, as 64 bits of a hash of its kind, namespace and name: what the
-/// running-pod tables are keyed by, so a pod costs no copy of its name. Two of a cluster's
-/// objects would share one with a probability of about n²/2⁶⁵ (10⁻¹¹ for 20,000 pods); the
-/// worst it could do is mix two pods' digests into one drift answer.
+/// running-pod tables are keyed by and point with, so neither a pod nor a ReplicaSet costs a
+/// copy of a name. Two of a cluster's objects would share one with a probability of about
+/// n²/2⁶⁵ (10⁻¹¹ for 20,000 pods); the worst it could do is mix two pods' digests into one
+/// drift answer. Never zero, so an `Option` of one is 8 bytes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ObjectKey(u64);
+pub struct ObjectKey(NonZeroU64);
 
 impl ObjectKey {
-    pub fn of(kind: &str, namespace: &str, name: &str) -> Self {
+    pub fn of(kind: WorkloadKind, namespace: &str, name: &str) -> Self {
         // SipHash with fixed keys: the same object gives the same key in every process.
         let mut hasher = std::hash::DefaultHasher::new();
-        (kind, namespace, name).hash(&mut hasher);
-        ObjectKey(hasher.finish())
+        (kind.as_str(), namespace, name).hash(&mut hasher);
+        ObjectKey(NonZeroU64::new(hasher.finish()).unwrap_or(NonZeroU64::MIN))
+    }
+
+    /// A workload's key.
+    pub fn of_workload(workload: &WorkloadRef) -> Self {
+        ObjectKey::of(workload.kind, &workload.namespace, &workload.name)
     }
 }
 
 /// What one pod runs: the object that made it (its ReplicaSet, Job or StatefulSet…; the pod
-/// itself when no controller owns it) and each container's digest. Both are shared: the pods
-/// of one ReplicaSet hold one owner, the pods of one template one container list.
+/// itself when no controller owns it), by key, and each container's digest. The container
+/// list is shared: the pods of one template hold one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningPod {
-    pub owner: Arc<WorkloadRef>,
+    pub owner: ObjectKey,
     pub containers: Arc<[(Name, Digest)]>,
 }
 
-/// A ReplicaSet's or Job's owner (`None`: a kind pullcheck does not track). `owned` is the
-/// ReplicaSet or Job itself, the same allocation its pods hold.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct OwnedBy {
-    pub owned: Arc<WorkloadRef>,
-    pub owner: Option<Owner>,
+/// Whose pods a ReplicaSet's or Job's are: its controller's (a Deployment, a CronJob), or no
+/// workload pullcheck reports (a kind it does not track, such as an Argo Rollout). A
+/// ReplicaSet or Job no controller owns has no entry: it is the workload itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OwnedBy {
+    Workload(ObjectKey),
+    Untracked,
 }
 
-/// The workload a pod belongs to: its owner, that owner's owner for ReplicaSets and Jobs,
-/// or the pod itself when no controller owns it.
-pub fn workload_of(running: &RunningPod, owners: &HashMap<ObjectKey, OwnedBy>) -> Option<WorkloadRef> {
-    let owner = &*running.owner;
-    let namespace = owner.namespace.clone();
-    let direct = ObjectKey::of(owner.kind.as_str(), &namespace, &owner.name);
-    match owners.get(&direct).filter(|_| owner.kind != WorkloadKind::Pod) {
-        // A Deployment's ReplicaSet, a CronJob's Job: the workload is the owner's owner.
-        Some(by) => {
-            by.owner.as_ref().map(|grand| WorkloadRef { kind: grand.kind, namespace, name: grand.name.clone() })
+impl OwnedBy {
+    /// From a ReplicaSet's or Job's controller, in its namespace.
+    pub fn of(controller: &Controller, namespace: &str) -> Self {
+        match controller {
+            Controller::Workload(owner) => OwnedBy::Workload(ObjectKey::of(owner.kind, namespace, &owner.name)),
+            Controller::Untracked => OwnedBy::Untracked,
         }
-        None => Some(WorkloadRef { kind: owner.kind, namespace, name: owner.name.clone() }),
+    }
+}
+
+/// The workload a pod belongs to: its owner's owner for ReplicaSets and Jobs a controller
+/// owns, else its owner (the pod itself when no controller owns it). `None`: no workload
+/// pullcheck reports.
+pub fn workload_of(running: &RunningPod, owned_by: impl Fn(ObjectKey) -> Option<OwnedBy>) -> Option<ObjectKey> {
+    match owned_by(running.owner) {
+        Some(OwnedBy::Workload(workload)) => Some(workload),
+        Some(OwnedBy::Untracked) => None,
+        None => Some(running.owner),
     }
 }
 
 /// What each workload's containers run: per container, its pods' digests, sorted, each once.
 /// Keyed by workload (its containers are a handful): one entry per workload, not per container.
 #[derive(Debug, Default)]
-pub struct Running(HashMap<WorkloadRef, Box<[ContainerDigests]>>);
+pub struct Running(HashMap<ObjectKey, Box<[ContainerDigests]>>);
 
 /// One container by name, and the digests its pods run (one list for every container that
 /// runs the same ones).
@@ -122,7 +135,7 @@ type ContainerDigests = (Name, Arc<[Digest]>);
 impl Running {
     /// The digests a workload container's pods run.
     pub fn of(&self, user: &ContainerRef) -> Option<&[Digest]> {
-        let containers = self.0.get(&user.workload)?;
+        let containers = self.0.get(&ObjectKey::of_workload(&user.workload))?;
         containers.iter().find(|(name, _)| *name == user.container).map(|(_, digests)| &digests[..])
     }
 
@@ -132,14 +145,15 @@ impl Running {
     }
 }
 
-/// Every workload container's running digests.
+/// Every workload container's running digests; `owned_by` says whose a ReplicaSet's or Job's
+/// pods are.
 pub fn running_digests<'a>(
     pods: impl IntoIterator<Item = &'a RunningPod>,
-    owners: &HashMap<ObjectKey, OwnedBy>,
+    owned_by: impl Fn(ObjectKey) -> Option<OwnedBy>,
 ) -> Running {
-    let mut out: HashMap<WorkloadRef, Vec<(Name, Vec<Digest>)>> = HashMap::new();
+    let mut out: HashMap<ObjectKey, Vec<(Name, Vec<Digest>)>> = HashMap::new();
     for running in pods {
-        let Some(workload) = workload_of(running, owners) else { continue };
+        let Some(workload) = workload_of(running, &owned_by) else { continue };
         let containers = out.entry(workload).or_default();
         for (container, digest) in running.containers.iter() {
             let index = containers.iter().position(|(name, _)| name == container).unwrap_or_else(|| {
@@ -195,45 +209,42 @@ mod tests {
 
     #[test]
     fn pods_map_to_their_workload_through_owners() {
-        let owner = |kind: WorkloadKind, name: &str| Owner { kind, name: name.into() };
-        let owned = |name: &str, owner| OwnedBy {
-            owned: Arc::new(WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), name: name.into() }),
-            owner,
-        };
+        use WorkloadKind::*;
+        let key = |kind, name: &str| ObjectKey::of(kind, "ns", name);
         let owners = HashMap::from([
-            (
-                ObjectKey::of("ReplicaSet", "ns", "web-5d8"),
-                owned("web-5d8", Some(owner(WorkloadKind::Deployment, "web"))),
-            ),
-            (ObjectKey::of("ReplicaSet", "ns", "argo-7f9"), owned("argo-7f9", None)),
+            (key(ReplicaSet, "web-5d8"), OwnedBy::Workload(key(Deployment, "web"))),
+            (key(ReplicaSet, "argo-7f9"), OwnedBy::Untracked),
         ]);
-        let pod = |owner: Owner, d: &str| RunningPod {
-            owner: Arc::new(WorkloadRef { kind: owner.kind, namespace: "ns".into(), name: owner.name }),
+        let pod = |owner: ObjectKey, d: &str| RunningPod {
+            owner,
             containers: Arc::from(vec![(Name::from("app"), digest(d))]),
         };
         let pods = [
-            pod(owner(WorkloadKind::ReplicaSet, "web-5d8"), A),
-            pod(owner(WorkloadKind::ReplicaSet, "web-5d8"), B),
-            pod(owner(WorkloadKind::ReplicaSet, "web-5d8"), B),
-            pod(owner(WorkloadKind::StatefulSet, "db"), A),
-            pod(owner(WorkloadKind::Pod, "debug"), A),
-            pod(owner(WorkloadKind::ReplicaSet, "argo-7f9"), A),
+            pod(key(ReplicaSet, "web-5d8"), A),
+            pod(key(ReplicaSet, "web-5d8"), B),
+            pod(key(ReplicaSet, "web-5d8"), B),
+            pod(key(StatefulSet, "db"), A),
+            pod(key(Pod, "debug"), A),
+            pod(key(ReplicaSet, "argo-7f9"), A),
+            pod(key(ReplicaSet, "solo"), B),
         ];
-        let running = running_digests(&pods, &owners);
+        let running = running_digests(&pods, |k| owners.get(&k).copied());
         let of = |kind, name: &str| {
             running.of(&ContainerRef {
                 workload: WorkloadRef { kind, namespace: "ns".into(), name: name.into() },
                 container: "app".into(),
             })
         };
-        assert_eq!(of(WorkloadKind::Deployment, "web"), Some(&[digest(A), digest(B)][..]), "sorted, each once");
-        assert_eq!(of(WorkloadKind::StatefulSet, "db").map(<[_]>::len), Some(1));
-        assert_eq!(of(WorkloadKind::Pod, "debug").map(<[_]>::len), Some(1));
-        assert_eq!(running.containers(), 3, "the pods of a ReplicaSet a Rollout owns belong to no workload");
-        assert_eq!(drift(of(WorkloadKind::Deployment, "web"), Some(digest(A))), Some(true), "one pod runs B");
-        assert_eq!(drift(of(WorkloadKind::StatefulSet, "db"), Some(digest(A))), Some(false));
+        assert_eq!(of(Deployment, "web"), Some(&[digest(A), digest(B)][..]), "sorted, each once");
+        assert_eq!(of(StatefulSet, "db").map(<[_]>::len), Some(1));
+        assert_eq!(of(Pod, "debug").map(<[_]>::len), Some(1));
+        assert_eq!(of(ReplicaSet, "solo"), Some(&[digest(B)][..]), "a ReplicaSet no controller owns is the workload");
+        assert_eq!(running.containers(), 4, "the pods of a ReplicaSet a Rollout owns belong to no workload");
+        assert_eq!(drift(of(Deployment, "web"), Some(digest(A))), Some(true), "one pod runs B");
+        assert_eq!(drift(of(StatefulSet, "db"), Some(digest(A))), Some(false));
         assert_eq!(drift(None, Some(digest(A))), None, "no running pod: unknown");
-        assert_eq!(drift(of(WorkloadKind::StatefulSet, "db"), None), None, "not probed: unknown");
-        assert_ne!(ObjectKey::of("Pod", "a", "bc"), ObjectKey::of("Pod", "ab", "c"), "parts are delimited");
+        assert_eq!(drift(of(StatefulSet, "db"), None), None, "not probed: unknown");
+        assert_ne!(ObjectKey::of(Pod, "a", "bc"), ObjectKey::of(Pod, "ab", "c"), "parts are delimited");
+        assert_ne!(key(ReplicaSet, "web"), key(Deployment, "web"), "kinds are part of the key");
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use super::running::{Digest, ObjectKey, OwnedBy, Owner, RunningPod};
+use super::running::{Digest, ObjectKey, OwnedBy, Running, RunningPod, running_digests};
 use super::selection::Selection;
 use super::{ByWorkload, WorkloadKind, WorkloadRecord, WorkloadRef};
 use crate::name::{Interner, Name};
@@ -32,10 +32,11 @@ pub enum Update {
     Upsert(WorkloadRecord),
     Remove(WorkloadRef),
     /// What a pod runs (`None`: gone, or nothing reported yet); during a relist, as `InitPod`.
-    Pod(ObjectKey, Option<RunningPod>),
+    Pod(WatchScope, ObjectKey, Option<RunningPod>),
     InitPod(WatchScope, ObjectKey, RunningPod),
-    /// A ReplicaSet's or Job's controlling owner (`None`: gone or none); during a relist, as `InitOwner`.
-    Owner(ObjectKey, Option<OwnedBy>),
+    /// Whose a ReplicaSet's or Job's pods are (`None`: gone, or no controller owns it); during a
+    /// relist, as `InitOwner`.
+    Owner(WatchScope, ObjectKey, Option<OwnedBy>),
     InitOwner(WatchScope, ObjectKey, OwnedBy),
     /// The scope will never sync (403): readiness must not wait for it.
     GaveUp(WatchScope),
@@ -59,18 +60,18 @@ pub struct Store {
     changed: HashSet<WorkloadRef>,
     /// A change that concerns every workload (namespace labels, for the selector).
     changed_all: bool,
-    pods: HashMap<ObjectKey, RunningPod>,
-    owners: HashMap<ObjectKey, OwnedBy>,
+    /// What pods run, by the scope that watches them (a relist replaces its scope's table).
+    pods: HashMap<WatchScope, HashMap<ObjectKey, RunningPod>>,
+    /// Whose pods the ReplicaSets and Jobs own are, by the scope that watches them.
+    owners: HashMap<WatchScope, HashMap<ObjectKey, OwnedBy>>,
     pod_buffers: HashMap<WatchScope, Vec<(ObjectKey, RunningPod)>>,
     owner_buffers: HashMap<WatchScope, Vec<(ObjectKey, OwnedBy)>>,
     /// Bumped when what runs changed (a pod's digests, an owner), apart from the records.
     pub running_generation: u64,
-    /// Every name held here, once: namespaces, images, container and owner names.
+    /// Every name held here, once: namespaces, images, container names.
     names: Interner,
     /// Pods' container lists, once per distinct list (a template's pods share one).
     pod_containers: Interner<[(Name, Digest)]>,
-    /// Pods' owners, once each (a ReplicaSet's pods share it, and so does its owner entry).
-    objects: Interner<WorkloadRef>,
 }
 
 /// What changed since the last look.
@@ -104,17 +105,18 @@ impl Store {
             Update::InitRecord(scope, record) => self.buffers.entry(scope).or_default().push(record),
             Update::InitPod(scope, pod, running) => self.pod_buffers.entry(scope).or_default().push((pod, running)),
             Update::InitOwner(scope, owned, owner) => self.owner_buffers.entry(scope).or_default().push((owned, owner)),
-            Update::Pod(pod, running) => {
+            Update::Pod(scope, pod, running) => {
                 let changed = match running {
-                    Some(running) => self.insert_pod(pod, running),
-                    None => self.pods.remove(&pod).is_some(),
+                    Some(running) => self.insert_pod(scope, pod, running),
+                    None => self.pods.get_mut(&scope).is_some_and(|pods| pods.remove(&pod).is_some()),
                 };
                 self.running_generation += u64::from(changed);
             }
-            Update::Owner(owned, owner) => {
-                let changed = match owner {
-                    Some(owner) => self.insert_owner(owned, owner),
-                    None => self.owners.remove(&owned).is_some(),
+            Update::Owner(scope, owned, owned_by) => {
+                let owners = self.owners.entry(scope).or_default();
+                let changed = match owned_by {
+                    Some(owned_by) => owners.insert(owned, owned_by) != Some(owned_by),
+                    None => owners.remove(&owned).is_some(),
                 };
                 self.running_generation += u64::from(changed);
             }
@@ -176,69 +178,36 @@ impl Store {
         }
     }
 
-    /// A relist's pods and owners replace the scope's, changing the running generation only
+    /// A relist's pods or owners replace the scope's, changing the running generation only
     /// when they differ.
     fn replace_running(&mut self, scope: &WatchScope) {
-        let in_scope = |namespace: &str| scope.namespace.as_ref().is_none_or(|ns| ns == namespace);
-        let mut changed = false;
-        if scope.kind == WorkloadKind::Pod {
-            let fresh: HashMap<ObjectKey, RunningPod> =
-                self.pod_buffers.remove(scope).unwrap_or_default().into_iter().collect();
-            self.pods.retain(|pod, running| {
-                let keep = !in_scope(&running.owner.namespace) || fresh.contains_key(pod);
-                changed |= !keep;
-                keep
-            });
-            for (pod, running) in fresh {
-                changed |= self.insert_pod(pod, running);
+        let changed = if scope.kind == WorkloadKind::Pod {
+            let listed = self.pod_buffers.remove(scope).unwrap_or_default();
+            let mut fresh = HashMap::with_capacity(listed.len());
+            for (pod, running) in listed {
+                fresh.insert(
+                    pod,
+                    RunningPod { owner: running.owner, containers: self.container_list(&running.containers) },
+                );
             }
+            replace(&mut self.pods, scope, fresh)
         } else if matches!(scope.kind, WorkloadKind::ReplicaSet | WorkloadKind::Job) {
-            let fresh: HashMap<ObjectKey, OwnedBy> =
-                self.owner_buffers.remove(scope).unwrap_or_default().into_iter().collect();
-            self.owners.retain(|owned, by| {
-                let keep = by.owned.kind != scope.kind || !in_scope(&by.owned.namespace) || fresh.contains_key(owned);
-                changed |= !keep;
-                keep
-            });
-            for (owned, by) in fresh {
-                changed |= self.insert_owner(owned, by);
-            }
-        }
+            let fresh = self.owner_buffers.remove(scope).unwrap_or_default().into_iter().collect();
+            replace(&mut self.owners, scope, fresh)
+        } else {
+            false
+        };
         self.running_generation += u64::from(changed);
     }
 
-    /// Holds what a pod runs, its owner and names shared; says whether anything changed.
-    fn insert_pod(&mut self, pod: ObjectKey, running: RunningPod) -> bool {
-        if self.pods.get(&pod) == Some(&running) {
+    /// Holds what a pod runs, its container list shared; says whether anything changed.
+    fn insert_pod(&mut self, scope: WatchScope, pod: ObjectKey, running: RunningPod) -> bool {
+        if self.pods.get(&scope).and_then(|pods| pods.get(&pod)) == Some(&running) {
             return false;
         }
-        let running =
-            RunningPod { owner: self.object(&running.owner), containers: self.container_list(&running.containers) };
-        self.pods.insert(pod, running);
+        let running = RunningPod { owner: running.owner, containers: self.container_list(&running.containers) };
+        self.pods.entry(scope).or_default().insert(pod, running);
         true
-    }
-
-    /// Holds a ReplicaSet's or Job's owner, its names shared; says whether anything changed.
-    fn insert_owner(&mut self, owned: ObjectKey, by: OwnedBy) -> bool {
-        if self.owners.get(&owned) == Some(&by) {
-            return false;
-        }
-        let by = OwnedBy {
-            owned: self.object(&by.owned),
-            owner: by.owner.map(|owner| Owner { kind: owner.kind, name: self.names.share(&owner.name) }),
-        };
-        self.owners.insert(owned, by);
-        true
-    }
-
-    /// The object as held here (one allocation for a ReplicaSet and all its pods), its names
-    /// shared.
-    fn object(&mut self, object: &Arc<WorkloadRef>) -> Arc<WorkloadRef> {
-        if let Some(held) = self.objects.get(object) {
-            return held;
-        }
-        let shared = object.interned(&mut self.names);
-        self.objects.share_arc(&Arc::new(shared))
     }
 
     /// The container list as held here (one allocation for every pod of a template), its names
@@ -252,9 +221,10 @@ impl Store {
         self.pod_containers.share_arc(&shared.into())
     }
 
-    /// The pods' running digests and the owners that map them to workloads.
-    pub fn running(&self) -> (impl Iterator<Item = &RunningPod>, &HashMap<ObjectKey, OwnedBy>) {
-        (self.pods.values(), &self.owners)
+    /// What every workload container's pods run.
+    pub fn running(&self) -> Running {
+        let pods = self.pods.values().flat_map(HashMap::values);
+        running_digests(pods, |owned| self.owners.values().find_map(|owners| owners.get(&owned)).copied())
     }
 
     /// Inserts or replaces a record; a record equal to the one held changes nothing.
@@ -283,6 +253,13 @@ impl Store {
     }
 
     /// A workload's record, when it exists and the selection admits it.
+    /// Every workload held, sorted.
+    pub fn workloads(&self) -> Vec<WorkloadRef> {
+        let mut workloads: Vec<WorkloadRef> = self.records.iter().map(|r| r.0.workload.clone()).collect();
+        workloads.sort();
+        workloads
+    }
+
     pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<WorkloadRecord> {
         let record: &WorkloadRecord = &self.records.get(workload)?.0;
         selection.admits(record, self.namespaces.get(record.workload.namespace.as_str())).then(|| record.clone())
@@ -315,11 +292,22 @@ impl Store {
     }
 }
 
+/// Puts a relist's table in its scope's place; says whether it differs from the one held.
+fn replace<V: PartialEq>(
+    tables: &mut HashMap<WatchScope, HashMap<ObjectKey, V>>,
+    scope: &WatchScope,
+    fresh: HashMap<ObjectKey, V>,
+) -> bool {
+    let changed = tables.get(scope).map_or(!fresh.is_empty(), |held| *held != fresh);
+    tables.insert(scope.clone(), fresh);
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::inventory::selector::LabelSelector;
-    use crate::inventory::{ContainerRole, ContainerSpec};
+    use crate::inventory::{ContainerRef, ContainerRole, ContainerSpec};
 
     fn record(kind: WorkloadKind, ns: &str, name: &str, image: &str) -> WorkloadRecord {
         WorkloadRecord {
@@ -382,71 +370,90 @@ mod tests {
     }
 
     #[test]
-    fn pods_of_one_template_share_their_names_and_container_list() {
+    fn pods_of_one_template_share_their_container_list_and_map_to_their_workload() {
         let digest = Digest::parse(&format!("sha256:{}", "a".repeat(64))).expect("a digest");
+        let replica_set = ObjectKey::of(WorkloadKind::ReplicaSet, "ns", "web-5d8");
         let pod = |name: &str| {
             // As a watch event brings it: every string its own allocation.
             let running = RunningPod {
-                owner: Arc::new(WorkloadRef {
-                    kind: WorkloadKind::ReplicaSet,
-                    namespace: String::from("ns").into(),
-                    name: String::from("web-5d8").into(),
-                }),
+                owner: replica_set,
                 containers: Arc::from(vec![(Name::from(String::from("app")), digest)]),
             };
-            (ObjectKey::of("Pod", "ns", name), running)
+            (ObjectKey::of(WorkloadKind::Pod, "ns", name), running)
         };
+        let pods = WatchScope { kind: WorkloadKind::Pod, namespace: None };
+        let replica_sets = WatchScope { kind: WorkloadKind::ReplicaSet, namespace: None };
         let mut store = Store::default();
         let ((a, pod_a), (b, pod_b)) = (pod("web-5d8-a"), pod("web-5d8-b"));
-        store.apply(Update::Pod(a, Some(pod_a.clone())));
+        store.apply(Update::Pod(pods.clone(), a, Some(pod_a.clone())));
         let generation = store.running_generation;
-        store.apply(Update::Pod(a, Some(pod_a)));
+        store.apply(Update::Pod(pods.clone(), a, Some(pod_a)));
         assert_eq!(store.running_generation, generation, "the same pod again changes nothing");
-        store.apply(Update::Pod(b, Some(pod_b)));
-        let (pods, _) = store.running();
-        let pods: Vec<&RunningPod> = pods.collect();
-        assert!(Arc::ptr_eq(&pods[0].containers, &pods[1].containers), "one container list for both pods");
-        assert!(Arc::ptr_eq(&pods[0].owner, &pods[1].owner), "one owner for both pods");
-        let owner = pods[0].owner.clone();
-        let replica_set =
-            WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), name: "web-5d8".into() };
-        let deployment = Owner { kind: WorkloadKind::Deployment, name: "web".into() };
-        let key = ObjectKey::of("ReplicaSet", "ns", "web-5d8");
-        store.apply(Update::Owner(key, Some(OwnedBy { owned: Arc::new(replica_set), owner: Some(deployment) })));
-        let owned = store.running().1.get(&key).map(|by| by.owned.clone()).expect("held");
-        assert!(Arc::ptr_eq(&owned, &owner), "the ReplicaSet's entry holds the same identity as its pods");
-        store.apply(Update::Pod(a, None));
-        store.apply(Update::Pod(b, None));
-        assert_eq!(store.running().0.count(), 0);
-        assert_eq!(store.running_generation, generation + 4);
+        store.apply(Update::Pod(pods.clone(), b, Some(pod_b)));
+        let held: Vec<&RunningPod> = store.pods.values().flat_map(HashMap::values).collect();
+        assert!(Arc::ptr_eq(&held[0].containers, &held[1].containers), "one container list for both pods");
+        let web = ContainerRef {
+            workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: "web".into() },
+            container: "app".into(),
+        };
+        let solo = ContainerRef {
+            workload: WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), name: "web-5d8".into() },
+            container: "app".into(),
+        };
+        assert_eq!(store.running().of(&solo), Some(&[digest][..]), "before its owner is known, the ReplicaSet");
+        let deployment = ObjectKey::of_workload(&web.workload);
+        store.apply(Update::Owner(replica_sets.clone(), replica_set, Some(OwnedBy::Workload(deployment))));
+        assert_eq!(store.running().of(&web), Some(&[digest][..]), "through the ReplicaSet to the Deployment");
+        assert_eq!(store.running().of(&solo), None);
+        store.apply(Update::Owner(replica_sets.clone(), replica_set, Some(OwnedBy::Workload(deployment))));
+        assert_eq!(store.running_generation, generation + 2, "the same owner again changes nothing");
+        store.apply(Update::Owner(replica_sets, replica_set, Some(OwnedBy::Untracked)));
+        assert_eq!(store.running().containers(), 0, "a ReplicaSet an untracked kind owns runs for no workload");
+        store.apply(Update::Pod(pods.clone(), a, None));
+        store.apply(Update::Pod(pods, b, None));
+        assert_eq!(store.pods.values().map(HashMap::len).sum::<usize>(), 0);
+        assert_eq!(store.running_generation, generation + 5);
     }
 
     #[test]
     fn a_relist_of_pods_replaces_only_its_namespace() {
         let digest = Digest::parse(&format!("sha256:{}", "b".repeat(64))).expect("a digest");
         let pod = |ns: &str, name: &str| {
-            let running = RunningPod {
-                owner: Arc::new(WorkloadRef { kind: WorkloadKind::Pod, namespace: ns.into(), name: name.into() }),
-                containers: Arc::from(vec![(Name::from("app"), digest)]),
-            };
-            (ObjectKey::of("Pod", ns, name), running)
+            let key = ObjectKey::of(WorkloadKind::Pod, ns, name);
+            (key, RunningPod { owner: key, containers: Arc::from(vec![(Name::from("app"), digest)]) })
         };
-        let scope = WatchScope { kind: WorkloadKind::Pod, namespace: Some("a".into()) };
+        let scope = |ns: &str| WatchScope { kind: WorkloadKind::Pod, namespace: Some(ns.into()) };
         let mut store = Store::default();
         for (ns, name) in [("a", "old"), ("a", "kept"), ("b", "other")] {
             let (key, running) = pod(ns, name);
-            store.apply(Update::Pod(key, Some(running)));
+            store.apply(Update::Pod(scope(ns), key, Some(running)));
         }
-        store.apply(Update::Init(scope.clone()));
+        store.apply(Update::Init(scope("a")));
         for (ns, name) in [("a", "kept"), ("a", "new")] {
             let (key, running) = pod(ns, name);
-            store.apply(Update::InitPod(scope.clone(), key, running));
+            store.apply(Update::InitPod(scope("a"), key, running));
         }
-        store.apply(Update::InitDone(scope));
-        let mut names: Vec<String> =
-            store.running().0.map(|p| format!("{}/{}", p.owner.namespace, p.owner.name)).collect();
-        names.sort();
-        assert_eq!(names, ["a/kept", "a/new", "b/other"]);
+        let generation = store.running_generation;
+        store.apply(Update::InitDone(scope("a")));
+        assert_eq!(store.running_generation, generation + 1);
+        let running = store.running();
+        let runs = |ns: &str, name: &str| {
+            running
+                .of(&ContainerRef {
+                    workload: WorkloadRef { kind: WorkloadKind::Pod, namespace: ns.into(), name: name.into() },
+                    container: "app".into(),
+                })
+                .is_some()
+        };
+        assert!(runs("a", "kept") && runs("a", "new") && runs("b", "other"));
+        assert!(!runs("a", "old"), "gone from the relist");
+        store.apply(Update::Init(scope("a")));
+        for (ns, name) in [("a", "kept"), ("a", "new")] {
+            let (key, running) = pod(ns, name);
+            store.apply(Update::InitPod(scope("a"), key, running));
+        }
+        store.apply(Update::InitDone(scope("a")));
+        assert_eq!(store.running_generation, generation + 1, "the same relist again changes nothing");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 
 use crate::error::{Warning, WarningKind};
 use crate::inventory::record::{RecordError, controller_of, namespace_of, record_from_object, running_pod};
-use crate::inventory::running::{Controller, ObjectKey, OwnedBy, RunningPod};
+use crate::inventory::running::{ObjectKey, OwnedBy, RunningPod};
 use crate::inventory::slim::SlimObject;
 use crate::inventory::store::{SharedStore, Update, WatchScope, write};
 use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
@@ -24,7 +24,11 @@ use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
 /// workload in a cluster.
 pub const CLUSTER_KINDS: &[WorkloadKind] = WorkloadKind::ALL.split_at(WorkloadKind::ALL.len() - 1).0;
 
-pub(crate) const PAGE_SIZE: u32 = 500;
+/// Objects per list page (`--list-page-size`). A page is held whole while it is read and
+/// decoded: at 500 (kube-runtime's and client-go's default) a page of Pods was the heap's peak
+/// at sync, 1.55× the steady heap; at 100 the peak is 1.15× and the lists take 3 % longer
+/// (docs/architecture.md, "Footprint").
+pub const DEFAULT_PAGE_SIZE: u32 = 100;
 
 pub fn api_resource(kind: WorkloadKind) -> ApiResource {
     use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
@@ -60,11 +64,11 @@ pub(crate) fn place(namespace: Option<&str>) -> String {
 }
 
 /// Every object a list yields, page by page (`continue`), each handed to `each` as it arrives.
-pub(crate) async fn list_each<K>(api: &Api<K>, mut each: impl FnMut(K)) -> Result<(), kube::Error>
+pub(crate) async fn list_each<K>(api: &Api<K>, page_size: u32, mut each: impl FnMut(K)) -> Result<(), kube::Error>
 where
     K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let mut params = ListParams::default().limit(page_size);
     loop {
         let page = api.list(&params).await?;
         let next = page.metadata.continue_.clone().filter(|c| !c.is_empty());
@@ -277,14 +281,14 @@ fn listed(places: BTreeMap<Option<&str>, Vec<WorkloadKind>>) -> impl Iterator<It
 /// API server has not been reached or has refused the credentials, the kinds left are recorded
 /// with that cause without asking again (a server that drops packets would cost a connect
 /// timeout per kind).
-pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>) -> ClusterSnapshot {
+pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>, page_size: u32) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::default();
     for scope in scopes(namespaces) {
         if let Some(cause) = snapshot.failures.iter().map(|f| &f.cause).find(|c| c.is_connection()).cloned() {
             snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
             continue;
         }
-        let listed = list_each(&api(client, &scope), |object| {
+        let listed = list_each(&api(client, &scope), page_size, |object| {
             match running_of(scope.kind, &object) {
                 Running::Pod(_, Some(running)) => snapshot.pods.push(running),
                 Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
@@ -311,7 +315,7 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
 pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, BTreeMap<String, String>>, kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let mut out = BTreeMap::new();
-    list_each(&api, |ns| {
+    list_each(&api, DEFAULT_PAGE_SIZE, |ns| {
         out.insert(ns.metadata.name.unwrap_or_default(), ns.metadata.labels.unwrap_or_default());
     })
     .await?;
@@ -322,21 +326,28 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
     format!("{workload}: {problem}")
 }
 
-/// Turns at the initial list: a watcher lists only while it holds one. Each page is held whole
-/// while it is decoded, and every kind's pages at once were most of the process's peak.
-pub type ListTurns = Arc<Semaphore>;
+/// How the watchers list: in pages of `page_size`, one initial list at a time (a watcher lists
+/// only while it holds the turn). Each page is held whole while it is decoded, so the size of a
+/// page and the number of lists at once set the process's peak at sync.
+#[derive(Clone)]
+pub struct Lists {
+    turns: Arc<Semaphore>,
+    page_size: u32,
+}
 
-/// One initial list at a time.
-pub fn list_turns() -> ListTurns {
-    Arc::new(Semaphore::new(1))
+impl Lists {
+    pub fn new(page_size: u32) -> Lists {
+        Lists { turns: Arc::new(Semaphore::new(1)), page_size }
+    }
 }
 
 /// Keeps the store current for one scope until the stream ends. A 403 is reported once and the
 /// scope given up; other errors are retried with kube-runtime's default backoff. The initial
-/// list waits for its turn (`turns`); a failing one gives its turn up before retrying.
-pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore, turns: ListTurns) {
-    let mut turn = turns.acquire_owned().await.ok();
-    let mut events = watcher::watcher(api(&client, &scope), watcher::Config::default()).default_backoff().boxed();
+/// list waits for its turn; a failing one gives its turn up before retrying.
+pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore, lists: Lists) {
+    let mut turn = lists.turns.clone().acquire_owned().await.ok();
+    let config = watcher::Config::default().page_size(lists.page_size);
+    let mut events = watcher::watcher(api(&client, &scope), config).default_backoff().boxed();
     let apply = |update: Update| write(&store).apply(update);
     while let Some(event) = events.next().await {
         if matches!(event, Ok(Event::InitDone) | Err(_)) {
@@ -361,16 +372,16 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
                     None => apply(Update::Remove(identity(scope.kind, &object))),
                 }
                 match running_of(scope.kind, &object) {
-                    Running::Pod(pod, running) => apply(Update::Pod(pod, running)),
-                    Running::Owned(owned, owner) => apply(Update::Owner(owned, owner)),
+                    Running::Pod(pod, running) => apply(Update::Pod(scope.clone(), pod, running)),
+                    Running::Owned(owned, owner) => apply(Update::Owner(scope.clone(), owned, owner)),
                     Running::Nothing => {}
                 }
             }
             Ok(Event::Delete(object)) => {
                 apply(Update::Remove(identity(scope.kind, &object)));
                 match running_of(scope.kind, &object) {
-                    Running::Pod(pod, _) => apply(Update::Pod(pod, None)),
-                    Running::Owned(owned, _) => apply(Update::Owner(owned, None)),
+                    Running::Pod(pod, _) => apply(Update::Pod(scope.clone(), pod, None)),
+                    Running::Owned(owned, _) => apply(Update::Owner(scope.clone(), owned, None)),
                     Running::Nothing => {}
                 }
             }
@@ -394,20 +405,12 @@ pub enum Running {
 
 pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
     let namespace = namespace_of(object);
-    let name = object.metadata.name.as_deref().unwrap_or_default();
-    let key = ObjectKey::of(kind.as_str(), namespace, name);
+    let key = ObjectKey::of(kind, namespace, object.metadata.name.as_deref().unwrap_or_default());
     match kind {
         WorkloadKind::Pod => Running::Pod(key, running_pod(object)),
-        WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(
-            key,
-            controller_of(object).map(|controller| OwnedBy {
-                owned: Arc::new(WorkloadRef { kind, namespace: namespace.into(), name: name.into() }),
-                owner: match controller {
-                    Controller::Workload(owner) => Some(owner),
-                    Controller::Untracked => None,
-                },
-            }),
-        ),
+        WorkloadKind::ReplicaSet | WorkloadKind::Job => {
+            Running::Owned(key, controller_of(object).map(|controller| OwnedBy::of(&controller, namespace)))
+        }
         _ => Running::Nothing,
     }
 }
@@ -454,6 +457,8 @@ pub struct Connection {
     pub namespace: String,
     /// The API server's URL, to name it when it cannot be reached.
     pub server: String,
+    /// Objects per list page.
+    pub page_size: u32,
 }
 
 /// A client for the cluster of a kubeconfig (`kubeconfig`, else $KUBECONFIG or ~/.kube/config,
@@ -477,7 +482,7 @@ pub async fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>
     };
     let namespace = config.default_namespace.clone();
     let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
-    Ok(Connection { client: kube::Client::try_from(config)?, namespace, server })
+    Ok(Connection { client: kube::Client::try_from(config)?, namespace, server, page_size: DEFAULT_PAGE_SIZE })
 }
 
 #[cfg(test)]

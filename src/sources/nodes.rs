@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 
 use kube::api::Api;
 
-use super::cluster::{ApiFailure, list_each};
+use super::cluster::{ApiFailure, DEFAULT_PAGE_SIZE, list_each};
 use crate::error::Warning;
 use crate::platform::Platform;
 
@@ -14,7 +14,7 @@ use crate::platform::Platform;
 pub async fn list_node_platforms(client: &kube::Client) -> Result<Vec<Platform>, kube::Error> {
     let api: Api<k8s_openapi::api::core::v1::Node> = Api::all(client.clone());
     let mut platforms = BTreeSet::new();
-    list_each(&api, |node| {
+    list_each(&api, DEFAULT_PAGE_SIZE, |node| {
         let labels = node.metadata.labels.unwrap_or_default();
         let info = node.status.and_then(|s| s.node_info);
         let os = labels.get("kubernetes.io/os").cloned().or_else(|| info.as_ref().map(|i| i.operating_system.clone()));

@@ -161,8 +161,23 @@ struct Cluster {
     denials: Vec<Denial>,
     watches: Vec<Watch>,
     page_size: Option<usize>,
+    /// The snapshots of lists under way, by resource, namespace and version: a continued page
+    /// costs its own items, not the whole resource again, as etcd's range reads do.
+    listing: Vec<Listing>,
     requests: Vec<String>,
     uids: u64,
+}
+
+/// Lists whose pages are still being read; the oldest is dropped past this many (a client that
+/// never reads its last page).
+const LISTINGS_KEPT: usize = 16;
+
+struct Listing {
+    resource: String,
+    namespace: Option<String>,
+    rv: u64,
+    /// The objects as they were at `rv`, in list order.
+    items: Arc<Vec<(String, Stored)>>,
 }
 
 fn write_kubeconfig(path: &std::path::Path, server: &str, token: &str) -> std::path::PathBuf {
@@ -451,7 +466,7 @@ impl Cluster {
 
     /// The objects of `resource` (in `namespace`) as they were at version `rv`, in list order:
     /// the store now, rewound through the changes made since `rv` (newest first).
-    fn snapshot(&self, resource: &str, namespace: Option<&str>, rv: u64) -> Vec<(String, &Stored)> {
+    fn snapshot(&self, resource: &str, namespace: Option<&str>, rv: u64) -> Vec<(String, Stored)> {
         let mut at: BTreeMap<String, Option<&Stored>> = self
             .objects
             .iter()
@@ -462,7 +477,29 @@ impl Cluster {
         for change in self.history[since..].iter().rev().filter(|c| c.key.within(resource, namespace)) {
             at.insert(change.key.position(), change.previous.as_ref());
         }
-        at.into_iter().filter_map(|(position, object)| Some((position, object?))).collect()
+        at.into_iter().filter_map(|(position, object)| Some((position, object?.clone()))).collect()
+    }
+
+    /// The snapshot a list at `rv` pages through, taken once per list.
+    fn listing(&mut self, resource: &str, namespace: Option<&str>, rv: u64) -> Arc<Vec<(String, Stored)>> {
+        let compacted_below = self.compacted_below;
+        self.listing.retain(|l| l.rv >= compacted_below);
+        if let Some(l) =
+            self.listing.iter().find(|l| l.resource == resource && l.namespace.as_deref() == namespace && l.rv == rv)
+        {
+            return l.items.clone();
+        }
+        let items = Arc::new(self.snapshot(resource, namespace, rv));
+        if self.listing.len() >= LISTINGS_KEPT {
+            self.listing.remove(0);
+        }
+        self.listing.push(Listing {
+            resource: resource.to_string(),
+            namespace: namespace.map(str::to_string),
+            rv,
+            items: items.clone(),
+        });
+        items
     }
 }
 
@@ -640,14 +677,15 @@ fn list(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
     };
     let limit = req.query("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
     let limit = cluster.page_size.map_or(limit, |p| p.min(limit)).max(1);
-    let items = cluster.snapshot(&target.resource(), target.namespace, rv);
-    let rest: Vec<&(String, &Stored)> = items.iter().filter(|(p, _)| after.as_ref().is_none_or(|a| p > a)).collect();
-    let page: Vec<&Stored> = rest.iter().take(limit).map(|(_, v)| *v).collect();
+    let items = cluster.listing(&target.resource(), target.namespace, rv);
+    let start = after.as_ref().map_or(0, |a| items.partition_point(|(p, _)| p <= a));
+    let rest = &items[start..];
+    let page: Vec<&Stored> = rest.iter().take(limit).map(|(_, v)| v).collect();
     let mut metadata = json!({"resourceVersion": rv.to_string()});
     let ended = rest.len() == page.len();
     if !ended {
         // A page holds at least one item (limit >= 1), so there is a last one to go on after.
-        let (last, _) = rest[page.len() - 1];
+        let (last, _) = &rest[page.len() - 1];
         metadata["continue"] = json!(encode_continue(rv, last));
         metadata["remainingItemCount"] = json!(rest.len() - page.len());
     }
@@ -666,6 +704,9 @@ fn list(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
     body.extend_from_slice(b"]}");
     if ended {
         cluster.lists_done.push((target.resource(), Instant::now()));
+        cluster
+            .listing
+            .retain(|l| !(l.resource == target.resource() && l.namespace.as_deref() == target.namespace && l.rv == rv));
     }
     Reply::Full { status: 200, headers: vec![("Content-Type".into(), "application/json".into())], body }
 }
