@@ -3,7 +3,7 @@
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 
-use super::running::{Controller, Digest, ObjectKey, Owner, RunningPod};
+use super::running::{Digest, ObjectKey, OwnedBy, RunningPod};
 use super::slim::{Loose, SlimObject, SlimSpec, SlimTemplate};
 use super::{ContainerRole, ContainerSpec, WorkloadKind, WorkloadRecord, WorkloadRef};
 use crate::name::Name;
@@ -74,14 +74,13 @@ pub fn record_from_object(kind: WorkloadKind, object: &SlimObject) -> Result<Opt
     Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended, platforms }))
 }
 
-/// The controlling owner of an object (a Pod's ReplicaSet, a ReplicaSet's Deployment), when
-/// it has one.
-pub fn controller_of(object: &SlimObject) -> Option<Controller> {
+/// Whose an object is, by its controlling owner reference, when it has one.
+pub fn controller_of(object: &SlimObject) -> Option<OwnedBy> {
     let reference =
         object.metadata.owner_references.as_deref().into_iter().flatten().find(|o| o.controller.unwrap_or(false))?;
     Some(match WorkloadKind::from_kind(&reference.kind) {
-        Some(kind) => Controller::Workload(Owner { kind, name: reference.name.as_str().into() }),
-        None => Controller::Untracked,
+        Some(kind) => OwnedBy::Workload(ObjectKey::of(kind, namespace_of(object), &reference.name)),
+        None => OwnedBy::Untracked,
     })
 }
 
@@ -103,11 +102,12 @@ pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
     if containers.is_empty() {
         return None;
     }
-    let namespace = namespace_of(object);
     let owner = match controller_of(object) {
-        Some(Controller::Workload(owner)) => ObjectKey::of(owner.kind, namespace, &owner.name),
-        Some(Controller::Untracked) => return None,
-        None => ObjectKey::of(WorkloadKind::Pod, namespace, object.metadata.name.as_deref().unwrap_or_default()),
+        Some(OwnedBy::Workload(owner)) => owner,
+        Some(OwnedBy::Untracked) => return None,
+        None => {
+            ObjectKey::of(WorkloadKind::Pod, namespace_of(object), object.metadata.name.as_deref().unwrap_or_default())
+        }
     };
     Some(RunningPod { owner, containers: containers.into() })
 }

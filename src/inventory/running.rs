@@ -45,23 +45,6 @@ impl fmt::Debug for Digest {
     }
 }
 
-/// A pod's controlling workload, or a ReplicaSet's or Job's.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Owner {
-    pub kind: WorkloadKind,
-    pub name: Name,
-}
-
-/// Whose an object is, by its controlling owner reference.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Controller {
-    /// A workload kind pullcheck tracks.
-    Workload(Owner),
-    /// Any other kind (a Node's mirror pod, a custom controller's ReplicaSet): its pods belong
-    /// to no workload pullcheck reports.
-    Untracked,
-}
-
 /// An object by identity, as 64 bits of a hash of its kind, namespace and name: what the
 /// running-pod tables are keyed by and point with, so neither a pod nor a ReplicaSet costs a
 /// copy of a name. Two of a cluster's objects would share one with a probability of about
@@ -93,23 +76,15 @@ pub struct RunningPod {
     pub containers: Arc<[(Name, Digest)]>,
 }
 
-/// Whose pods a ReplicaSet's or Job's are: its controller's (a Deployment, a CronJob), or no
-/// workload pullcheck reports (a kind it does not track, such as an Argo Rollout). A
-/// ReplicaSet or Job no controller owns has no entry: it is the workload itself.
+/// Whose an object is, by its controlling owner reference: a workload kind pullcheck tracks
+/// (a Pod's ReplicaSet, a ReplicaSet's Deployment, a Job's CronJob), by key, or a kind it does
+/// not (a Node's mirror pod, an Argo Rollout's ReplicaSet), whose pods belong to no workload
+/// pullcheck reports. A ReplicaSet or Job no controller owns has no entry in the owners'
+/// tables: it is the workload itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OwnedBy {
     Workload(ObjectKey),
     Untracked,
-}
-
-impl OwnedBy {
-    /// From a ReplicaSet's or Job's controller, in its namespace.
-    pub fn of(controller: &Controller, namespace: &str) -> Self {
-        match controller {
-            Controller::Workload(owner) => OwnedBy::Workload(ObjectKey::of(owner.kind, namespace, &owner.name)),
-            Controller::Untracked => OwnedBy::Untracked,
-        }
-    }
 }
 
 /// The workload a pod belongs to: its owner's owner for ReplicaSets and Jobs a controller

@@ -404,13 +404,10 @@ pub enum Running {
 }
 
 pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
-    let namespace = namespace_of(object);
-    let key = ObjectKey::of(kind, namespace, object.metadata.name.as_deref().unwrap_or_default());
+    let key = ObjectKey::of(kind, namespace_of(object), object.metadata.name.as_deref().unwrap_or_default());
     match kind {
         WorkloadKind::Pod => Running::Pod(key, running_pod(object)),
-        WorkloadKind::ReplicaSet | WorkloadKind::Job => {
-            Running::Owned(key, controller_of(object).map(|controller| OwnedBy::of(&controller, namespace)))
-        }
+        WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(key, controller_of(object)),
         _ => Running::Nothing,
     }
 }
