@@ -185,10 +185,7 @@ impl Store {
             let listed = self.pod_buffers.remove(scope).unwrap_or_default();
             let mut fresh = HashMap::with_capacity(listed.len());
             for (pod, running) in listed {
-                fresh.insert(
-                    pod,
-                    RunningPod { owner: running.owner, containers: self.container_list(&running.containers) },
-                );
+                fresh.insert(pod, self.shared(running));
             }
             replace(&mut self.pods, scope, fresh)
         } else if matches!(scope.kind, WorkloadKind::ReplicaSet | WorkloadKind::Job) {
@@ -205,20 +202,24 @@ impl Store {
         if self.pods.get(&scope).and_then(|pods| pods.get(&pod)) == Some(&running) {
             return false;
         }
-        let running = RunningPod { owner: running.owner, containers: self.container_list(&running.containers) };
+        let running = self.shared(running);
         self.pods.entry(scope).or_default().insert(pod, running);
         true
     }
 
-    /// The container list as held here (one allocation for every pod of a template), its names
-    /// shared.
-    fn container_list(&mut self, list: &Arc<[(Name, Digest)]>) -> Arc<[(Name, Digest)]> {
-        if let Some(held) = self.pod_containers.get(list) {
-            return held;
-        }
-        let names = &mut self.names;
-        let shared: Vec<(Name, Digest)> = list.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
-        self.pod_containers.share_arc(&shared.into())
+    /// The pod with its container list as held here (one allocation for every pod of a
+    /// template), its names shared.
+    fn shared(&mut self, running: RunningPod) -> RunningPod {
+        let containers = match self.pod_containers.get(&running.containers) {
+            Some(held) => held,
+            None => {
+                let names = &mut self.names;
+                let shared: Vec<(Name, Digest)> =
+                    running.containers.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
+                self.pod_containers.share_arc(&shared.into())
+            }
+        };
+        RunningPod { owner: running.owner, containers }
     }
 
     /// What every workload container's pods run.
@@ -252,7 +253,6 @@ impl Store {
         Changes { all: std::mem::take(&mut self.changed_all), workloads }
     }
 
-    /// A workload's record, when it exists and the selection admits it.
     /// Every workload held, sorted.
     pub fn workloads(&self) -> Vec<WorkloadRef> {
         let mut workloads: Vec<WorkloadRef> = self.records.iter().map(|r| r.0.workload.clone()).collect();
@@ -260,6 +260,7 @@ impl Store {
         workloads
     }
 
+    /// A workload's record, when it exists and the selection admits it.
     pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<WorkloadRecord> {
         let record: &WorkloadRecord = &self.records.get(workload)?.0;
         selection.admits(record, self.namespaces.get(record.workload.namespace.as_str())).then(|| record.clone())
@@ -278,17 +279,9 @@ impl Store {
         self.records.is_empty()
     }
 
-    /// The records the selection admits, in a stable order.
+    /// The records the selection admits, sorted by workload.
     pub fn selected(&self, selection: &Selection) -> Vec<WorkloadRecord> {
-        let mut records: Vec<WorkloadRecord> = self
-            .records
-            .iter()
-            .map(|r| &*r.0)
-            .filter(|r| selection.admits(r, self.namespaces.get(r.workload.namespace.as_str())))
-            .cloned()
-            .collect();
-        records.sort_by(|a, b| a.workload.cmp(&b.workload));
-        records
+        self.workloads().iter().filter_map(|w| self.selected_record(w, selection)).collect()
     }
 }
 
