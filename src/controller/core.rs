@@ -440,10 +440,14 @@ mod tests {
     async fn the_first_inventory_is_whole_before_anything_is_probed() {
         let start = Instant::now();
         let mut ctl = controller(start);
-        ctl.on_inventory_change(InventoryChange::Reset { part: vec![workload("web", "nginx:1")], done: false });
+        let part = |name, image| {
+            let (workload, uses) = workload(name, image);
+            vec![(workload, Some(uses))]
+        };
+        ctl.on_inventory_change(InventoryChange::Reset { part: part("web", "nginx:1"), done: false });
         assert!(!ctl.is_ready(), "a reset's first part is not the inventory");
         assert!(ctl.on_tick(start, |_| true).is_empty());
-        ctl.on_inventory_change(InventoryChange::Reset { part: vec![workload("api", "redis:7")], done: true });
+        ctl.on_inventory_change(InventoryChange::Reset { part: part("api", "redis:7"), done: true });
         assert!(ctl.is_ready());
         let jobs = ctl.on_tick(start, |_| true);
         assert_eq!(jobs.len(), 2, "both parts' keys in the first batch: {jobs:?}");

@@ -10,18 +10,21 @@ use crate::inventory::keys::{ContainerSeries, ImageKey, ImageUse, Series, Worklo
 use crate::inventory::running::Running;
 use crate::inventory::{ByWorkload, WorkloadRef};
 
-/// What the tracker found: everything anew, or some workloads' uses (`None`: the workload is
-/// gone or no longer selected).
+/// Workloads' uses, each replacing what is held of the workload (`None`: the workload is gone
+/// or no longer selected).
+pub type WorkloadUses = Vec<(WorkloadRef, Option<Vec<ImageUse>>)>;
+
+/// What the tracker found: everything anew, or some workloads' uses.
 #[derive(Debug)]
 pub enum InventoryChange {
-    /// Every workload anew, in parts: a part's workloads replace what is held of them, and the
-    /// last part (`done`) drops the workloads no part of the reset named. In parts so that a
-    /// whole cluster's uses are never held at once (they were the peak of the heap at sync).
+    /// Every workload anew, in parts: a part is applied as `Workloads` is, and the last part
+    /// (`done`) also drops the workloads no part of the reset named. In parts so that a whole
+    /// cluster's uses are never held at once (they were the peak of the heap at sync).
     Reset {
-        part: Vec<(WorkloadRef, Vec<ImageUse>)>,
+        part: WorkloadUses,
         done: bool,
     },
-    Workloads(Vec<(WorkloadRef, Option<Vec<ImageUse>>)>),
+    Workloads(WorkloadUses),
     /// What the pods run now, per workload container.
     Running(Running),
 }
@@ -29,7 +32,10 @@ pub enum InventoryChange {
 impl InventoryChange {
     /// A reset in one part.
     pub fn whole(all: Vec<(WorkloadRef, Vec<ImageUse>)>) -> Self {
-        InventoryChange::Reset { part: all, done: true }
+        InventoryChange::Reset {
+            part: all.into_iter().map(|(workload, uses)| (workload, Some(uses))).collect(),
+            done: true,
+        }
     }
 
     /// Whether the inventory is whole once this is applied: anything but a reset's part
@@ -115,10 +121,7 @@ impl Tracked {
                 for (workload, _) in &part {
                     unnamed.remove(workload);
                 }
-                for (workload, uses) in part {
-                    self.remove(&workload, &mut touched, &mut before);
-                    self.insert(workload, uses, &mut touched, &mut before);
-                }
+                self.replace(part, &mut touched, &mut before);
                 if done {
                     for workload in self.unnamed.take().unwrap_or_default() {
                         self.remove(&workload, &mut touched, &mut before);
@@ -128,17 +131,20 @@ impl Tracked {
             }
             // Not the tracked set's business: the controller keeps what runs.
             InventoryChange::Running(_) => return KeyChanges::default(),
-            InventoryChange::Workloads(changes) => {
-                for (workload, uses) in changes {
-                    self.remove(&workload, &mut touched, &mut before);
-                    if let Some(uses) = uses {
-                        self.insert(workload, uses, &mut touched, &mut before);
-                    }
-                }
-            }
+            InventoryChange::Workloads(changes) => self.replace(changes, &mut touched, &mut before),
         }
         self.settle(&touched);
         self.classify(touched, &before)
+    }
+
+    /// Each workload's uses in place of what is held of it.
+    fn replace(&mut self, changes: WorkloadUses, touched: &mut HashSet<ImageKey>, before: &mut Before) {
+        for (workload, uses) in changes {
+            self.remove(&workload, touched, before);
+            if let Some(uses) = uses {
+                self.insert(workload, uses, touched, before);
+            }
+        }
     }
 
     /// Users were pushed as they came: sorted and made unique once per change.
@@ -322,11 +328,11 @@ mod tests {
         tracked.apply(InventoryChange::whole(vec![uses(&web), uses(&api), uses(&db)]));
         // web moves to nginx:2 in the first part; db is in the second; api is in none.
         let changes =
-            tracked.apply(InventoryChange::Reset { part: vec![uses(&record("web", &["nginx:2"]))], done: false });
+            tracked.apply(InventoryChange::Reset { part: vec![update(&record("web", &["nginx:2"]))], done: false });
         assert_eq!(names(&changes.added), ["docker.io/library/nginx:2"]);
         assert_eq!(names(&changes.removed), ["docker.io/library/nginx:1"]);
         assert_eq!(tracked.workloads(), 3, "nothing is dropped before the last part");
-        let changes = tracked.apply(InventoryChange::Reset { part: vec![uses(&db)], done: true });
+        let changes = tracked.apply(InventoryChange::Reset { part: vec![update(&db)], done: true });
         assert_eq!(names(&changes.removed), ["docker.io/library/redis:7"], "api was named by no part");
         assert!(changes.added.is_empty() && changes.changed.is_empty(), "{changes:?}");
         assert_eq!(tracked.workloads(), 2);

@@ -99,7 +99,6 @@ impl Tracker {
                     let part = parts.next().unwrap_or_default();
                     let done = parts.peek().is_none();
                     let part = self.resolve_each(part).await;
-                    let part = part.into_iter().filter_map(|(workload, uses)| Some((workload, uses?))).collect();
                     if changes.send(InventoryChange::Reset { part, done }).await.is_err() {
                         return;
                     }
