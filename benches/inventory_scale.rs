@@ -94,12 +94,7 @@ fn main() {
             .into_iter()
             .partition(|s| matches!(s.kind, WorkloadKind::ReplicaSet | WorkloadKind::Pod));
         let started = Instant::now();
-        let lists = Lists::new(DEFAULT_PAGE_SIZE);
-        let watchers: Vec<_> =
-            all.iter().cloned().map(|scope| tokio::spawn(watch_scope(client.clone(), scope, store.clone(), lists.clone()))).collect();
-        while !store.read().expect("lock").is_synced(&all, false) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+        let watchers = watch_until_synced(&client, &all, &store).await;
         let watch_time = started.elapsed();
         // Count what stays once every watcher is in its watch stream, not after a pause that hopes so.
         let watching = support::eventually(Duration::from_secs(60), || api.open_watches() == all.len()).await;
@@ -169,19 +164,29 @@ async fn owned_objects(
     }
     let live_before = LIVE.load(Ordering::Relaxed);
     let generation = store.read().expect("lock").running_generation;
-    let lists = Lists::new(DEFAULT_PAGE_SIZE);
-    let watchers: Vec<_> = scopes
-        .iter()
-        .cloned()
-        .map(|scope| tokio::spawn(watch_scope(api.client(), scope, store.clone(), lists.clone())))
-        .collect();
-    while !store.read().expect("lock").is_synced(scopes, false) {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let watchers = watch_until_synced(&api.client(), scopes, store).await;
     assert!(store.read().expect("lock").running_generation > generation, "the pods arrived");
     let live = LIVE.load(Ordering::Relaxed).saturating_sub(live_before);
     for w in watchers {
         w.abort();
     }
     (workloads * 3, live)
+}
+
+/// Watchers of `scopes` into `store`, returned once every scope has synced.
+async fn watch_until_synced(
+    client: &kube::Client,
+    scopes: &[WatchScope],
+    store: &SharedStore,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let lists = Lists::new(DEFAULT_PAGE_SIZE);
+    let watchers = scopes
+        .iter()
+        .cloned()
+        .map(|scope| tokio::spawn(watch_scope(client.clone(), scope, store.clone(), lists.clone())))
+        .collect();
+    while !store.read().expect("lock").is_synced(scopes, false) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    watchers
 }
