@@ -1,7 +1,9 @@
 //! `pullcheck run`'s footprint at production size, as its own process: time to the watchers'
 //! initial lists, to `/readyz` and to the first probe; resident memory after sync and its peak;
 //! marginal bytes per workload (a second, smaller inventory); then status-only churn through
-//! the watches — resident growth and CPU it costs. Optionally the live heap under heaptrack.
+//! the watches — resident growth and CPU it costs, against an idle spell one window after sync
+//! (probes at the rate churn sees them; the registry's request rate in both is reported).
+//! Optionally the live heap under heaptrack.
 //!
 //! The API-server harness serves objects shaped and sized as a real API server returns them
 //! (managedFields with fieldsV1 trees, labels and annotations, a last-applied-configuration on
@@ -681,19 +683,24 @@ fn ready(addr: std::net::SocketAddr) -> bool {
 }
 
 /// Distinct manifests the registry was asked for after byte `mark` of its access log.
-fn manifests_probed(log: &Path, mark: u64) -> usize {
+/// The manifests the registry was asked for since `mark` in its access log: each request.
+fn manifest_requests(log: &Path, mark: u64) -> Vec<String> {
     use std::io::{Read, Seek};
     let mut bytes = Vec::new();
     if let Ok(mut file) = std::fs::File::open(log) {
         let _ = file.seek(std::io::SeekFrom::Start(mark)).and_then(|_| file.read_to_end(&mut bytes));
     }
-    let text = String::from_utf8_lossy(&bytes);
-    let probed: HashSet<&str> = text
+    String::from_utf8_lossy(&bytes)
         .lines()
         .filter_map(|l| l.split('"').nth(1)?.split(' ').nth(1))
         .filter(|target| target.contains("/manifests/"))
-        .collect();
-    probed.len()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The distinct manifests asked for since `mark`.
+fn manifests_probed(log: &Path, mark: u64) -> usize {
+    manifest_requests(log, mark).iter().collect::<HashSet<_>>().len()
 }
 
 #[derive(Default)]
@@ -714,6 +721,10 @@ struct Figures {
     small_objects: usize,
     small_rss: u64,
     idle_cpu: f64,
+    /// Manifest requests per second at the registry, idle and in churn: churn that changes
+    /// no image must not make probes.
+    idle_probes: f64,
+    churn_probes: f64,
     churn_rate: f64,
     churn_cpu: f64,
     churn_secs: f64,
@@ -842,15 +853,22 @@ fn measure(
         drop(running);
     }
     let running = start_and_sync(variant, full, probes, None, &mut f);
-    let cpu0 = cpu_seconds(running.pid);
+    // The first window probes everything at once and the next starts later: idle is taken
+    // one window on, when probes run at the rate churn will see, so that the difference
+    // between the two is churn's own.
+    std::thread::sleep(Duration::from_secs(WINDOW_SECS));
+    let (cpu0, mark) = (cpu_seconds(running.pid), log_len(&probes.log));
     let idle_started = Instant::now();
     std::thread::sleep(Duration::from_secs(s.idle_secs));
-    f.idle_cpu = (cpu_seconds(running.pid) - cpu0) / idle_started.elapsed().as_secs_f64();
-    let cpu0 = cpu_seconds(running.pid);
+    let idle_secs = idle_started.elapsed().as_secs_f64();
+    f.idle_cpu = (cpu_seconds(running.pid) - cpu0) / idle_secs;
+    f.idle_probes = manifest_requests(&probes.log, mark).len() as f64 / idle_secs;
+    let (cpu0, mark) = (cpu_seconds(running.pid), log_len(&probes.log));
     let churn_started = Instant::now();
     f.churn_rate = churn(full, s.churn_rate, s.churn_secs, counter);
     f.churn_secs = churn_started.elapsed().as_secs_f64();
     f.churn_cpu = (cpu_seconds(running.pid) - cpu0) / f.churn_secs;
+    f.churn_probes = manifest_requests(&probes.log, mark).len() as f64 / f.churn_secs;
     f.rss_after = status_kib(running.pid, "VmRSS:");
     f.hwm_after = status_kib(running.pid, "VmHWM:");
     f.log_tail = tail(&running);
@@ -1201,6 +1219,7 @@ fn print_table(variants: &[Variant], results: &[Figures], s: &Scenario) {
     row("CPU idle (of a core)", &|f| format!("{:.2} %", f.idle_cpu * 100.0));
     row("churn updates/s", &|f| format!("{:.0} for {:.0} s", f.churn_rate, f.churn_secs));
     row("CPU in churn", &|f| format!("{:.2} %", f.churn_cpu * 100.0));
+    row("manifest requests/s idle / churn", &|f| format!("{:.0} / {:.0}", f.idle_probes, f.churn_probes));
     row("CPU for churn (- idle)", &|f| format!("{:.2} %", (f.churn_cpu - f.idle_cpu) * 100.0));
     row("RSS after churn", &|f| mib(f.rss_after));
     row("RSS growth in churn", &|f| format!("{:+.1} %", (f.rss_after as f64 / f.rss.max(1) as f64 - 1.0) * 100.0));
