@@ -3,8 +3,9 @@
 //! first, failed ones are tried again soon, and a slow or rate-limited registry only shrinks its
 //! own share: its keys wait while the others go on.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -43,7 +44,8 @@ impl Default for ScheduleSettings {
 
 #[derive(Clone, Debug)]
 struct Entry {
-    registry: String,
+    /// Shared with every key of the registry: a handful of registries, thousands of keys.
+    registry: Arc<str>,
     last_probe: Option<Instant>,
     probed_this_window: bool,
     /// New or changed: ahead of the others.
@@ -57,6 +59,7 @@ pub struct Scheduler<K> {
     settings: ScheduleSettings,
     window_start: Instant,
     entries: HashMap<K, Entry>,
+    registries: HashSet<Arc<str>>,
     /// Regular keys this tick may still start: probes that could not start at the tick (a
     /// registry at its in-flight cap) start as earlier ones finish.
     budget: usize,
@@ -68,7 +71,14 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
     /// `phase` shifts the window start (jitter between replicas and clusters).
     pub fn new(settings: ScheduleSettings, now: Instant, phase: Duration) -> Self {
         let window_start = now.checked_sub(phase.min(settings.window)).unwrap_or(now);
-        Self { settings, window_start, entries: HashMap::new(), budget: 0, urgent_waiting: 0 }
+        Self {
+            settings,
+            window_start,
+            entries: HashMap::new(),
+            registries: HashSet::new(),
+            budget: 0,
+            urgent_waiting: 0,
+        }
     }
 
     pub fn settings(&self) -> &ScheduleSettings {
@@ -83,13 +93,28 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             self.entries.remove(k);
         }
         for (key, registry) in seen.drain() {
-            self.insert(key, registry);
+            self.insert(key, &registry);
         }
         removed
     }
 
     /// A new key (probed soon); a known one stays as it is.
-    pub fn insert(&mut self, key: K, registry: String) {
+    pub fn insert(&mut self, key: K, registry: &str) {
+        if self.entries.contains_key(&key) {
+            return;
+        }
+        let registry = match self.registries.get(registry) {
+            Some(held) => held.clone(),
+            None => {
+                // Past a few dozen registries, those no key uses any more are let go first.
+                if self.registries.len() >= 64 {
+                    self.registries.retain(|r| Arc::strong_count(r) > 1);
+                }
+                let held: Arc<str> = Arc::from(registry);
+                self.registries.insert(held.clone());
+                held
+            }
+        };
         self.entries.entry(key).or_insert(Entry {
             registry,
             last_probe: None,
@@ -167,7 +192,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         let cap = self.settings.max_in_flight_per_registry;
         let mut in_flight: HashMap<&str, usize> = HashMap::new();
         for e in self.entries.values().filter(|e| e.in_flight) {
-            *in_flight.entry(e.registry.as_str()).or_default() += 1;
+            *in_flight.entry(&*e.registry).or_default() += 1;
         }
         let mut open: HashMap<&str, bool> = HashMap::new();
         let has_room = |registry: &str, in_flight: &HashMap<&str, usize>| {
@@ -190,8 +215,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         let mut candidates: Vec<(&K, &Entry)> = Vec::new();
         for (key, entry) in &self.entries {
             let eligible = !entry.in_flight && (!entry.probed_this_window || entry.retry_at.is_some_and(|r| r <= now));
-            if eligible && *open.entry(entry.registry.as_str()).or_insert_with(|| has_room(&entry.registry, &in_flight))
-            {
+            if eligible && *open.entry(&*entry.registry).or_insert_with(|| has_room(&entry.registry, &in_flight)) {
                 candidates.push((key, entry));
             }
         }
@@ -215,7 +239,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             if counts_against_quota && regular >= quota {
                 continue;
             }
-            let flying = in_flight.entry(entry.registry.as_str()).or_default();
+            let flying = in_flight.entry(&*entry.registry).or_default();
             if *flying >= cap {
                 continue;
             }

@@ -12,13 +12,13 @@ use crate::credentials::SourcedCredential;
 use crate::image::ImageRef;
 use crate::inventory::ContainerRef;
 use crate::inventory::keys::{ImageKey, Series};
-use crate::inventory::running::{Digest, Running, drift};
+use crate::inventory::running::{self, Digest, Running};
 use crate::registry::{ProbeResult, State, Trigger};
 use crate::schedule::{ScheduleSettings, Scheduler};
 use crate::sources::events::PullFailure;
 use crate::telemetry::attributes::{image_attributes, series_attributes};
 use crate::telemetry::logs::TransitionLog;
-use crate::telemetry::metrics::{Metrics, Snapshot};
+use crate::telemetry::metrics::{ContainerGauges, Metrics, Snapshot};
 
 /// A probe to start: the key, its credentials as its users name them, and how many workload
 /// containers it answers for.
@@ -57,7 +57,8 @@ pub struct Controller {
     ready: bool,
     /// Series are rebuilt only when a state or the inventory changed.
     series_stale: bool,
-    published_series: Arc<Vec<(Series, State)>>,
+    /// The containers' gauges as last published, shared with the metrics snapshot.
+    published: Arc<Vec<ContainerGauges>>,
     /// Probes started since the last tick (the tick's batch and what refills added).
     last_batch: usize,
     /// This replica probes and exports image series (always, without leader election).
@@ -70,9 +71,6 @@ pub struct Controller {
     running: Running,
     /// The containers last published as drifting, to log when that changes.
     drifted: HashSet<ContainerRef>,
-    published_drift: Arc<Vec<(Series, bool)>>,
-    /// Per container on a deprecated registry: whether its replacement can be pulled.
-    published_replacements: Arc<Vec<(Series, bool)>>,
 }
 
 impl Controller {
@@ -92,15 +90,13 @@ impl Controller {
             log,
             ready: false,
             series_stale: true,
-            published_series: Arc::new(Vec::new()),
+            published: Arc::new(Vec::new()),
             last_batch: 0,
             leading: true,
             last_triggered: HashMap::new(),
             triggers: HashMap::new(),
             running: Running::default(),
             drifted: HashSet::new(),
-            published_drift: Arc::new(Vec::new()),
-            published_replacements: Arc::new(Vec::new()),
         }
     }
 
@@ -195,8 +191,7 @@ impl Controller {
             self.states.remove(&key);
         }
         for key in changes.added {
-            let registry = key.registry().to_string();
-            self.scheduler.insert(key, registry);
+            self.scheduler.insert(key.clone(), key.registry());
         }
         for key in &changes.changed {
             self.scheduler.mark_changed(key);
@@ -273,7 +268,7 @@ impl Controller {
     /// The gauges' snapshot: per-container series (rebuilt only when stale), keys by state.
     pub fn publish(&mut self) {
         if !self.leading {
-            self.published_series = Arc::new(Vec::new());
+            self.published = Arc::new(Vec::new());
             self.metrics.publish(Snapshot {
                 leader: false,
                 workloads: self.tracked.workloads() as u64,
@@ -282,28 +277,7 @@ impl Controller {
             return;
         }
         if std::mem::take(&mut self.series_stale) {
-            self.published_series = Arc::new(
-                self.tracked
-                    .series()
-                    .filter_map(|(workload, index, container)| {
-                        let state = match &container.key {
-                            Some(key) => self.states.get(key)?.state,
-                            None => State::BadImageFormat,
-                        };
-                        Some((Series::new(workload.clone(), index)?, state))
-                    })
-                    .collect(),
-            );
-            self.publish_drift();
-            self.published_replacements = Arc::new(
-                self.tracked
-                    .series()
-                    .filter_map(|(workload, index, container)| {
-                        let state = self.states.get(container.replacement.as_ref()?)?.state;
-                        Some((Series::new(workload.clone(), index)?, state == State::Available))
-                    })
-                    .collect(),
-            );
+            self.publish_containers();
         }
         let mut by_state: BTreeMap<State, u64> = BTreeMap::new();
         for key in self.tracked.keys().iter().filter(|(_, u)| !u.only_replacing()).map(|(k, _)| k) {
@@ -314,48 +288,56 @@ impl Controller {
             *by_state.entry(State::BadImageFormat).or_default() += bad;
         }
         self.metrics.publish(Snapshot {
-            series: self.published_series.clone(),
+            containers: self.published.clone(),
             keys_by_state: by_state.into_iter().collect(),
             workloads: self.tracked.workloads() as u64,
             window_coverage: self.scheduler.coverage(),
             batch_size: self.last_batch as u64,
             leader: true,
-            drift: self.published_drift.clone(),
-            replacements: self.published_replacements.clone(),
         });
     }
 
-    /// Per container: do its running pods run another digest than the tag resolves to now?
-    /// Known only with running pods, a resolved digest and a tag (a pinned digest cannot drift).
-    /// A container that starts drifting is logged, and one that stops (its pods now run what
-    /// the tag resolves to); one that never drifted is not, so a start tells nothing per
-    /// container.
-    fn publish_drift(&mut self) {
-        let mut published = Vec::new();
+    /// Every container's gauges, in one list of exactly its length. Drift, per container: do
+    /// its running pods run another digest than the tag resolves to now? Known only with
+    /// running pods, a resolved digest and a tag (a pinned digest cannot drift). A container
+    /// that starts drifting is logged, and one that stops (its pods now run what the tag
+    /// resolves to); one that never drifted is not, so a start tells nothing per container.
+    fn publish_containers(&mut self) {
+        let mut published = Vec::with_capacity(self.tracked.series().count());
         let mut now_drifted = HashSet::new();
         for (workload, index, container) in self.tracked.series() {
-            let Some(key) = &container.key else { continue };
-            if key.image.digest().is_some() {
-                continue;
-            }
             let Some(series) = Series::new(workload.clone(), index) else { continue };
-            let user = series.user();
-            let current = self.states.get(key).and_then(|r| r.digest);
-            let running = self.running.of(&user);
-            let Some(drifted) = drift(running, current) else { continue };
-            if self.drifted.contains(&user) != drifted {
-                let running: Vec<String> = running.into_iter().flatten().map(ToString::to_string).collect();
-                let attributes = series_attributes(&series);
-                let current = current.map(|d| d.to_string()).unwrap_or_default();
-                self.log.drift(&key.to_string(), &attributes, drifted, &current, &running);
+            let known = container.key.as_ref().and_then(|key| self.states.get(key));
+            let state = match &container.key {
+                Some(_) => known.map(|k| k.state),
+                None => Some(State::BadImageFormat),
+            };
+            let replacement =
+                container.replacement.as_ref().and_then(|r| self.states.get(r)).map(|r| r.state == State::Available);
+            let mut drift = None;
+            if let Some(key) = container.key.as_ref().filter(|key| key.image.digest().is_none()) {
+                let user = series.user();
+                let current = known.and_then(|k| k.digest);
+                let running = self.running.of(&user);
+                drift = running::drift(running, current);
+                if let Some(drifted) = drift {
+                    if self.drifted.contains(&user) != drifted {
+                        let running: Vec<String> = running.into_iter().flatten().map(ToString::to_string).collect();
+                        let attributes = series_attributes(&series);
+                        let current = current.map(|d| d.to_string()).unwrap_or_default();
+                        self.log.drift(&key.to_string(), &attributes, drifted, &current, &running);
+                    }
+                    if drifted {
+                        now_drifted.insert(user);
+                    }
+                }
             }
-            if drifted {
-                now_drifted.insert(user);
+            if state.is_some() || drift.is_some() || replacement.is_some() {
+                published.push(ContainerGauges { series, state, drift, replacement });
             }
-            published.push((series, drifted));
         }
         self.drifted = now_drifted;
-        self.published_drift = Arc::new(published);
+        self.published = Arc::new(published);
     }
 
     fn jobs(&mut self, keys: Vec<ImageKey>) -> Vec<ProbeJob> {

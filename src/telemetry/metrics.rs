@@ -12,13 +12,26 @@ use super::attributes::{replacement_attributes, series_attributes, server_attrib
 use crate::inventory::keys::Series;
 use crate::registry::State;
 
+/// What one workload container's gauges report: each value only when known.
+#[derive(Clone, Debug)]
+pub struct ContainerGauges {
+    pub series: Series,
+    /// Its image's state (`None` while pending: no point then).
+    pub state: Option<State>,
+    /// Whether some running pod runs another digest than the tag's.
+    pub drift: Option<bool>,
+    /// On a deprecated registry: whether the replacement can be pulled today.
+    pub replacement: Option<bool>,
+}
+
 /// What the observable gauges report at the next collection.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
-    /// Per (workload, container): its series and current state (never `pending`).
+    /// Per (workload, container) with something known, one entry for all its gauges (one
+    /// list, not one per gauge: 24 bytes a container, docs/architecture.md "Footprint").
     /// Shared: rebuilt only when a state or the inventory changes, not every tick. The
     /// attributes are built at collection: between collections the uses are all there is.
-    pub series: Arc<Vec<(Series, State)>>,
+    pub containers: Arc<Vec<ContainerGauges>>,
     /// Tracked image keys per state, `pending` included.
     pub keys_by_state: Vec<(State, u64)>,
     pub workloads: u64,
@@ -26,11 +39,6 @@ pub struct Snapshot {
     pub batch_size: u64,
     /// This replica leads (always, without leader election): only a leader has image series.
     pub leader: bool,
-    /// Per container whose drift is known: whether its pods run another digest than the tag's.
-    pub drift: Arc<Vec<(Series, bool)>>,
-    /// Per container on a deprecated registry (its series attributes and the replacement
-    /// reference): whether the replacement can be pulled today.
-    pub replacements: Arc<Vec<(Series, bool)>>,
 }
 
 pub struct Metrics {
@@ -58,8 +66,9 @@ impl Metrics {
                 "1 when the image of a workload's container can be pulled now, 0 when not (no point while pending)",
             )
             .with_callback(move |observer| {
-                for (series, state) in read(&s).series.iter() {
-                    observer.observe(i64::from(*state == State::Available), &series_attributes(series));
+                for c in read(&s).containers.iter() {
+                    let Some(state) = c.state else { continue };
+                    observer.observe(i64::from(state == State::Available), &series_attributes(&c.series));
                 }
             })
             .build();
@@ -70,8 +79,9 @@ impl Metrics {
                 "Always 1; pullcheck.image.state carries the current probe state of the workload's container",
             )
             .with_callback(move |observer| {
-                for (series, state) in read(&s).series.iter() {
-                    let mut with_state = series_attributes(series);
+                for c in read(&s).containers.iter() {
+                    let Some(state) = c.state else { continue };
+                    let mut with_state = series_attributes(&c.series);
                     with_state.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
                     observer.observe(1, &with_state);
                 }
@@ -112,8 +122,9 @@ impl Metrics {
                 "1 when some running pod of the workload's container runs another digest than its tag resolves to now, 0 when all match; no point when unknown",
             )
             .with_callback(move |observer| {
-                for (series, drifted) in read(&s).drift.iter() {
-                    observer.observe(i64::from(*drifted), &series_attributes(series));
+                for c in read(&s).containers.iter() {
+                    let Some(drifted) = c.drift else { continue };
+                    observer.observe(i64::from(drifted), &series_attributes(&c.series));
                 }
             })
             .build();
@@ -124,8 +135,9 @@ impl Metrics {
                 "For a container whose image is on a deprecated registry: 1 when the same image under the replacement registry can be pulled now, 0 when not",
             )
             .with_callback(move |observer| {
-                for (series, available) in read(&s).replacements.iter() {
-                    observer.observe(i64::from(*available), &replacement_attributes(series));
+                for c in read(&s).containers.iter() {
+                    let Some(available) = c.replacement else { continue };
+                    observer.observe(i64::from(available), &replacement_attributes(&c.series));
                 }
             })
             .build();
