@@ -910,9 +910,10 @@ fn heaptrack_run(
     while Instant::now() < deadline && running.child.try_wait().ok().flatten().is_none() {
         std::thread::sleep(Duration::from_millis(200));
     }
+    // This variant's file (`heaptrack-<label>.zst`), not another label that starts alike.
     let data = std::fs::read_dir(out).ok()?.flatten().map(|e| e.path()).find(|p| {
         p.file_name().is_some_and(|n| {
-            n.to_string_lossy().starts_with(&format!("heaptrack-{}", variant.label))
+            n.to_string_lossy().starts_with(&format!("heaptrack-{}.", variant.label))
                 && !n.to_string_lossy().ends_with(".txt")
         })
     })?;
