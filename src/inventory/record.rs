@@ -85,9 +85,9 @@ pub fn controller_of(object: &SlimObject) -> Option<OwnedBy> {
 }
 
 /// What a Pod runs: each container's digest from its status, and the workload that made it
-/// (its controller, or itself). `None` when no container reports a digest yet (pending,
-/// pulling), or when a kind pullcheck does not track controls it.
-pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
+/// (its controller, or the pod itself: `itself`, its own key). `None` when no container
+/// reports a digest yet (pending, pulling), or when a kind pullcheck does not track controls it.
+pub fn running_pod(object: &SlimObject, itself: ObjectKey) -> Option<RunningPod> {
     let status = object.status.as_ref()?;
     let containers: Vec<(Name, Digest)> = [&status.init_container_statuses, &status.container_statuses]
         .into_iter()
@@ -105,9 +105,7 @@ pub fn running_pod(object: &SlimObject) -> Option<RunningPod> {
     let owner = match controller_of(object) {
         Some(OwnedBy::Workload(owner)) => owner,
         Some(OwnedBy::Untracked) => return None,
-        None => {
-            ObjectKey::of(WorkloadKind::Pod, namespace_of(object), object.metadata.name.as_deref().unwrap_or_default())
-        }
+        None => itself,
     };
     Some(RunningPod { owner, containers: containers.into() })
 }

@@ -406,7 +406,7 @@ pub enum Running {
 pub fn running_of(kind: WorkloadKind, object: &SlimObject) -> Running {
     let key = ObjectKey::of(kind, namespace_of(object), object.metadata.name.as_deref().unwrap_or_default());
     match kind {
-        WorkloadKind::Pod => Running::Pod(key, running_pod(object)),
+        WorkloadKind::Pod => Running::Pod(key, running_pod(object, key)),
         WorkloadKind::ReplicaSet | WorkloadKind::Job => Running::Owned(key, controller_of(object)),
         _ => Running::Nothing,
     }
