@@ -3,12 +3,14 @@
 //! first, failed ones are tried again soon, and a slow or rate-limited registry only shrinks its
 //! own share: its keys wait while the others go on.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::time::Instant;
+
+use crate::name::Interner;
 
 /// The batch for this tick: the keys not yet probed this window, shared evenly over the ticks
 /// left (the last tick of a window takes all that remain).
@@ -59,7 +61,8 @@ pub struct Scheduler<K> {
     settings: ScheduleSettings,
     window_start: Instant,
     entries: HashMap<K, Entry>,
-    registries: HashSet<Arc<str>>,
+    /// Each registry's name once, for the entries to share.
+    registries: Interner,
     /// Regular keys this tick may still start: probes that could not start at the tick (a
     /// registry at its in-flight cap) start as earlier ones finish.
     budget: usize,
@@ -75,7 +78,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             settings,
             window_start,
             entries: HashMap::new(),
-            registries: HashSet::new(),
+            registries: Interner::default(),
             budget: 0,
             urgent_waiting: 0,
         }
@@ -104,25 +107,20 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             return;
         }
         let registry = match self.registries.get(registry) {
-            Some(held) => held.clone(),
-            None => {
-                // Past a few dozen registries, those no key uses any more are let go first.
-                if self.registries.len() >= 64 {
-                    self.registries.retain(|r| Arc::strong_count(r) > 1);
-                }
-                let held: Arc<str> = Arc::from(registry);
-                self.registries.insert(held.clone());
-                held
-            }
+            Some(held) => held,
+            None => self.registries.share_arc(&Arc::from(registry)),
         };
-        self.entries.entry(key).or_insert(Entry {
-            registry,
-            last_probe: None,
-            probed_this_window: false,
-            urgent: true,
-            retry_at: None,
-            in_flight: false,
-        });
+        self.entries.insert(
+            key,
+            Entry {
+                registry,
+                last_probe: None,
+                probed_this_window: false,
+                urgent: true,
+                retry_at: None,
+                in_flight: false,
+            },
+        );
     }
 
     /// A key no workload uses any more.
