@@ -682,8 +682,7 @@ fn ready(addr: std::net::SocketAddr) -> bool {
     head[..n].starts_with(b"HTTP/1.1 200")
 }
 
-/// Distinct manifests the registry was asked for after byte `mark` of its access log.
-/// The manifests the registry was asked for since `mark` in its access log: each request.
+/// The manifests the registry was asked for after byte `mark` of its access log: each request.
 fn manifest_requests(log: &Path, mark: u64) -> Vec<String> {
     use std::io::{Read, Seek};
     let mut bytes = Vec::new();
@@ -857,22 +856,37 @@ fn measure(
     // one window on, when probes run at the rate churn will see, so that the difference
     // between the two is churn's own.
     std::thread::sleep(Duration::from_secs(WINDOW_SECS));
-    let (cpu0, mark) = (cpu_seconds(running.pid), log_len(&probes.log));
-    let idle_started = Instant::now();
+    let idle = Spell::start(running.pid, probes);
     std::thread::sleep(Duration::from_secs(s.idle_secs));
-    let idle_secs = idle_started.elapsed().as_secs_f64();
-    f.idle_cpu = (cpu_seconds(running.pid) - cpu0) / idle_secs;
-    f.idle_probes = manifest_requests(&probes.log, mark).len() as f64 / idle_secs;
-    let (cpu0, mark) = (cpu_seconds(running.pid), log_len(&probes.log));
-    let churn_started = Instant::now();
+    (f.idle_cpu, f.idle_probes, _) = idle.rates(running.pid, probes);
+    let in_churn = Spell::start(running.pid, probes);
     f.churn_rate = churn(full, s.churn_rate, s.churn_secs, counter);
-    f.churn_secs = churn_started.elapsed().as_secs_f64();
-    f.churn_cpu = (cpu_seconds(running.pid) - cpu0) / f.churn_secs;
-    f.churn_probes = manifest_requests(&probes.log, mark).len() as f64 / f.churn_secs;
+    (f.churn_cpu, f.churn_probes, f.churn_secs) = in_churn.rates(running.pid, probes);
     f.rss_after = status_kib(running.pid, "VmRSS:");
     f.hwm_after = status_kib(running.pid, "VmHWM:");
     f.log_tail = tail(&running);
     f
+}
+
+/// A spell of the child's life, from its start on: what it cost.
+struct Spell {
+    cpu: f64,
+    mark: u64,
+    started: Instant,
+}
+
+impl Spell {
+    fn start(pid: u32, probes: &Probes) -> Spell {
+        Spell { cpu: cpu_seconds(pid), mark: log_len(&probes.log), started: Instant::now() }
+    }
+
+    /// Over the spell so far: CPU (of a core), manifest requests at the registry per second,
+    /// and its length in seconds.
+    fn rates(&self, pid: u32, probes: &Probes) -> (f64, f64, f64) {
+        let secs = self.started.elapsed().as_secs_f64();
+        let requests = manifest_requests(&probes.log, self.mark).len() as f64;
+        ((cpu_seconds(pid) - self.cpu) / secs, requests / secs, secs)
+    }
 }
 
 struct Heap {

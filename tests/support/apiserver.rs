@@ -180,6 +180,12 @@ struct Listing {
     items: Arc<Vec<(String, Stored)>>,
 }
 
+impl Listing {
+    fn is(&self, resource: &str, namespace: Option<&str>, rv: u64) -> bool {
+        self.resource == resource && self.namespace.as_deref() == namespace && self.rv == rv
+    }
+}
+
 fn write_kubeconfig(path: &std::path::Path, server: &str, token: &str) -> std::path::PathBuf {
     let text = format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: harness\n  cluster: {{server: '{server}'}}\nusers:\n- name: tester\n  user: {{token: {token}}}\ncontexts:\n- name: harness\n  context: {{cluster: harness, user: tester, namespace: default}}\ncurrent-context: harness\n"
@@ -484,9 +490,7 @@ impl Cluster {
     fn listing(&mut self, resource: &str, namespace: Option<&str>, rv: u64) -> Arc<Vec<(String, Stored)>> {
         let compacted_below = self.compacted_below;
         self.listing.retain(|l| l.rv >= compacted_below);
-        if let Some(l) =
-            self.listing.iter().find(|l| l.resource == resource && l.namespace.as_deref() == namespace && l.rv == rv)
-        {
+        if let Some(l) = self.listing.iter().find(|l| l.is(resource, namespace, rv)) {
             return l.items.clone();
         }
         let items = Arc::new(self.snapshot(resource, namespace, rv));
@@ -704,9 +708,8 @@ fn list(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
     body.extend_from_slice(b"]}");
     if ended {
         cluster.lists_done.push((target.resource(), Instant::now()));
-        cluster
-            .listing
-            .retain(|l| !(l.resource == target.resource() && l.namespace.as_deref() == target.namespace && l.rv == rv));
+        let resource = target.resource();
+        cluster.listing.retain(|l| !l.is(&resource, target.namespace, rv));
     }
     Reply::Full { status: 200, headers: vec![("Content-Type".into(), "application/json".into())], body }
 }
