@@ -1,6 +1,7 @@
 //! `pullcheck run`'s footprint at production size, as its own process: time to the watchers'
 //! initial lists, to `/readyz` and to the first probe; resident memory after sync and its peak;
-//! marginal bytes per workload (a second, smaller inventory); then status-only churn through
+//! marginal bytes per workload (a second, smaller inventory), right after sync and once settled
+//! (one window and the idle spell on, both inventories alike); then status-only churn through
 //! the watches — resident growth and CPU it costs, against an idle spell one window after sync
 //! (probes at the rate churn sees them; the registry's request rate in both is reported).
 //! Optionally the live heap under heaptrack.
@@ -719,6 +720,10 @@ struct Figures {
     hwm: u64,
     small_objects: usize,
     small_rss: u64,
+    /// RSS once settled: one window and the idle spell after sync (the allocator has
+    /// returned what the sync and the first window left), full and small inventory alike.
+    rss_settled: u64,
+    small_rss_settled: u64,
     idle_cpu: f64,
     /// Manifest requests per second at the registry, idle and in churn: churn that changes
     /// no image must not make probes.
@@ -849,6 +854,9 @@ fn measure(
         let running = start_and_sync(variant, small, probes, None, &mut sf);
         f.small_objects = small.objects;
         f.small_rss = sf.rss;
+        // Settled as the full inventory is below: one window, then the idle spell.
+        std::thread::sleep(Duration::from_secs(WINDOW_SECS + s.idle_secs));
+        f.small_rss_settled = status_kib(running.pid, "VmRSS:");
         drop(running);
     }
     let running = start_and_sync(variant, full, probes, None, &mut f);
@@ -859,6 +867,7 @@ fn measure(
     let idle = Spell::start(running.pid, probes);
     std::thread::sleep(Duration::from_secs(s.idle_secs));
     (f.idle_cpu, f.idle_probes, _) = idle.rates(running.pid, probes);
+    f.rss_settled = status_kib(running.pid, "VmRSS:");
     let in_churn = Spell::start(running.pid, probes);
     f.churn_rate = churn(full, s.churn_rate, s.churn_secs, counter);
     (f.churn_cpu, f.churn_probes, f.churn_secs) = in_churn.rates(running.pid, probes);
@@ -1226,11 +1235,14 @@ fn print_table(variants: &[Variant], results: &[Figures], s: &Scenario) {
         let objects = f.objects.saturating_sub(f.small_objects).max(1);
         format!("{:.0} B", (f.rss as f64 - f.small_rss as f64) * 1024.0 / objects as f64)
     });
-    row("marginal bytes/Deployment", &|f| {
-        // A Deployment comes with its ReplicaSet and two Pods here.
+    // A Deployment comes with its ReplicaSet and two Pods here.
+    let per_deployment = |full: u64, small: u64, f: &Figures| {
         let objects = f.objects.saturating_sub(f.small_objects).max(1) as f64;
-        format!("{:.0} B", (f.rss as f64 - f.small_rss as f64) * 1024.0 / (objects / 4.0))
-    });
+        format!("{:.0} B", (full as f64 - small as f64) * 1024.0 / (objects / 4.0))
+    };
+    row("marginal bytes/Deployment", &|f| per_deployment(f.rss, f.small_rss, f));
+    row("RSS settled (window + idle on)", &|f| format!("{} / {} small", mib(f.rss_settled), mib(f.small_rss_settled)));
+    row("  marginal bytes/Deployment", &|f| per_deployment(f.rss_settled, f.small_rss_settled, f));
     row("CPU idle (of a core)", &|f| format!("{:.2} %", f.idle_cpu * 100.0));
     row("churn updates/s", &|f| format!("{:.0} for {:.0} s", f.churn_rate, f.churn_secs));
     row("CPU in churn", &|f| format!("{:.2} %", f.churn_cpu * 100.0));

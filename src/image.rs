@@ -14,13 +14,40 @@ const DEFAULT_TAG: &str = "latest";
 const NAME_MAX: usize = 255;
 const TAG_MAX: usize = 128;
 
-/// A parsed, canonical image reference.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// A parsed, canonical image reference. Held as its canonical text in one allocation, with
+/// where its parts end: every image key holds one, and four strings each were a fifth of a
+/// key's bytes (docs/architecture.md, "Footprint").
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct ImageRef {
-    registry: String,
-    repository: String,
-    tag: Option<String>,
-    digest: Option<String>,
+    /// `registry/repository[:tag][@digest]`.
+    text: Box<str>,
+    /// Ends of the registry, of the repository and of the `:tag` (the repository's end when
+    /// there is none); the digest is what follows. Within `NAME_MAX + 1 + TAG_MAX` bytes.
+    registry_end: u16,
+    repository_end: u16,
+    tag_end: u16,
+}
+
+impl Ord for ImageRef {
+    /// By registry, repository, tag, then digest, each part as a whole (`x:1` before `x-y:1`).
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        fn parts(r: &ImageRef) -> (&str, &str, Option<&str>, Option<&str>) {
+            (r.registry(), r.repository(), r.tag(), r.digest())
+        }
+        parts(self).cmp(&parts(other))
+    }
+}
+
+impl PartialOrd for ImageRef {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Debug for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("ImageRef").field(&&*self.text).finish()
+    }
 }
 
 /// Why a reference is `bad_image_format`.
@@ -93,62 +120,78 @@ impl ImageRef {
             return Err(ImageRefError::NameTooLong);
         }
         let tag = match (tag, &digest) {
-            (None, None) => Some(DEFAULT_TAG.to_string()),
-            (tag, _) => tag.map(str::to_string),
+            (None, None) => Some(DEFAULT_TAG),
+            (tag, _) => tag,
         };
-        Ok(Self { registry: registry.to_string(), repository, tag, digest })
+        Self::from_parts(registry, &repository, tag, digest.as_deref())
+    }
+
+    /// The reference of checked parts (within `NAME_MAX` and `TAG_MAX`, so the ends fit).
+    fn from_parts(
+        registry: &str,
+        repository: &str,
+        tag: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<Self, ImageRefError> {
+        let mut text = format!("{registry}/{repository}");
+        let repository_end = text.len();
+        if let Some(tag) = tag {
+            text.push(':');
+            text.push_str(tag);
+        }
+        let tag_end = text.len();
+        if let Some(digest) = digest {
+            text.push('@');
+            text.push_str(digest);
+        }
+        let end = |at: usize| u16::try_from(at).map_err(|_| ImageRefError::NameTooLong);
+        Ok(Self {
+            registry_end: end(registry.len())?,
+            repository_end: end(repository_end)?,
+            tag_end: end(tag_end)?,
+            text: text.into_boxed_str(),
+        })
     }
 
     /// The registry name as written in references (`docker.io`, `localhost:5000`, `[::1]:5000`).
     pub fn registry(&self) -> &str {
-        &self.registry
+        self.text.get(..usize::from(self.registry_end)).unwrap_or_default()
     }
 
     /// The host that serves the registry API for this name.
     pub fn api_host(&self) -> &str {
-        api_host(&self.registry)
+        api_host(self.registry())
     }
 
     pub fn repository(&self) -> &str {
-        &self.repository
+        self.text.get(usize::from(self.registry_end) + 1..usize::from(self.repository_end)).unwrap_or_default()
     }
 
     pub fn tag(&self) -> Option<&str> {
-        self.tag.as_deref()
+        (self.tag_end > self.repository_end)
+            .then(|| self.text.get(usize::from(self.repository_end) + 1..usize::from(self.tag_end)))
+            .flatten()
     }
 
     pub fn digest(&self) -> Option<&str> {
-        self.digest.as_deref()
+        self.text.get(usize::from(self.tag_end) + 1..)
     }
 
     /// `registry/repository`: the image name without tag or digest (`container.image.name`).
     pub fn name(&self) -> String {
-        format!("{}/{}", self.registry, self.repository)
+        self.text.get(..usize::from(self.repository_end)).unwrap_or_default().to_string()
     }
 
     /// What goes into `/v2/<name>/manifests/<reference>`: the digest pins the content when present,
     /// as it does for the runtime.
     pub fn manifest_reference(&self) -> &str {
-        self.digest.as_deref().or(self.tag.as_deref()).unwrap_or(DEFAULT_TAG)
-    }
-
-    /// Registry, repository and the `/v2/` path share this reference to a new repository, for
-    /// a mirror that serves the same repositories under its own host.
-    pub fn with_registry(&self, registry: &str) -> Self {
-        Self { registry: registry.to_string(), ..self.clone() }
+        self.digest().or(self.tag()).unwrap_or(DEFAULT_TAG)
     }
 }
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.registry, self.repository)?;
-        if let Some(tag) = &self.tag {
-            write!(f, ":{tag}")?;
-        }
-        if let Some(digest) = &self.digest {
-            write!(f, "@{digest}")?;
-        }
-        Ok(())
+        f.write_str(&self.text)
     }
 }
 
@@ -338,6 +381,23 @@ mod tests {
         assert_eq!(both.to_string(), format!("docker.io/library/nginx:1.27@{SHA}"));
         assert_eq!(both.manifest_reference(), SHA);
         assert_eq!(ImageRef::parse("nginx").expect("valid").manifest_reference(), "latest");
+    }
+
+    #[test]
+    fn parts_read_back_from_the_one_text_and_order_as_parts() {
+        let both = ImageRef::parse(&format!("localhost:5000/team/app:v1@{SHA}")).expect("valid");
+        assert_eq!(
+            (both.registry(), both.repository(), both.tag(), both.digest(), both.name().as_str()),
+            ("localhost:5000", "team/app", Some("v1"), Some(SHA), "localhost:5000/team/app")
+        );
+        let pinned = ImageRef::parse(&format!("app@{SHA}")).expect("valid");
+        assert_eq!((pinned.repository(), pinned.tag(), pinned.digest()), ("library/app", None, Some(SHA)));
+        let tagged = ImageRef::parse("app:1").expect("valid");
+        assert_eq!((tagged.tag(), tagged.digest()), (Some("1"), None));
+        let parse = |s: &str| ImageRef::parse(s).expect("valid");
+        // As text, `:` sorts after `-`; as parts, the shorter repository comes first.
+        assert!(parse("x:1") < parse("x-y:1"));
+        assert!(tagged < parse(&format!("app:1@{SHA}")), "no digest before a digest");
     }
 
     #[test]

@@ -128,7 +128,9 @@ pub async fn run(
     let tick = settings.schedule.tick;
     let mut jitter = Jitter::from_entropy();
     let now = Instant::now();
-    let mut controller = Controller::new(settings.schedule.clone(), now, jitter.below(tick), metrics, log);
+    let running_of = store.clone();
+    let mut controller = Controller::new(settings.schedule.clone(), now, jitter.below(tick), metrics, log)
+        .with_running(Box::new(move || crate::inventory::store::read(&running_of).running()));
     // Replicas started together do not tick together; the first batch goes as soon as the
     // inventory is in, not at the first tick.
     let mut ticker = tokio::time::interval_at(now + jitter.below(tick), tick);

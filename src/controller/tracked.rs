@@ -7,12 +7,14 @@ use std::sync::Arc;
 
 use crate::credentials::SourcedCredential;
 use crate::inventory::keys::{ContainerSeries, ImageKey, ImageUse, Series, WorkloadSeries};
-use crate::inventory::running::Running;
-use crate::inventory::{ByWorkload, WorkloadRef};
+use crate::inventory::{ByWorkload, WorkloadRecord, WorkloadRef};
+
+/// A workload's record and the uses resolved from it.
+pub type Resolved = (Arc<WorkloadRecord>, Vec<ImageUse>);
 
 /// Workloads' uses, each replacing what is held of the workload (`None`: the workload is gone
 /// or no longer selected).
-pub type WorkloadUses = Vec<(WorkloadRef, Option<Vec<ImageUse>>)>;
+pub type WorkloadUses = Vec<(WorkloadRef, Option<Resolved>)>;
 
 /// What the tracker found: everything anew, or some workloads' uses.
 #[derive(Debug)]
@@ -25,15 +27,15 @@ pub enum InventoryChange {
         done: bool,
     },
     Workloads(WorkloadUses),
-    /// What the pods run now, per workload container.
-    Running(Running),
+    /// What the pods run changed (digests, pods, owners): drift is to be looked at again.
+    RunningChanged,
 }
 
 impl InventoryChange {
     /// A reset in one part.
-    pub fn whole(all: Vec<(WorkloadRef, Vec<ImageUse>)>) -> Self {
+    pub fn whole(all: Vec<Resolved>) -> Self {
         InventoryChange::Reset {
-            part: all.into_iter().map(|(workload, uses)| (workload, Some(uses))).collect(),
+            part: all.into_iter().map(|resolved| (resolved.0.workload.clone(), Some(resolved))).collect(),
             done: true,
         }
     }
@@ -107,7 +109,10 @@ impl Tracked {
 
     /// Every container's series, with its workload's.
     pub fn series(&self) -> impl Iterator<Item = (&Arc<WorkloadSeries>, usize, &ContainerSeries)> {
-        self.by_workload.iter().map(|w| &w.0).flat_map(|w| w.containers.iter().enumerate().map(move |(i, c)| (w, i, c)))
+        self.by_workload
+            .iter()
+            .map(|w| &w.0)
+            .flat_map(|w| w.containers().iter().enumerate().map(move |(i, c)| (w, i, c)))
     }
 
     /// Applies a change; says which keys came, went, or got other users.
@@ -116,8 +121,9 @@ impl Tracked {
         let mut touched = HashSet::new();
         match change {
             InventoryChange::Reset { part, done } => {
-                let unnamed =
-                    self.unnamed.get_or_insert_with(|| self.by_workload.iter().map(|w| w.0.workload.clone()).collect());
+                let unnamed = self
+                    .unnamed
+                    .get_or_insert_with(|| self.by_workload.iter().map(|w| w.0.workload().clone()).collect());
                 for (workload, _) in &part {
                     unnamed.remove(workload);
                 }
@@ -130,7 +136,7 @@ impl Tracked {
                 }
             }
             // Not the tracked set's business: the controller keeps what runs.
-            InventoryChange::Running(_) => return KeyChanges::default(),
+            InventoryChange::RunningChanged => return KeyChanges::default(),
             InventoryChange::Workloads(changes) => self.replace(changes, &mut touched, &mut before),
         }
         self.settle(&touched);
@@ -139,10 +145,10 @@ impl Tracked {
 
     /// Each workload's uses in place of what is held of it.
     fn replace(&mut self, changes: WorkloadUses, touched: &mut HashSet<ImageKey>, before: &mut Before) {
-        for (workload, uses) in changes {
+        for (workload, resolved) in changes {
             self.remove(&workload, touched, before);
-            if let Some(uses) = uses {
-                self.insert(workload, uses, touched, before);
+            if let Some((record, uses)) = resolved {
+                self.insert(record, &uses, touched, before);
             }
         }
     }
@@ -186,7 +192,7 @@ impl Tracked {
 
     fn remove(&mut self, workload: &WorkloadRef, touched: &mut HashSet<ImageKey>, before: &mut Before) {
         let Some(ByWorkload(series)) = self.by_workload.take(workload) else { return };
-        for container in series.containers.iter() {
+        for container in series.containers() {
             for key in container.key.iter().chain(&container.replacement) {
                 self.remember(key, before);
                 if let Some(users) = self.keys.get_mut(key) {
@@ -211,13 +217,12 @@ impl Tracked {
     /// A workload's uses, each key's users before the change noted first.
     fn insert(
         &mut self,
-        workload: WorkloadRef,
-        uses: Vec<ImageUse>,
+        record: Arc<WorkloadRecord>,
+        uses: &[ImageUse],
         touched: &mut HashSet<ImageKey>,
         before: &mut Before,
     ) {
-        let mut containers = Vec::with_capacity(uses.len());
-        for image_use in uses {
+        let series = WorkloadSeries::new(record, uses, |image_use| {
             let mut hold = |key: &ImageKey, chain: &dyn Fn() -> Vec<SourcedCredential>| {
                 let key = self.held(key, before);
                 self.remember(&key, before);
@@ -231,16 +236,11 @@ impl Tracked {
             };
             let key = image_use.key.as_ref().ok().map(|key| hold(key, &|| image_use.chain()));
             let replacement = image_use.replacement.as_deref().map(|r| hold(&r.key, &|| r.chain()));
-            containers.push(ContainerSeries {
-                container: image_use.user.container,
-                written: image_use.written,
-                key,
-                replacement,
-            });
-        }
-        let series = Arc::new(WorkloadSeries { workload, containers: containers.into_boxed_slice() });
+            (key, replacement)
+        });
+        let series = Arc::new(series);
         // Each container is its keys' user: the series itself, not a copy of who it is.
-        for (index, container) in series.containers.iter().enumerate() {
+        for (index, container) in series.containers().iter().enumerate() {
             let Some(user) = Series::new(series.clone(), index) else { continue };
             if let Some(users) = container.key.as_ref().and_then(|k| self.keys.get_mut(k)) {
                 users.users.push(user.clone());
@@ -257,7 +257,6 @@ impl Tracked {
 mod tests {
     use super::*;
     use crate::config::RegistryConfig;
-    use crate::inventory::WorkloadRecord;
     use crate::inventory::keys::resolve;
     use crate::inventory::selection::ImageFilter;
 
@@ -265,15 +264,14 @@ mod tests {
         crate::inventory::fixtures::deployment("ns", name, images)
     }
 
-    fn update(record: &WorkloadRecord) -> (WorkloadRef, Option<Vec<ImageUse>>) {
-        let (workload, uses) = uses(record);
-        (workload, Some(uses))
+    fn update(record: &WorkloadRecord) -> (WorkloadRef, Option<Resolved>) {
+        (record.workload.clone(), Some(uses(record)))
     }
 
-    fn uses(record: &WorkloadRecord) -> (WorkloadRef, Vec<ImageUse>) {
+    fn uses(record: &WorkloadRecord) -> Resolved {
         let uses =
             resolve([record], |_| None, &RegistryConfig::default(), &ImageFilter::default(), &Arc::from(Vec::new()));
-        (record.workload.clone(), uses)
+        (Arc::new(record.clone()), uses)
     }
 
     fn names(keys: &[ImageKey]) -> Vec<String> {

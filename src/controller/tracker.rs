@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 
-use super::tracked::InventoryChange;
+use super::tracked::{InventoryChange, WorkloadUses};
 use crate::inventory::keys::{ImageUse, resolve};
 use crate::inventory::selection::Selection;
 use crate::inventory::store::{SharedStore, WatchScope, read, write};
@@ -75,8 +75,7 @@ impl Tracker {
             // What runs (pods' digests): apart from the records, only when it changed.
             if seen_running != Some(running_generation) && seen_generation.is_some() {
                 seen_running = Some(running_generation);
-                let running = read(&self.store).running();
-                if changes.send(InventoryChange::Running(running)).await.is_err() {
+                if changes.send(InventoryChange::RunningChanged).await.is_err() {
                     return;
                 }
             }
@@ -130,15 +129,18 @@ impl Tracker {
     }
 
     /// Each workload's uses (`None`: gone, or not selected), its record read from the store.
-    async fn resolve_each(&self, workloads: &[WorkloadRef]) -> Vec<(WorkloadRef, Option<Vec<ImageUse>>)> {
-        let records: Vec<Option<WorkloadRecord>> = {
+    async fn resolve_each(&self, workloads: &[WorkloadRef]) -> WorkloadUses {
+        let records: Vec<Option<Arc<WorkloadRecord>>> = {
             let store = read(&self.store);
             workloads.iter().map(|w| store.selected_record(w, &self.settings.selection)).collect()
         };
         let mut resolved = Vec::with_capacity(records.len());
         for (workload, record) in workloads.iter().zip(records) {
             let uses = match record {
-                Some(record) => Some(self.resolve_one(&record).await),
+                Some(record) => {
+                    let uses = self.resolve_one(&record).await;
+                    Some((record, uses))
+                }
                 None => None,
             };
             resolved.push((workload.clone(), uses));

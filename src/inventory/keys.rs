@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use super::selection::ImageFilter;
-use super::{ContainerRef, WorkloadRecord, WorkloadRef};
+use super::{ContainerRef, ContainerSpec, WorkloadRecord, WorkloadRef};
 use crate::config::RegistryConfig;
 use crate::credentials::{Credential, CredentialSource, SourcedCredential, WorkloadCredentials};
 use crate::image::{ImageRef, ImageRefError};
@@ -70,6 +70,8 @@ impl fmt::Display for ImageKey {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageUse {
     pub user: ContainerRef,
+    /// Which of its record's containers (`WorkloadRecord::containers`) it is.
+    pub spec: usize,
     /// The reference as written in the manifest.
     pub written: Name,
     /// The key probed for it, or why the reference is `bad_image_format` (never probed).
@@ -131,31 +133,60 @@ impl ImageUse {
     }
 }
 
-/// One workload's series, as `run` keeps them: each container's image with the key the key
-/// table holds (shared, not copied). Series attributes are built from it at export; between
-/// exports this is all a series costs.
+/// One workload's series, as `run` keeps them: the record they were resolved from (the
+/// store's, shared: its identity, container names and images are not copied) and each
+/// container's key as the key table holds it (shared too). Series attributes are built from
+/// it at export; between exports this is all a series costs.
 #[derive(Debug)]
 pub struct WorkloadSeries {
-    pub workload: WorkloadRef,
-    pub containers: Box<[ContainerSeries]>,
+    record: Arc<WorkloadRecord>,
+    containers: Box<[ContainerSeries]>,
 }
 
 impl super::ForWorkload for WorkloadSeries {
     fn workload(&self) -> &WorkloadRef {
-        &self.workload
+        &self.record.workload
     }
 }
 
-/// One container's image, in its workload's series.
+/// One container's keys, in its workload's series.
 #[derive(Debug)]
 pub struct ContainerSeries {
-    pub container: Name,
-    /// The reference as written in the manifest.
-    pub written: Name,
+    /// Which of the record's containers.
+    spec: usize,
     /// `None`: the reference does not parse (`bad_image_format`), never probed.
     pub key: Option<ImageKey>,
     /// On a deprecated registry: the same image under its replacement, probed too.
     pub replacement: Option<ImageKey>,
+}
+
+impl WorkloadSeries {
+    /// The series of `record`'s containers that `uses` (resolved from it) name, each with
+    /// the key `hold` gives for the use's (the table's own, so that one key is one
+    /// allocation). A use naming no container of the record is left out.
+    pub fn new(
+        record: Arc<WorkloadRecord>,
+        uses: &[ImageUse],
+        mut hold: impl FnMut(&ImageUse) -> (Option<ImageKey>, Option<ImageKey>),
+    ) -> Self {
+        let containers = uses
+            .iter()
+            .filter(|u| u.spec < record.containers.len())
+            .map(|u| {
+                let (key, replacement) = hold(u);
+                ContainerSeries { spec: u.spec, key, replacement }
+            })
+            .collect();
+        WorkloadSeries { record, containers }
+    }
+
+    pub fn workload(&self) -> &WorkloadRef {
+        &self.record.workload
+    }
+
+    pub fn containers(&self) -> &[ContainerSeries] {
+        &self.containers
+    }
 }
 
 /// One container's series: its workload's series and which container. Cheap to clone;
@@ -193,7 +224,7 @@ impl Series {
     }
 
     pub fn workload(&self) -> &WorkloadRef {
-        &self.workload.workload
+        self.workload.workload()
     }
 
     pub fn container(&self) -> &ContainerSeries {
@@ -201,13 +232,19 @@ impl Series {
         &self.workload.containers[self.index]
     }
 
+    /// The container of the record: its name and the image as written.
+    pub fn spec(&self) -> &ContainerSpec {
+        // In range: checked when the workload's series were made.
+        &self.workload.record.containers[self.container().spec]
+    }
+
     /// Who this series is for.
     pub fn user(&self) -> ContainerRef {
-        ContainerRef { workload: self.workload().clone(), container: self.container().container.clone() }
+        ContainerRef { workload: self.workload().clone(), container: self.spec().name.clone() }
     }
 
     fn identity(&self) -> (&WorkloadRef, &Name) {
-        (self.workload(), &self.container().container)
+        (self.workload(), &self.spec().name)
     }
 }
 
@@ -230,7 +267,7 @@ pub fn resolve<'a>(
             Some(constraints) => Arc::from(constraints.narrow(platforms)),
             None => platforms.clone(),
         };
-        for container in &record.containers {
+        for (spec, container) in record.containers.iter().enumerate() {
             let parsed = config.parse_image(&container.image);
             // The canonical form is formatted only when a pattern must see it.
             if !filter.is_empty() {
@@ -252,7 +289,7 @@ pub fn resolve<'a>(
                 Err(e) => (Err(e), Vec::new(), None),
             };
             let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
-            uses.push(ImageUse { user, written: container.image.clone(), key, sources, replacement });
+            uses.push(ImageUse { user, spec, written: container.image.clone(), key, sources, replacement });
         }
     }
     uses

@@ -101,13 +101,6 @@ pub struct WorkloadRef {
     pub name: Name,
 }
 
-impl WorkloadRef {
-    /// The same identity with its names taken from `names`.
-    pub fn interned(&self, names: &mut Interner) -> Self {
-        WorkloadRef { kind: self.kind, namespace: names.share(&self.namespace), name: names.share(&self.name) }
-    }
-}
-
 impl fmt::Display for WorkloadRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{} {}/{}", self.kind, self.namespace, self.name)
@@ -142,9 +135,9 @@ pub struct ContainerSpec {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkloadRecord {
     pub workload: WorkloadRef,
-    pub containers: Vec<ContainerSpec>,
+    pub containers: Box<[ContainerSpec]>,
     /// `imagePullSecrets` of the pod template, in order.
-    pub pull_secrets: Vec<Name>,
+    pub pull_secrets: Box<[Name]>,
     /// The pod template's service account (`default` when unset).
     pub service_account: Name,
     /// `spec.replicas` of the kinds that have it (absent means 1, as the API server defaults it).
@@ -158,9 +151,10 @@ pub struct WorkloadRecord {
 
 impl WorkloadRecord {
     /// The same record with its names taken from `names`: equal names across records are one
-    /// allocation (a namespace, an image, a container name).
+    /// allocation (a namespace, an image, a container name). The workload's own name is no
+    /// other record's: it is kept as it came, not held in the table too.
     pub fn interned(mut self, names: &mut Interner) -> Self {
-        self.workload = self.workload.interned(names);
+        self.workload.namespace = names.share(&self.workload.namespace);
         for container in &mut self.containers {
             container.name = names.share(&container.name);
             container.image = names.share(&container.image);
@@ -169,8 +163,6 @@ impl WorkloadRecord {
             *secret = names.share(secret);
         }
         self.service_account = names.share(&self.service_account);
-        self.containers.shrink_to_fit();
-        self.pull_secrets.shrink_to_fit();
         self
     }
 
@@ -246,7 +238,7 @@ pub(crate) mod fixtures {
                     image: (*image).into(),
                 })
                 .collect(),
-            pull_secrets: vec![],
+            pull_secrets: Box::default(),
             service_account: "default".into(),
             replicas: Some(1),
             suspended: false,

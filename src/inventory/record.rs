@@ -71,7 +71,15 @@ pub fn record_from_object(kind: WorkloadKind, object: &SlimObject) -> Result<Opt
         && spec.and_then(|s| loose(&s.suspend)).copied().unwrap_or(false);
     let (containers, pull_secrets, service_account) = extract_pod_spec(&workload, pod_spec)?;
     let platforms = platform_constraints(pod_spec).map(Box::new);
-    Ok(Some(WorkloadRecord { workload, containers, pull_secrets, service_account, replicas, suspended, platforms }))
+    Ok(Some(WorkloadRecord {
+        workload,
+        containers: containers.into(),
+        pull_secrets: pull_secrets.into(),
+        service_account,
+        replicas,
+        suspended,
+        platforms,
+    }))
 }
 
 /// Whose an object is, by its controlling owner reference, when it has one.

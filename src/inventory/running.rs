@@ -2,14 +2,14 @@
 //! (`status.containerStatuses[].imageID`), pods mapped to their workload through their owners
 //! (Pod → ReplicaSet → Deployment, Pod → Job → CronJob, …). Kept slim: a digest is 32 bytes.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU64;
+use std::ops::Range;
 use std::sync::Arc;
 
 use super::{ContainerRef, WorkloadKind, WorkloadRef};
-use crate::name::{Interner, Name};
+use crate::name::Name;
 
 /// A sha256 digest, as bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,24 +99,26 @@ pub fn workload_of(running: &RunningPod, owned_by: impl Fn(ObjectKey) -> Option<
 }
 
 /// What each workload's containers run: per container, its pods' digests, sorted, each once.
-/// Keyed by workload (its containers are a handful): one entry per workload, not per container.
+/// Built when drift is looked at and dropped after, so it is flat — a few large allocations,
+/// not one per workload — and leaves no holes in the heap behind it.
 #[derive(Debug, Default)]
-pub struct Running(HashMap<ObjectKey, Box<[ContainerDigests]>>);
-
-/// One container by name, and the digests its pods run (one list for every container that
-/// runs the same ones).
-type ContainerDigests = (Name, Arc<[Digest]>);
+pub struct Running {
+    /// Each workload container with running pods, sorted, and where its digests are.
+    containers: Vec<(ObjectKey, Name, Range<usize>)>,
+    digests: Vec<Digest>,
+}
 
 impl Running {
     /// The digests a workload container's pods run.
     pub fn of(&self, user: &ContainerRef) -> Option<&[Digest]> {
-        let containers = self.0.get(&ObjectKey::of_workload(&user.workload))?;
-        containers.iter().find(|(name, _)| *name == user.container).map(|(_, digests)| &digests[..])
+        let wanted = (ObjectKey::of_workload(&user.workload), user.container.as_str());
+        let index = self.containers.binary_search_by(|(w, name, _)| (*w, name.as_str()).cmp(&wanted)).ok()?;
+        self.digests.get(self.containers[index].2.clone())
     }
 
     /// Workload containers with running pods.
     pub fn containers(&self) -> usize {
-        self.0.values().map(|c| c.len()).sum()
+        self.containers.len()
     }
 }
 
@@ -126,31 +128,23 @@ pub fn running_digests<'a>(
     pods: impl IntoIterator<Item = &'a RunningPod>,
     owned_by: impl Fn(ObjectKey) -> Option<OwnedBy>,
 ) -> Running {
-    let mut out: HashMap<ObjectKey, Vec<(Name, Vec<Digest>)>> = HashMap::new();
+    let mut each: Vec<(ObjectKey, &Name, Digest)> = Vec::new();
     for running in pods {
         let Some(workload) = workload_of(running, &owned_by) else { continue };
-        let containers = out.entry(workload).or_default();
-        for (container, digest) in running.containers.iter() {
-            let index = containers.iter().position(|(name, _)| name == container).unwrap_or_else(|| {
-                containers.push((container.clone(), Vec::new()));
-                containers.len() - 1
-            });
-            let digests = &mut containers[index].1;
-            if !digests.contains(digest) {
-                digests.push(*digest);
-            }
+        each.extend(running.containers.iter().map(|(container, digest)| (workload, container, *digest)));
+    }
+    each.sort_unstable();
+    each.dedup();
+    let mut out = Running { containers: Vec::new(), digests: Vec::with_capacity(each.len()) };
+    for (workload, container, digest) in each {
+        let at = out.digests.len();
+        match out.containers.last_mut() {
+            Some((w, name, range)) if *w == workload && name == container => range.end = at + 1,
+            _ => out.containers.push((workload, container.clone(), at..at + 1)),
         }
+        out.digests.push(digest);
     }
-    let mut lists: Interner<[Digest]> = Interner::default();
-    let mut running = HashMap::with_capacity(out.len());
-    for (workload, containers) in out {
-        let containers = containers.into_iter().map(|(name, mut digests)| {
-            digests.sort();
-            (name, lists.share_arc(&Arc::from(digests)))
-        });
-        running.insert(workload, containers.collect());
-    }
-    Running(running)
+    out
 }
 
 /// Whether the running pods of a container would get something else on their next start: some
@@ -164,6 +158,8 @@ pub fn drift(running: Option<&[Digest]>, current: Option<Digest>) -> Option<bool
 
 #[cfg(test)]
 mod tests {
+    use std::collections::HashMap;
+
     use super::*;
 
     const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";

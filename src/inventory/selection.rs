@@ -126,8 +126,8 @@ mod tests {
     fn record(kind: WorkloadKind, replicas: Option<i32>, suspended: bool) -> WorkloadRecord {
         WorkloadRecord {
             workload: WorkloadRef { kind, namespace: "ns".into(), name: "w".into() },
-            containers: vec![],
-            pull_secrets: vec![],
+            containers: Box::default(),
+            pull_secrets: Box::default(),
             service_account: "default".into(),
             replicas,
             suspended,

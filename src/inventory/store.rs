@@ -47,8 +47,9 @@ pub enum Update {
 
 #[derive(Debug, Default)]
 pub struct Store {
-    /// Boxed: the table's empty slots cost a pointer, not a record.
-    records: HashSet<ByWorkload<Box<WorkloadRecord>>>,
+    /// Shared: the series `run` keeps are built on these records, not on copies of their
+    /// names; and the table's empty slots cost a pointer, not a record.
+    records: HashSet<ByWorkload<Arc<WorkloadRecord>>>,
     buffers: HashMap<WatchScope, Vec<WorkloadRecord>>,
     synced: HashSet<WatchScope>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
@@ -235,7 +236,7 @@ impl Store {
         }
         let record = record.interned(&mut self.names);
         let workload = record.workload.clone();
-        self.records.replace(ByWorkload(Box::new(record)));
+        self.records.replace(ByWorkload(Arc::new(record)));
         self.mark(workload);
     }
 
@@ -261,8 +262,8 @@ impl Store {
     }
 
     /// A workload's record, when it exists and the selection admits it.
-    pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<WorkloadRecord> {
-        let record: &WorkloadRecord = &self.records.get(workload)?.0;
+    pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<Arc<WorkloadRecord>> {
+        let record = &self.records.get(workload)?.0;
         selection.admits(record, self.namespaces.get(record.workload.namespace.as_str())).then(|| record.clone())
     }
 
@@ -280,7 +281,7 @@ impl Store {
     }
 
     /// The records the selection admits, sorted by workload.
-    pub fn selected(&self, selection: &Selection) -> Vec<WorkloadRecord> {
+    pub fn selected(&self, selection: &Selection) -> Vec<Arc<WorkloadRecord>> {
         self.workloads().iter().filter_map(|w| self.selected_record(w, selection)).collect()
     }
 }
@@ -305,8 +306,12 @@ mod tests {
     fn record(kind: WorkloadKind, ns: &str, name: &str, image: &str) -> WorkloadRecord {
         WorkloadRecord {
             workload: WorkloadRef { kind, namespace: ns.into(), name: name.into() },
-            containers: vec![ContainerSpec { name: "c".into(), role: ContainerRole::Container, image: image.into() }],
-            pull_secrets: vec![],
+            containers: Box::new([ContainerSpec {
+                name: "c".into(),
+                role: ContainerRole::Container,
+                image: image.into(),
+            }]),
+            pull_secrets: Box::default(),
             service_account: "default".into(),
             replicas: Some(1),
             suspended: false,

@@ -241,6 +241,7 @@ pub fn extract_object(object: &Value, out: &mut Vec<WorkloadRecord>) -> Result<b
 mod tests {
     use super::*;
     use crate::inventory::ContainerRole;
+    use crate::name::Name;
 
     fn parse(text: &str) -> FileInventory {
         let mut inv = FileInventory::default();
@@ -302,7 +303,7 @@ template: {spec: {containers: [{name: c, image: redis}]}}
         );
         let web = &inv.records[0];
         assert_eq!(web.workload.namespace, "shop");
-        assert_eq!(web.pull_secrets, vec!["regcred".to_string()]);
+        assert_eq!(web.pull_secrets[..], [Name::from("regcred")]);
         assert_eq!(web.service_account, "default");
         assert_eq!(web.containers[0].role, ContainerRole::Init);
         assert_eq!(web.replicas, Some(1));

@@ -62,9 +62,9 @@ pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
 
 /// The attributes of a series as `run` keeps it: the same as its use's.
 pub fn series_attributes(series: &Series) -> Vec<KeyValue> {
-    let container = series.container();
-    let image = container.key.as_ref().map(|k| &k.image).ok_or(&container.written);
-    container_attributes(series.workload(), &container.container, image, container.replacement.is_some())
+    let (container, spec) = (series.container(), series.spec());
+    let image = container.key.as_ref().map(|k| &k.image).ok_or(&spec.image);
+    container_attributes(series.workload(), &spec.name, image, container.replacement.is_some())
 }
 
 /// `image`: the canonical reference, or the one written when it does not parse.
@@ -134,20 +134,13 @@ mod tests {
 
     #[test]
     fn a_series_kept_by_run_has_its_uses_attributes() {
-        use crate::inventory::keys::{ContainerSeries, WorkloadSeries};
+        use crate::inventory::keys::WorkloadSeries;
         let record = crate::inventory::fixtures::deployment("ns", "web", &["k8s.gcr.io/pause:3.9", "Not An Image"]);
         let uses =
             resolve([&record], |_| None, &RegistryConfig::default(), &ImageFilter::default(), &Arc::from(Vec::new()));
-        let containers = uses
-            .iter()
-            .map(|u| ContainerSeries {
-                container: u.user.container.clone(),
-                written: u.written.clone(),
-                key: u.key.as_ref().ok().cloned(),
-                replacement: u.replacement.as_ref().map(|r| r.key.clone()),
-            })
-            .collect();
-        let workload = Arc::new(WorkloadSeries { workload: record.workload.clone(), containers });
+        let workload = Arc::new(WorkloadSeries::new(Arc::new(record), &uses, |u| {
+            (u.key.as_ref().ok().cloned(), u.replacement.as_ref().map(|r| r.key.clone()))
+        }));
         for (index, image_use) in uses.iter().enumerate() {
             let series = Series::new(workload.clone(), index).expect("in range");
             assert_eq!(series_attributes(&series), use_attributes(image_use), "{image_use:?}");
