@@ -398,6 +398,8 @@ mod tests {
         // As text, `:` sorts after `-`; as parts, the shorter repository comes first.
         assert!(parse("x:1") < parse("x-y:1"));
         assert!(tagged < parse(&format!("app:1@{SHA}")), "no digest before a digest");
+        // Every image key holds one: a pointer, a length and the ends, not four strings.
+        assert!(std::mem::size_of::<ImageRef>() <= 3 * std::mem::size_of::<usize>());
     }
 
     #[test]
