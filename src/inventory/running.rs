@@ -124,25 +124,32 @@ impl Running {
 
 /// Every workload container's running digests; `owned_by` says whose a ReplicaSet's or Job's
 /// pods are.
-pub fn running_digests<'a>(
-    pods: impl IntoIterator<Item = &'a RunningPod>,
-    owned_by: impl Fn(ObjectKey) -> Option<OwnedBy>,
-) -> Running {
-    let mut each: Vec<(ObjectKey, &Name, Digest)> = Vec::new();
+pub fn running_digests<'a, P>(pods: P, owned_by: impl Fn(ObjectKey) -> Option<OwnedBy>) -> Running
+where
+    P: IntoIterator<Item = &'a RunningPod>,
+    P::IntoIter: Clone,
+{
+    // Every list allocated at its final size, its items borrowed where they can be: this is
+    // built while the whole inventory is held, and a list grown by doubling was the heap's
+    // peak (twice its size, and the copy).
+    let pods = pods.into_iter();
+    let mut each: Vec<(ObjectKey, &Name, &Digest)> =
+        Vec::with_capacity(pods.clone().map(|running| running.containers.len()).sum());
     for running in pods {
         let Some(workload) = workload_of(running, &owned_by) else { continue };
-        each.extend(running.containers.iter().map(|(container, digest)| (workload, container, *digest)));
+        each.extend(running.containers.iter().map(|(container, digest)| (workload, container, digest)));
     }
     each.sort_unstable();
     each.dedup();
-    let mut out = Running { containers: Vec::new(), digests: Vec::with_capacity(each.len()) };
+    let containers = 1 + each.windows(2).filter(|pair| (pair[0].0, pair[0].1) != (pair[1].0, pair[1].1)).count();
+    let mut out = Running { containers: Vec::with_capacity(containers), digests: Vec::with_capacity(each.len()) };
     for (workload, container, digest) in each {
         let at = out.digests.len();
         match out.containers.last_mut() {
             Some((w, name, range)) if *w == workload && name == container => range.end = at + 1,
             _ => out.containers.push((workload, container.clone(), at..at + 1)),
         }
-        out.digests.push(digest);
+        out.digests.push(*digest);
     }
     out
 }
