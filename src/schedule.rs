@@ -103,24 +103,19 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
 
     /// A new key (probed soon); a known one stays as it is.
     pub fn insert(&mut self, key: K, registry: &str) {
-        if self.entries.contains_key(&key) {
-            return;
-        }
+        let std::collections::hash_map::Entry::Vacant(slot) = self.entries.entry(key) else { return };
         let registry = match self.registries.get(registry) {
             Some(held) => held,
             None => self.registries.share_arc(&Arc::from(registry)),
         };
-        self.entries.insert(
-            key,
-            Entry {
-                registry,
-                last_probe: None,
-                probed_this_window: false,
-                urgent: true,
-                retry_at: None,
-                in_flight: false,
-            },
-        );
+        slot.insert(Entry {
+            registry,
+            last_probe: None,
+            probed_this_window: false,
+            urgent: true,
+            retry_at: None,
+            in_flight: false,
+        });
     }
 
     /// A key no workload uses any more.

@@ -145,7 +145,7 @@ pub struct WorkloadSeries {
 
 impl super::ForWorkload for WorkloadSeries {
     fn workload(&self) -> &WorkloadRef {
-        &self.record.workload
+        WorkloadSeries::workload(self)
     }
 }
 

@@ -141,15 +141,13 @@ where
     }
     each.sort_unstable();
     each.dedup();
-    let containers = 1 + each.windows(2).filter(|pair| (pair[0].0, pair[0].1) != (pair[1].0, pair[1].1)).count();
-    let mut out = Running { containers: Vec::with_capacity(containers), digests: Vec::with_capacity(each.len()) };
-    for (workload, container, digest) in each {
+    let per_container = || each.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1));
+    let mut out =
+        Running { containers: Vec::with_capacity(per_container().count()), digests: Vec::with_capacity(each.len()) };
+    for group in per_container() {
         let at = out.digests.len();
-        match out.containers.last_mut() {
-            Some((w, name, range)) if *w == workload && name == container => range.end = at + 1,
-            _ => out.containers.push((workload, container.clone(), at..at + 1)),
-        }
-        out.digests.push(*digest);
+        out.digests.extend(group.iter().map(|(_, _, digest)| **digest));
+        out.containers.push((group[0].0, group[0].1.clone(), at..out.digests.len()));
     }
     out
 }
