@@ -5,12 +5,10 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::sync::Arc;
+use std::num::NonZeroU64;
 use std::time::Duration;
 
 use tokio::time::Instant;
-
-use crate::name::Interner;
 
 /// The batch for this tick: the keys not yet probed this window, shared evenly over the ticks
 /// left (the last tick of a window takes all that remain).
@@ -44,25 +42,44 @@ impl Default for ScheduleSettings {
     }
 }
 
+/// A key's place in the queue, in 24 bytes: one per image key, thousands of them
+/// (docs/architecture.md, "Footprint").
 #[derive(Clone, Debug)]
 struct Entry {
-    /// Shared with every key of the registry: a handful of registries, thousands of keys.
-    registry: Arc<str>,
-    last_probe: Option<Instant>,
+    last_probe: Option<Stamp>,
+    retry_at: Option<Stamp>,
+    /// Which of the scheduler's registries: a handful of registries, thousands of keys.
+    registry: u32,
     probed_this_window: bool,
     /// New or changed: ahead of the others.
     urgent: bool,
-    retry_at: Option<Instant>,
     in_flight: bool,
+}
+
+/// An instant as microseconds since the scheduler's start, plus one: 8 bytes where an
+/// `Option<Instant>` takes 16, and never zero, so its `Option` takes 8 too.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Stamp(NonZeroU64);
+
+impl Stamp {
+    fn at(now: Instant, epoch: Instant) -> Self {
+        let micros = u64::try_from(now.saturating_duration_since(epoch).as_micros()).unwrap_or(u64::MAX - 1);
+        Stamp(NonZeroU64::MIN.saturating_add(micros))
+    }
 }
 
 /// The due-queue over image keys.
 pub struct Scheduler<K> {
     settings: ScheduleSettings,
+    /// What stamps count from.
+    epoch: Instant,
     window_start: Instant,
     entries: HashMap<K, Entry>,
-    /// Each registry's name once, for the entries to share.
-    registries: Interner,
+    /// The registries keys are in, by the index entries hold.
+    registries: Vec<Box<str>>,
+    /// How many registries were in use at the last sweep: the next comes when twice as many
+    /// (and at least [`REGISTRIES_SWEPT_FROM`]) are held.
+    registries_swept_at: usize,
     /// Regular keys this tick may still start: probes that could not start at the tick (a
     /// registry at its in-flight cap) start as earlier ones finish.
     budget: usize,
@@ -70,15 +87,20 @@ pub struct Scheduler<K> {
     urgent_waiting: usize,
 }
 
+/// Registries no key uses are dropped only once this many are held.
+const REGISTRIES_SWEPT_FROM: usize = 64;
+
 impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
     /// `phase` shifts the window start (jitter between replicas and clusters).
     pub fn new(settings: ScheduleSettings, now: Instant, phase: Duration) -> Self {
         let window_start = now.checked_sub(phase.min(settings.window)).unwrap_or(now);
         Self {
             settings,
+            epoch: now,
             window_start,
             entries: HashMap::new(),
-            registries: Interner::default(),
+            registries: Vec::new(),
+            registries_swept_at: 0,
             budget: 0,
             urgent_waiting: 0,
         }
@@ -103,19 +125,60 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
 
     /// A new key (probed soon); a known one stays as it is.
     pub fn insert(&mut self, key: K, registry: &str) {
-        let std::collections::hash_map::Entry::Vacant(slot) = self.entries.entry(key) else { return };
-        let registry = match self.registries.get(registry) {
-            Some(held) => held,
-            None => self.registries.share_arc(&Arc::from(registry)),
-        };
-        slot.insert(Entry {
-            registry,
-            last_probe: None,
-            probed_this_window: false,
-            urgent: true,
-            retry_at: None,
-            in_flight: false,
+        if self.entries.contains_key(&key) {
+            return;
+        }
+        let registry = self.registry_id(registry);
+        self.entries.insert(
+            key,
+            Entry {
+                last_probe: None,
+                retry_at: None,
+                registry,
+                probed_this_window: false,
+                urgent: true,
+                in_flight: false,
+            },
+        );
+    }
+
+    /// The index of `registry`, held from now on.
+    fn registry_id(&mut self, registry: &str) -> u32 {
+        if let Some(at) = self.registries.iter().position(|held| **held == *registry) {
+            return at as u32;
+        }
+        if self.registries.len() >= REGISTRIES_SWEPT_FROM.max(self.registries_swept_at * 2) {
+            self.sweep_registries();
+        }
+        self.registries.push(registry.into());
+        (self.registries.len() - 1) as u32
+    }
+
+    /// Drops the registries no key is in any more, renumbering the entries'.
+    fn sweep_registries(&mut self) {
+        let mut used = vec![false; self.registries.len()];
+        for e in self.entries.values() {
+            used[e.registry as usize] = true;
+        }
+        let mut renumbered = vec![0u32; self.registries.len()];
+        let mut kept = 0u32;
+        for (at, in_use) in used.iter().enumerate() {
+            renumbered[at] = kept;
+            kept += u32::from(*in_use);
+        }
+        let mut at = 0;
+        self.registries.retain(|_| {
+            at += 1;
+            used[at - 1]
         });
+        for e in self.entries.values_mut() {
+            e.registry = renumbered[e.registry as usize];
+        }
+        self.registries_swept_at = self.registries.len();
+    }
+
+    fn stamp(&self, now: Instant) -> Stamp {
+        Stamp::at(now, self.epoch)
     }
 
     /// A key no workload uses any more.
@@ -183,13 +246,17 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
     pub fn take(&mut self, now: Instant, registry_open: impl Fn(&str) -> bool) -> Vec<K> {
         let quota = self.budget;
         let cap = self.settings.max_in_flight_per_registry;
-        let mut in_flight: HashMap<&str, usize> = HashMap::new();
+        let now = self.stamp(now);
+        let mut in_flight = vec![0usize; self.registries.len()];
         for e in self.entries.values().filter(|e| e.in_flight) {
-            *in_flight.entry(&*e.registry).or_default() += 1;
+            in_flight[e.registry as usize] += 1;
         }
-        let mut open: HashMap<&str, bool> = HashMap::new();
-        let has_room = |registry: &str, in_flight: &HashMap<&str, usize>| {
-            in_flight.get(registry).copied().unwrap_or(0) < cap && registry_open(registry)
+        // Whether each registry may be asked now: looked up once, when a key first needs it.
+        let mut open: Vec<Option<bool>> = vec![None; self.registries.len()];
+        let registries = &self.registries;
+        let mut is_open = |registry: u32, in_flight: &[usize]| {
+            let at = registry as usize;
+            *open[at].get_or_insert_with(|| in_flight[at] < cap && registry_open(&registries[at]))
         };
         // Failures due again first (already probed this window), then new or changed keys,
         // then the least recently probed.
@@ -208,15 +275,16 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         let mut candidates: Vec<(&K, &Entry)> = Vec::new();
         for (key, entry) in &self.entries {
             let eligible = !entry.in_flight && (!entry.probed_this_window || entry.retry_at.is_some_and(|r| r <= now));
-            if eligible && *open.entry(&*entry.registry).or_insert_with(|| has_room(&entry.registry, &in_flight)) {
+            if eligible && is_open(entry.registry, &in_flight) {
                 candidates.push((key, entry));
             }
         }
         // No more can start than there is room in flight: rank only those.
         let room: usize = open
             .iter()
-            .filter(|(_, ok)| **ok)
-            .map(|(r, _)| cap.saturating_sub(in_flight.get(r).copied().unwrap_or(0)))
+            .zip(&in_flight)
+            .filter(|(ok, _)| **ok == Some(true))
+            .map(|(_, flying)| cap.saturating_sub(*flying))
             .sum();
         let order = |a: &(&K, &Entry), b: &(&K, &Entry)| rank(a.1).cmp(&rank(b.1)).then_with(|| a.0.cmp(b.0));
         if room < candidates.len() {
@@ -232,7 +300,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             if counts_against_quota && regular >= quota {
                 continue;
             }
-            let flying = in_flight.entry(&*entry.registry).or_default();
+            let flying = &mut in_flight[entry.registry as usize];
             if *flying >= cap {
                 continue;
             }
@@ -255,13 +323,13 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
 
     /// A probe ended; `failed` keys are tried again after `failure_retry`.
     pub fn complete(&mut self, key: &K, now: Instant, failed: bool) {
-        let retry = self.settings.failure_retry;
+        let (probed, retry_at) = (self.stamp(now), self.stamp(now + self.settings.failure_retry));
         if let Some(e) = self.entries.get_mut(key) {
             e.in_flight = false;
             e.urgent = false;
             e.probed_this_window = true;
-            e.last_probe = Some(now);
-            e.retry_at = failed.then_some(now + retry);
+            e.last_probe = Some(probed);
+            e.retry_at = failed.then_some(retry_at);
         }
     }
 
@@ -325,6 +393,30 @@ mod tests {
         assert_eq!(batch_size(300, Duration::from_secs(20), TICK), 150, "two ticks left");
         assert_eq!(batch_size(300, Duration::ZERO, TICK), 300, "the window's end takes the rest");
         assert_eq!(batch_size(7, Duration::from_secs(1), Duration::ZERO), 7);
+    }
+
+    #[test]
+    fn a_key_costs_its_entry_and_registries_no_key_uses_are_dropped() {
+        assert_eq!(std::mem::size_of::<Entry>(), 24);
+        let now = Instant::now();
+        let mut scheduler = Scheduler::new(ScheduleSettings::default(), now, Duration::ZERO);
+        for i in 0..REGISTRIES_SWEPT_FROM as u32 {
+            scheduler.insert(i, &format!("registry-{i}.example"));
+            scheduler.insert(i + 1_000, &format!("registry-{i}.example"));
+        }
+        assert_eq!(scheduler.registries.len(), REGISTRIES_SWEPT_FROM, "one entry per registry, not per key");
+        for i in 0..REGISTRIES_SWEPT_FROM as u32 - 1 {
+            scheduler.remove(&i);
+            scheduler.remove(&(i + 1_000));
+        }
+        scheduler.insert(7_000, "new.example");
+        assert_eq!(scheduler.registries.len(), 2, "swept: the last old registry and the new one");
+        let last = REGISTRIES_SWEPT_FROM as u32 - 1;
+        let batch = scheduler.next_batch(now, |registry| registry != "new.example");
+        assert_eq!(batch, [last, last + 1_000], "keys kept their registry through the renumbering");
+        scheduler.complete(&last, now, true);
+        let retried = scheduler.take(now + ScheduleSettings::default().failure_retry, |_| true);
+        assert!(retried.contains(&last), "a failure is due again after failure_retry: {retried:?}");
     }
 
     #[test]

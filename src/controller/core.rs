@@ -7,12 +7,12 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-use super::tracked::{InventoryChange, Tracked};
+use super::tracked::{InventoryChange, Known, Tracked};
 use crate::credentials::SourcedCredential;
 use crate::image::ImageRef;
 use crate::inventory::ContainerRef;
 use crate::inventory::keys::{ImageKey, Series};
-use crate::inventory::running::{self, Digest, Running};
+use crate::inventory::running::{self, Running};
 use crate::registry::{ProbeResult, State, Trigger};
 use crate::schedule::{ScheduleSettings, Scheduler};
 use crate::sources::events::PullFailure;
@@ -36,24 +36,9 @@ pub struct ProbeJob {
 /// What each workload container's pods run now.
 pub type RunningSource = Box<dyn Fn() -> Running + Send>;
 
-/// What is kept of a key's last answer: its state and the digest its tag resolved to (all
-/// drift needs). The answer itself is told when it comes, then dropped.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Known {
-    state: State,
-    digest: Option<Digest>,
-}
-
-impl Known {
-    fn of(result: &ProbeResult) -> Self {
-        Known { state: result.state, digest: result.digest.as_deref().and_then(Digest::parse) }
-    }
-}
-
 pub struct Controller {
     scheduler: Scheduler<ImageKey>,
     tracked: Tracked,
-    states: HashMap<ImageKey, Known>,
     metrics: Arc<Metrics>,
     log: TransitionLog,
     /// The inventory arrived once: probing may start.
@@ -90,7 +75,6 @@ impl Controller {
         Self {
             scheduler: Scheduler::new(settings, now, phase),
             tracked: Tracked::default(),
-            states: HashMap::new(),
             metrics,
             log,
             ready: false,
@@ -184,7 +168,12 @@ impl Controller {
     }
 
     pub fn state_of(&self, key: &ImageKey) -> Option<State> {
-        self.states.get(key).map(|r| r.state)
+        self.known(key).map(|k| k.state)
+    }
+
+    /// A tracked key's last answer.
+    fn known(&self, key: &ImageKey) -> Option<Known> {
+        self.tracked.keys().get(key).and_then(|users| users.known)
     }
 
     /// New keys are probed first; keys whose users changed are probed again soon; keys no one
@@ -198,7 +187,6 @@ impl Controller {
         let changes = self.tracked.apply(change);
         for key in changes.removed {
             self.scheduler.remove(&key);
-            self.states.remove(&key);
         }
         for key in changes.added {
             self.scheduler.insert(key.clone(), key.registry());
@@ -245,21 +233,17 @@ impl Controller {
         let room_freed = self.scheduler.wants_room();
         self.scheduler.complete(&key, now, result.state != State::Available);
         // A key dropped while its probe ran: nothing to record it for.
-        let Some(users) = self.tracked.keys().get(&key) else { return room_freed };
+        let Some(users) = self.tracked.users_mut(&key) else { return room_freed };
+        let known = Known::of(&result);
+        let previous = users.known.replace(known);
         if users.only_replacing() {
             // A replacement's answer is published beside the deprecated image's series.
-            if self.states.get(&key).map(|r| r.state) != Some(result.state) {
-                self.series_stale = true;
-            }
-            self.states.insert(key, Known::of(&result));
+            self.series_stale |= previous.map(|k| k.state) != Some(result.state);
             return room_freed;
         }
-        let previous = self.states.get(&key).map(|r| r.state);
         // A tag moved to another digest: drift may have changed, though the state has not.
-        let known = Known::of(&result);
-        if self.states.get(&key).map(|r| r.digest) != Some(known.digest) {
-            self.series_stale = true;
-        }
+        self.series_stale |= previous.map(|k| k.digest) != Some(known.digest);
+        let previous = previous.map(|k| k.state);
         if previous != Some(result.state) {
             self.log.transition(
                 &key.to_string(),
@@ -271,7 +255,6 @@ impl Controller {
             );
             self.series_stale = true;
         }
-        self.states.insert(key, known);
         room_freed
     }
 
@@ -318,13 +301,13 @@ impl Controller {
         let running_now = (self.running)();
         for (workload, index, container) in self.tracked.series() {
             let Some(series) = Series::new(workload.clone(), index) else { continue };
-            let known = container.key.as_ref().and_then(|key| self.states.get(key));
+            let known = container.key.as_ref().and_then(|key| self.known(key));
             let state = match &container.key {
                 Some(_) => known.map(|k| k.state),
                 None => Some(State::BadImageFormat),
             };
             let replacement =
-                container.replacement.as_ref().and_then(|r| self.states.get(r)).map(|r| r.state == State::Available);
+                container.replacement.as_ref().and_then(|r| self.known(r)).map(|r| r.state == State::Available);
             let mut drift = None;
             if let Some(key) = container.key.as_ref().filter(|key| key.image.digest().is_none()) {
                 let user = series.user();
@@ -344,7 +327,7 @@ impl Controller {
                 }
             }
             if state.is_some() || drift.is_some() || replacement.is_some() {
-                published.push(ContainerGauges { series, state, drift, replacement });
+                published.extend(ContainerGauges::new(workload.clone(), index, state, drift, replacement));
             }
         }
         self.drifted = now_drifted;
@@ -355,7 +338,7 @@ impl Controller {
         keys.into_iter()
             .map(|key| {
                 let (workloads, chain) =
-                    self.tracked.keys().get(&key).map_or((0, Vec::new()), |u| (u.users.len(), u.chain.clone()));
+                    self.tracked.keys().get(&key).map_or((0, Vec::new()), |u| (u.users.len(), u.chain.to_vec()));
                 let trigger = self.triggers.remove(&key);
                 ProbeJob { key, chain, workloads, trigger, orphan: false }
             })

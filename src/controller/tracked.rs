@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::credentials::SourcedCredential;
 use crate::inventory::keys::{ContainerSeries, ImageKey, ImageUse, Series, WorkloadSeries};
+use crate::inventory::running::Digest;
 use crate::inventory::{ByWorkload, WorkloadRecord, WorkloadRef};
+use crate::registry::{ProbeResult, State};
 
 /// A workload's record and the uses resolved from it.
 pub type Resolved = (Arc<WorkloadRecord>, Vec<ImageUse>);
@@ -47,7 +49,21 @@ impl InventoryChange {
     }
 }
 
-/// What is known of one key's users.
+/// What is kept of a key's last answer: its state and the digest its tag resolved to (all
+/// drift needs). The answer itself is told when it comes, then dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Known {
+    pub state: State,
+    pub digest: Option<Digest>,
+}
+
+impl Known {
+    pub fn of(result: &ProbeResult) -> Self {
+        Known { state: result.state, digest: result.digest.as_deref().and_then(Digest::parse) }
+    }
+}
+
+/// What is known of one key: its users and its last answer.
 #[derive(Debug)]
 pub struct KeyUsers {
     /// The containers that run this image, sorted, each once.
@@ -55,8 +71,11 @@ pub struct KeyUsers {
     /// The containers whose deprecated registry this image replaces: probed for them, but
     /// not theirs (no state change is told for them, no key counted by state). Sorted.
     pub replacing: Vec<Series>,
-    /// The key's credentials, named as the first user to bring them knows them.
-    pub chain: Vec<SourcedCredential>,
+    /// The key's credentials, named as the first user to bring them knows them. Boxed: set
+    /// once, and one of thousands of keys' entries (docs/architecture.md, "Footprint").
+    pub chain: Box<[SourcedCredential]>,
+    /// The last answer (`None` until the first probe ends).
+    pub known: Option<Known>,
 }
 
 impl KeyUsers {
@@ -91,7 +110,9 @@ type Before = HashMap<ImageKey, Option<Vec<Series>>>;
 
 #[derive(Debug, Default)]
 pub struct Tracked {
-    keys: HashMap<ImageKey, KeyUsers>,
+    /// Boxed: the table's empty slots (a third to a half of them) cost a pointer, not an
+    /// entry (docs/architecture.md, "Footprint").
+    keys: HashMap<ImageKey, Box<KeyUsers>>,
     /// Each workload's series, shared with the published snapshots.
     by_workload: HashSet<ByWorkload<Arc<WorkloadSeries>>>,
     /// During a reset: the workloads held before it that no part has named yet.
@@ -99,8 +120,13 @@ pub struct Tracked {
 }
 
 impl Tracked {
-    pub fn keys(&self) -> &HashMap<ImageKey, KeyUsers> {
+    pub fn keys(&self) -> &HashMap<ImageKey, Box<KeyUsers>> {
         &self.keys
+    }
+
+    /// A key's users and last answer, to record an answer in.
+    pub fn users_mut(&mut self, key: &ImageKey) -> Option<&mut KeyUsers> {
+        self.keys.get_mut(key).map(|users| &mut **users)
     }
 
     pub fn workloads(&self) -> usize {
@@ -226,10 +252,8 @@ impl Tracked {
             let mut hold = |key: &ImageKey, chain: &dyn Fn() -> Vec<SourcedCredential>| {
                 let key = self.held(key, before);
                 self.remember(&key, before);
-                self.keys.entry(key.clone()).or_insert_with(|| KeyUsers {
-                    users: Vec::new(),
-                    replacing: Vec::new(),
-                    chain: chain(),
+                self.keys.entry(key.clone()).or_insert_with(|| {
+                    Box::new(KeyUsers { users: Vec::new(), replacing: Vec::new(), chain: chain().into(), known: None })
                 });
                 touched.insert(key.clone());
                 key

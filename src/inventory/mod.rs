@@ -2,6 +2,7 @@
 //! current in a [`store`], narrowed by a [`selection`], and resolved to the image [`keys`] that
 //! are probed.
 
+mod key_table;
 pub mod keys;
 pub mod record;
 pub mod running;

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
+use super::key_table::KeyTable;
 use super::running::{Digest, ObjectKey, OwnedBy, Running, RunningPod, running_digests};
 use super::selection::Selection;
 use super::{ByWorkload, WorkloadKind, WorkloadRecord, WorkloadRef};
@@ -62,9 +63,9 @@ pub struct Store {
     /// A change that concerns every workload (namespace labels, for the selector).
     changed_all: bool,
     /// What pods run, by the scope that watches them (a relist replaces its scope's table).
-    pods: HashMap<WatchScope, HashMap<ObjectKey, RunningPod>>,
+    pods: HashMap<WatchScope, KeyTable<RunningPod>>,
     /// Whose pods the ReplicaSets and Jobs own are, by the scope that watches them.
-    owners: HashMap<WatchScope, HashMap<ObjectKey, OwnedBy>>,
+    owners: HashMap<WatchScope, KeyTable<OwnedBy>>,
     pod_buffers: HashMap<WatchScope, Vec<(ObjectKey, RunningPod)>>,
     owner_buffers: HashMap<WatchScope, Vec<(ObjectKey, OwnedBy)>>,
     /// Bumped when what runs changed (a pod's digests, an owner), apart from the records.
@@ -109,7 +110,7 @@ impl Store {
             Update::Pod(scope, pod, running) => {
                 let changed = match running {
                     Some(running) => self.insert_pod(scope, pod, running),
-                    None => self.pods.get_mut(&scope).is_some_and(|pods| pods.remove(&pod).is_some()),
+                    None => self.pods.get_mut(&scope).is_some_and(|pods| pods.remove(pod).is_some()),
                 };
                 self.running_generation += u64::from(changed);
             }
@@ -117,7 +118,7 @@ impl Store {
                 let owners = self.owners.entry(scope).or_default();
                 let changed = match owned_by {
                     Some(owned_by) => owners.insert(owned, owned_by) != Some(owned_by),
-                    None => owners.remove(&owned).is_some(),
+                    None => owners.remove(owned).is_some(),
                 };
                 self.running_generation += u64::from(changed);
             }
@@ -184,14 +185,11 @@ impl Store {
     fn replace_running(&mut self, scope: &WatchScope) {
         let changed = if scope.kind == WorkloadKind::Pod {
             let listed = self.pod_buffers.remove(scope).unwrap_or_default();
-            let mut fresh = HashMap::with_capacity(listed.len());
-            for (pod, running) in listed {
-                fresh.insert(pod, self.shared(running));
-            }
-            replace(&mut self.pods, scope, fresh)
+            let shared = listed.into_iter().map(|(pod, running)| (pod, self.shared(running))).collect();
+            replace(&mut self.pods, scope, KeyTable::from_entries(shared))
         } else if matches!(scope.kind, WorkloadKind::ReplicaSet | WorkloadKind::Job) {
-            let fresh = self.owner_buffers.remove(scope).unwrap_or_default().into_iter().collect();
-            replace(&mut self.owners, scope, fresh)
+            let listed = self.owner_buffers.remove(scope).unwrap_or_default();
+            replace(&mut self.owners, scope, KeyTable::from_entries(listed))
         } else {
             false
         };
@@ -200,7 +198,7 @@ impl Store {
 
     /// Holds what a pod runs, its container list shared; says whether anything changed.
     fn insert_pod(&mut self, scope: WatchScope, pod: ObjectKey, running: RunningPod) -> bool {
-        if self.pods.get(&scope).and_then(|pods| pods.get(&pod)) == Some(&running) {
+        if self.pods.get(&scope).and_then(|pods| pods.get(pod)) == Some(&running) {
             return false;
         }
         let running = self.shared(running);
@@ -225,8 +223,8 @@ impl Store {
 
     /// What every workload container's pods run.
     pub fn running(&self) -> Running {
-        let pods = self.pods.values().flat_map(HashMap::values);
-        running_digests(pods, |owned| self.owners.values().find_map(|owners| owners.get(&owned)).copied())
+        let pods = self.pods.values().flat_map(KeyTable::values);
+        running_digests(pods, |owned| self.owners.values().find_map(|owners| owners.get(owned)).copied())
     }
 
     /// Inserts or replaces a record; a record equal to the one held changes nothing.
@@ -288,9 +286,9 @@ impl Store {
 
 /// Puts a relist's table in its scope's place; says whether it differs from the one held.
 fn replace<V: PartialEq>(
-    tables: &mut HashMap<WatchScope, HashMap<ObjectKey, V>>,
+    tables: &mut HashMap<WatchScope, KeyTable<V>>,
     scope: &WatchScope,
-    fresh: HashMap<ObjectKey, V>,
+    fresh: KeyTable<V>,
 ) -> bool {
     let changed = tables.get(scope).map_or(!fresh.is_empty(), |held| *held != fresh);
     tables.insert(scope.clone(), fresh);
@@ -388,7 +386,7 @@ mod tests {
         store.apply(Update::Pod(pods.clone(), a, Some(pod_a)));
         assert_eq!(store.running_generation, generation, "the same pod again changes nothing");
         store.apply(Update::Pod(pods.clone(), b, Some(pod_b)));
-        let held: Vec<&RunningPod> = store.pods.values().flat_map(HashMap::values).collect();
+        let held: Vec<&RunningPod> = store.pods.values().flat_map(KeyTable::values).collect();
         assert!(Arc::ptr_eq(&held[0].containers, &held[1].containers), "one container list for both pods");
         let web = ContainerRef {
             workload: WorkloadRef { kind: WorkloadKind::Deployment, namespace: "ns".into(), name: "web".into() },
@@ -409,7 +407,7 @@ mod tests {
         assert_eq!(store.running().containers(), 0, "a ReplicaSet an untracked kind owns runs for no workload");
         store.apply(Update::Pod(pods.clone(), a, None));
         store.apply(Update::Pod(pods, b, None));
-        assert_eq!(store.pods.values().map(HashMap::len).sum::<usize>(), 0);
+        assert_eq!(store.pods.values().map(KeyTable::len).sum::<usize>(), 0);
         assert_eq!(store.running_generation, generation + 5);
     }
 

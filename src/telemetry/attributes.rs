@@ -109,6 +109,7 @@ mod tests {
     use crate::config::RegistryConfig;
     use crate::inventory::keys::resolve;
     use crate::inventory::selection::ImageFilter;
+    use crate::telemetry::metrics::ContainerGauges;
 
     #[test]
     fn series_of_images_on_deprecated_registries_say_so() {
@@ -144,8 +145,13 @@ mod tests {
         for (index, image_use) in uses.iter().enumerate() {
             let series = Series::new(workload.clone(), index).expect("in range");
             assert_eq!(series_attributes(&series), use_attributes(image_use), "{image_use:?}");
+            // The gauges hold the series flat, and give back the same one.
+            let gauges = ContainerGauges::new(workload.clone(), index, None, Some(true), None).expect("in range");
+            assert_eq!(gauges.series().map(|s| series_attributes(&s)), Some(use_attributes(image_use)));
         }
-        assert!(Series::new(workload, 2).is_none(), "past the containers");
+        assert!(Series::new(workload.clone(), 2).is_none(), "past the containers");
+        assert!(ContainerGauges::new(workload, 2, None, None, None).is_none(), "past the containers");
+        assert_eq!(std::mem::size_of::<ContainerGauges>(), 16);
     }
 
     #[test]

@@ -9,13 +9,16 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
 use super::attributes::{replacement_attributes, series_attributes, server_attributes};
-use crate::inventory::keys::Series;
+use crate::inventory::keys::{Series, WorkloadSeries};
 use crate::registry::State;
 
-/// What one workload container's gauges report: each value only when known.
+/// What one workload container's gauges report: each value only when known. 16 bytes: the
+/// container's series is held flat (its workload's series and which container), since a
+/// [`Series`] beside three bytes would take 24 (docs/architecture.md, "Footprint").
 #[derive(Clone, Debug)]
 pub struct ContainerGauges {
-    pub series: Series,
+    workload: Arc<WorkloadSeries>,
+    container: u32,
     /// Its image's state (`None` while pending: no point then).
     pub state: Option<State>,
     /// Whether some running pod runs another digest than the tag's.
@@ -24,11 +27,29 @@ pub struct ContainerGauges {
     pub replacement: Option<bool>,
 }
 
+impl ContainerGauges {
+    /// The gauges of `workload`'s `container`th container; `None` past its containers.
+    pub fn new(
+        workload: Arc<WorkloadSeries>,
+        container: usize,
+        state: Option<State>,
+        drift: Option<bool>,
+        replacement: Option<bool>,
+    ) -> Option<Self> {
+        let container = u32::try_from(container).ok().filter(|at| (*at as usize) < workload.containers().len())?;
+        Some(Self { workload, container, state, drift, replacement })
+    }
+
+    pub fn series(&self) -> Option<Series> {
+        Series::new(self.workload.clone(), self.container as usize)
+    }
+}
+
 /// What the observable gauges report at the next collection.
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     /// Per (workload, container) with something known, one entry for all its gauges (one
-    /// list, not one per gauge: 24 bytes a container, docs/architecture.md "Footprint").
+    /// list, not one per gauge: 16 bytes a container, docs/architecture.md "Footprint").
     /// Shared: rebuilt only when a state or the inventory changes, not every tick. The
     /// attributes are built at collection: between collections the uses are all there is.
     pub containers: Arc<Vec<ContainerGauges>>,
@@ -67,8 +88,8 @@ impl Metrics {
             )
             .with_callback(move |observer| {
                 for c in read(&s).containers.iter() {
-                    let Some(state) = c.state else { continue };
-                    observer.observe(i64::from(state == State::Available), &series_attributes(&c.series));
+                    let (Some(state), Some(series)) = (c.state, c.series()) else { continue };
+                    observer.observe(i64::from(state == State::Available), &series_attributes(&series));
                 }
             })
             .build();
@@ -80,8 +101,8 @@ impl Metrics {
             )
             .with_callback(move |observer| {
                 for c in read(&s).containers.iter() {
-                    let Some(state) = c.state else { continue };
-                    let mut with_state = series_attributes(&c.series);
+                    let (Some(state), Some(series)) = (c.state, c.series()) else { continue };
+                    let mut with_state = series_attributes(&series);
                     with_state.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
                     observer.observe(1, &with_state);
                 }
@@ -123,8 +144,8 @@ impl Metrics {
             )
             .with_callback(move |observer| {
                 for c in read(&s).containers.iter() {
-                    let Some(drifted) = c.drift else { continue };
-                    observer.observe(i64::from(drifted), &series_attributes(&c.series));
+                    let (Some(drifted), Some(series)) = (c.drift, c.series()) else { continue };
+                    observer.observe(i64::from(drifted), &series_attributes(&series));
                 }
             })
             .build();
@@ -136,8 +157,8 @@ impl Metrics {
             )
             .with_callback(move |observer| {
                 for c in read(&s).containers.iter() {
-                    let Some(available) = c.replacement else { continue };
-                    observer.observe(i64::from(available), &replacement_attributes(&c.series));
+                    let (Some(available), Some(series)) = (c.replacement, c.series()) else { continue };
+                    observer.observe(i64::from(available), &replacement_attributes(&series));
                 }
             })
             .build();
