@@ -229,8 +229,8 @@ async fn probe_uses(
                     let digests = running.of(&u.user);
                     WorkloadUse {
                         user: u.user.clone(),
-                        running_digests: digests.into_iter().flatten().map(ToString::to_string).collect(),
-                        drift: if pinned { None } else { drift(digests, current.and_then(Digest::parse)) },
+                        running_digests: digests.iter().map(ToString::to_string).collect(),
+                        drift: if pinned { None } else { drift(&digests, current.and_then(Digest::parse)) },
                     }
                 })
                 .collect();

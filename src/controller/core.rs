@@ -313,10 +313,10 @@ impl Controller {
                 let user = series.user();
                 let current = known.and_then(|k| k.digest);
                 let running = running_now.of(&user);
-                drift = running::drift(running, current);
+                drift = running::drift(&running, current);
                 if let Some(drifted) = drift {
                     if self.drifted.contains(&user) != drifted {
-                        let running: Vec<String> = running.into_iter().flatten().map(ToString::to_string).collect();
+                        let running: Vec<String> = running.iter().map(ToString::to_string).collect();
                         let attributes = series_attributes(&series);
                         let current = current.map(|d| d.to_string()).unwrap_or_default();
                         self.log.drift(&key.to_string(), &attributes, drifted, &current, &running);

@@ -5,7 +5,6 @@
 use std::fmt;
 use std::hash::{Hash, Hasher};
 use std::num::NonZeroU64;
-use std::ops::Range;
 use std::sync::Arc;
 
 use super::{ContainerRef, WorkloadKind, WorkloadRef};
@@ -67,13 +66,16 @@ impl ObjectKey {
     }
 }
 
+/// A pod's containers with the digest each runs; shared by the pods of one template.
+pub type PodContainers = Arc<[(Name, Digest)]>;
+
 /// What one pod runs: the object that made it (its ReplicaSet, Job or StatefulSet…; the pod
 /// itself when no controller owns it), by key, and each container's digest. The container
 /// list is shared: the pods of one template hold one.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunningPod {
     pub owner: ObjectKey,
-    pub containers: Arc<[(Name, Digest)]>,
+    pub containers: PodContainers,
 }
 
 /// Whose an object is, by its controlling owner reference: a workload kind pullcheck tracks
@@ -98,65 +100,60 @@ pub fn workload_of(running: &RunningPod, owned_by: impl Fn(ObjectKey) -> Option<
     }
 }
 
-/// What each workload's containers run: per container, its pods' digests, sorted, each once.
-/// Built when drift is looked at and dropped after, so it is flat — a few large allocations,
-/// not one per workload — and leaves no holes in the heap behind it.
+/// What each workload's pods run: each pod's container list (shared with the store, not
+/// copied) under the workload it belongs to, sorted by workload. Built when drift is looked at
+/// and dropped after: one allocation of 24 bytes a pod, where a table of digests per workload
+/// container took ~100 (docs/architecture.md, "Footprint").
 #[derive(Debug, Default)]
 pub struct Running {
-    /// Each workload container with running pods, sorted, and where its digests are.
-    containers: Vec<(ObjectKey, Name, Range<usize>)>,
-    digests: Vec<Digest>,
+    pods: Vec<(ObjectKey, PodContainers)>,
 }
 
 impl Running {
-    /// The digests a workload container's pods run.
-    pub fn of(&self, user: &ContainerRef) -> Option<&[Digest]> {
-        let wanted = (ObjectKey::of_workload(&user.workload), user.container.as_str());
-        let index = self.containers.binary_search_by(|(w, name, _)| (*w, name.as_str()).cmp(&wanted)).ok()?;
-        self.digests.get(self.containers[index].2.clone())
+    /// The digests a workload container's pods run, sorted, each once; empty when no pod of
+    /// it runs.
+    pub fn of(&self, user: &ContainerRef) -> Vec<Digest> {
+        let workload = ObjectKey::of_workload(&user.workload);
+        let from = self.pods.partition_point(|(w, _)| *w < workload);
+        let mut digests: Vec<Digest> = self.pods[from..]
+            .iter()
+            .take_while(|(w, _)| *w == workload)
+            .flat_map(|(_, containers)| containers.iter())
+            .filter(|(name, _)| *name == user.container)
+            .map(|(_, digest)| *digest)
+            .collect();
+        digests.sort_unstable();
+        digests.dedup();
+        digests
     }
 
-    /// Workload containers with running pods.
-    pub fn containers(&self) -> usize {
-        self.containers.len()
+    /// Pods that belong to a workload pullcheck reports.
+    pub fn pods(&self) -> usize {
+        self.pods.len()
     }
 }
 
-/// Every workload container's running digests; `owned_by` says whose a ReplicaSet's or Job's
-/// pods are.
-pub fn running_digests<'a, P>(pods: P, owned_by: impl Fn(ObjectKey) -> Option<OwnedBy>) -> Running
-where
-    P: IntoIterator<Item = &'a RunningPod>,
-    P::IntoIter: Clone,
-{
-    // Every list allocated at its final size, its items borrowed where they can be: this is
-    // built while the whole inventory is held, and a list grown by doubling was the heap's
-    // peak (twice its size, and the copy).
-    let pods = pods.into_iter();
-    let mut each: Vec<(ObjectKey, &Name, &Digest)> =
-        Vec::with_capacity(pods.clone().map(|running| running.containers.len()).sum());
-    for running in pods {
-        let Some(workload) = workload_of(running, &owned_by) else { continue };
-        each.extend(running.containers.iter().map(|(container, digest)| (workload, container, digest)));
-    }
-    each.sort_unstable();
-    each.dedup();
-    let per_container = || each.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1));
-    let mut out =
-        Running { containers: Vec::with_capacity(per_container().count()), digests: Vec::with_capacity(each.len()) };
-    for group in per_container() {
-        let at = out.digests.len();
-        out.digests.extend(group.iter().map(|(_, _, digest)| **digest));
-        out.containers.push((group[0].0, group[0].1.clone(), at..out.digests.len()));
-    }
-    out
+/// What every workload's pods run; `owned_by` says whose a ReplicaSet's or Job's pods are.
+pub fn running_digests<'a>(
+    pods: impl IntoIterator<Item = &'a RunningPod>,
+    owned_by: impl Fn(ObjectKey) -> Option<OwnedBy>,
+) -> Running {
+    let mut pods: Vec<(ObjectKey, PodContainers)> = pods
+        .into_iter()
+        .filter_map(|running| Some((workload_of(running, &owned_by)?, running.containers.clone())))
+        .collect();
+    pods.sort_unstable_by_key(|(workload, _)| *workload);
+    pods.shrink_to_fit();
+    Running { pods }
 }
 
 /// Whether the running pods of a container would get something else on their next start: some
 /// run another digest than the tag resolves to now. `None` when unknown: no running pod, or
 /// the current digest not known.
-pub fn drift(running: Option<&[Digest]>, current: Option<Digest>) -> Option<bool> {
-    let running = running.filter(|r| !r.is_empty())?;
+pub fn drift(running: &[Digest], current: Option<Digest>) -> Option<bool> {
+    if running.is_empty() {
+        return None;
+    }
     let current = current?;
     Some(running.iter().any(|d| *d != current))
 }
@@ -199,7 +196,10 @@ mod tests {
             pod(key(ReplicaSet, "web-5d8"), A),
             pod(key(ReplicaSet, "web-5d8"), B),
             pod(key(ReplicaSet, "web-5d8"), B),
-            pod(key(StatefulSet, "db"), A),
+            RunningPod {
+                owner: key(StatefulSet, "db"),
+                containers: Arc::from(vec![(Name::from("app"), digest(A)), (Name::from("side"), digest(B))]),
+            },
             pod(key(Pod, "debug"), A),
             pod(key(ReplicaSet, "argo-7f9"), A),
             pod(key(ReplicaSet, "solo"), B),
@@ -211,15 +211,20 @@ mod tests {
                 container: "app".into(),
             })
         };
-        assert_eq!(of(Deployment, "web"), Some(&[digest(A), digest(B)][..]), "sorted, each once");
-        assert_eq!(of(StatefulSet, "db").map(<[_]>::len), Some(1));
-        assert_eq!(of(Pod, "debug").map(<[_]>::len), Some(1));
-        assert_eq!(of(ReplicaSet, "solo"), Some(&[digest(B)][..]), "a ReplicaSet no controller owns is the workload");
-        assert_eq!(running.containers(), 4, "the pods of a ReplicaSet a Rollout owns belong to no workload");
-        assert_eq!(drift(of(Deployment, "web"), Some(digest(A))), Some(true), "one pod runs B");
-        assert_eq!(drift(of(StatefulSet, "db"), Some(digest(A))), Some(false));
-        assert_eq!(drift(None, Some(digest(A))), None, "no running pod: unknown");
-        assert_eq!(drift(of(StatefulSet, "db"), None), None, "not probed: unknown");
+        assert_eq!(of(Deployment, "web"), [digest(A), digest(B)], "sorted, each once");
+        assert_eq!(of(StatefulSet, "db"), [digest(A)], "its own container's digests only");
+        let side = ContainerRef {
+            workload: WorkloadRef { kind: StatefulSet, namespace: "ns".into(), name: "db".into() },
+            container: "side".into(),
+        };
+        assert_eq!(running.of(&side), [digest(B)]);
+        assert_eq!(of(Pod, "debug").len(), 1);
+        assert_eq!(of(ReplicaSet, "solo"), [digest(B)], "a ReplicaSet no controller owns is the workload");
+        assert_eq!(running.pods(), 6, "the pods of a ReplicaSet a Rollout owns belong to no workload");
+        assert_eq!(drift(&of(Deployment, "web"), Some(digest(A))), Some(true), "one pod runs B");
+        assert_eq!(drift(&of(StatefulSet, "db"), Some(digest(A))), Some(false));
+        assert_eq!(drift(&[], Some(digest(A))), None, "no running pod: unknown");
+        assert_eq!(drift(&of(StatefulSet, "db"), None), None, "not probed: unknown");
         assert_ne!(ObjectKey::of(Pod, "a", "bc"), ObjectKey::of(Pod, "ab", "c"), "parts are delimited");
         assert_ne!(key(ReplicaSet, "web"), key(Deployment, "web"), "kinds are part of the key");
     }

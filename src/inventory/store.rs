@@ -396,15 +396,15 @@ mod tests {
             workload: WorkloadRef { kind: WorkloadKind::ReplicaSet, namespace: "ns".into(), name: "web-5d8".into() },
             container: "app".into(),
         };
-        assert_eq!(store.running().of(&solo), Some(&[digest][..]), "before its owner is known, the ReplicaSet");
+        assert_eq!(store.running().of(&solo), [digest], "before its owner is known, the ReplicaSet");
         let deployment = ObjectKey::of_workload(&web.workload);
         store.apply(Update::Owner(replica_sets.clone(), replica_set, Some(OwnedBy::Workload(deployment))));
-        assert_eq!(store.running().of(&web), Some(&[digest][..]), "through the ReplicaSet to the Deployment");
-        assert_eq!(store.running().of(&solo), None);
+        assert_eq!(store.running().of(&web), [digest], "through the ReplicaSet to the Deployment");
+        assert!(store.running().of(&solo).is_empty());
         store.apply(Update::Owner(replica_sets.clone(), replica_set, Some(OwnedBy::Workload(deployment))));
         assert_eq!(store.running_generation, generation + 2, "the same owner again changes nothing");
         store.apply(Update::Owner(replica_sets, replica_set, Some(OwnedBy::Untracked)));
-        assert_eq!(store.running().containers(), 0, "a ReplicaSet an untracked kind owns runs for no workload");
+        assert_eq!(store.running().pods(), 0, "a ReplicaSet an untracked kind owns runs for no workload");
         store.apply(Update::Pod(pods.clone(), a, None));
         store.apply(Update::Pod(pods, b, None));
         assert_eq!(store.pods.values().map(KeyTable::len).sum::<usize>(), 0);
@@ -439,8 +439,9 @@ mod tests {
                     workload: WorkloadRef { kind: WorkloadKind::Pod, namespace: ns.into(), name: name.into() },
                     container: "app".into(),
                 })
-                .is_some()
+                .is_empty()
         };
+        let runs = |ns: &str, name: &str| !runs(ns, name);
         assert!(runs("a", "kept") && runs("a", "new") && runs("b", "other"));
         assert!(!runs("a", "old"), "gone from the relist");
         store.apply(Update::Init(scope("a")));
