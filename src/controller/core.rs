@@ -462,6 +462,25 @@ mod tests {
         assert!(ctl.tracked().keys().is_empty());
     }
 
+    #[tokio::test(start_paused = true)]
+    async fn a_key_keeps_its_answer_while_its_only_workload_changes_or_is_reset() {
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        ctl.on_inventory_change(InventoryChange::whole(vec![workload("web", "nginx:1")]));
+        let job = ctl.on_tick(start, |_| true).pop().expect("one job");
+        let key = job.key.clone();
+        ctl.on_probe_done(job, result(State::Available), Instant::now());
+        // The same workload again (a changed record, an update): removed and added in one change.
+        ctl.on_inventory_change(InventoryChange::Workloads(vec![{
+            let resolved = workload("web", "nginx:1");
+            (resolved.0.workload.clone(), Some(resolved))
+        }]));
+        assert_eq!(ctl.state_of(&key), Some(State::Available), "an update keeps the key's answer");
+        ctl.on_inventory_change(InventoryChange::whole(vec![workload("web", "nginx:1")]));
+        assert_eq!(ctl.state_of(&key), Some(State::Available), "so does a reset (every --secret-ttl)");
+        assert_eq!(ctl.tracked().keys().len(), 1);
+    }
+
     fn failure(namespace: &str, image: &str) -> PullFailure {
         PullFailure {
             namespace: namespace.into(),

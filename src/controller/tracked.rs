@@ -179,9 +179,14 @@ impl Tracked {
         }
     }
 
-    /// Users were pushed as they came: sorted and made unique once per change.
+    /// Users were pushed as they came: sorted and made unique once per change. A key left
+    /// without users goes only now, so that a workload removed and added again in one change
+    /// (an update, a reset) keeps its keys' last answers.
     fn settle(&mut self, touched: &HashSet<ImageKey>) {
         for key in touched {
+            if self.keys.get(key).is_some_and(|users| users.users.is_empty() && users.replacing.is_empty()) {
+                self.keys.remove(key);
+            }
             if let Some(users) = self.keys.get_mut(key) {
                 for list in [&mut users.users, &mut users.replacing] {
                     list.sort_unstable();
@@ -224,9 +229,6 @@ impl Tracked {
                 if let Some(users) = self.keys.get_mut(key) {
                     users.users.retain(|u| u.workload() != workload);
                     users.replacing.retain(|u| u.workload() != workload);
-                    if users.users.is_empty() && users.replacing.is_empty() {
-                        self.keys.remove(key);
-                    }
                 }
                 touched.insert(key.clone());
             }
