@@ -160,17 +160,16 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         for e in self.entries.values() {
             used[e.registry as usize] = true;
         }
+        // Each kept registry's new index, by its old one (unused ones are never looked up).
         let mut renumbered = vec![0u32; self.registries.len()];
-        let mut kept = 0u32;
-        for (at, in_use) in used.iter().enumerate() {
-            renumbered[at] = kept;
-            kept += u32::from(*in_use);
+        let mut kept = Vec::new();
+        for (at, registry) in std::mem::take(&mut self.registries).into_iter().enumerate() {
+            if used[at] {
+                renumbered[at] = kept.len() as u32;
+                kept.push(registry);
+            }
         }
-        let mut at = 0;
-        self.registries.retain(|_| {
-            at += 1;
-            used[at - 1]
-        });
+        self.registries = kept;
         for e in self.entries.values_mut() {
             e.registry = renumbered[e.registry as usize];
         }

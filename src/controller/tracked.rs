@@ -184,15 +184,15 @@ impl Tracked {
     /// (an update, a reset) keeps its keys' last answers.
     fn settle(&mut self, touched: &HashSet<ImageKey>) {
         for key in touched {
-            if self.keys.get(key).is_some_and(|users| users.users.is_empty() && users.replacing.is_empty()) {
+            let Some(users) = self.keys.get_mut(key) else { continue };
+            if users.users.is_empty() && users.replacing.is_empty() {
                 self.keys.remove(key);
+                continue;
             }
-            if let Some(users) = self.keys.get_mut(key) {
-                for list in [&mut users.users, &mut users.replacing] {
-                    list.sort_unstable();
-                    list.dedup();
-                    list.shrink_to_fit();
-                }
+            for list in [&mut users.users, &mut users.replacing] {
+                list.sort_unstable();
+                list.dedup();
+                list.shrink_to_fit();
             }
         }
     }

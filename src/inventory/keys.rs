@@ -227,6 +227,11 @@ impl Series {
         self.workload.workload()
     }
 
+    /// Its workload's series and which container, for a holder that keeps them flat.
+    pub fn into_parts(self) -> (Arc<WorkloadSeries>, usize) {
+        (self.workload, self.index)
+    }
+
     pub fn container(&self) -> &ContainerSeries {
         // In range: checked when made.
         &self.workload.containers[self.index]

@@ -434,14 +434,12 @@ mod tests {
         assert_eq!(store.running_generation, generation + 1);
         let running = store.running();
         let runs = |ns: &str, name: &str| {
-            running
-                .of(&ContainerRef {
-                    workload: WorkloadRef { kind: WorkloadKind::Pod, namespace: ns.into(), name: name.into() },
-                    container: "app".into(),
-                })
-                .is_empty()
+            let pod = ContainerRef {
+                workload: WorkloadRef { kind: WorkloadKind::Pod, namespace: ns.into(), name: name.into() },
+                container: "app".into(),
+            };
+            !running.of(&pod).is_empty()
         };
-        let runs = |ns: &str, name: &str| !runs(ns, name);
         assert!(runs("a", "kept") && runs("a", "new") && runs("b", "other"));
         assert!(!runs("a", "old"), "gone from the relist");
         store.apply(Update::Init(scope("a")));

@@ -146,11 +146,10 @@ mod tests {
             let series = Series::new(workload.clone(), index).expect("in range");
             assert_eq!(series_attributes(&series), use_attributes(image_use), "{image_use:?}");
             // The gauges hold the series flat, and give back the same one.
-            let gauges = ContainerGauges::new(workload.clone(), index, None, Some(true), None).expect("in range");
+            let gauges = ContainerGauges::new(series, None, Some(true), None).expect("an index within u32");
             assert_eq!(gauges.series().map(|s| series_attributes(&s)), Some(use_attributes(image_use)));
         }
-        assert!(Series::new(workload.clone(), 2).is_none(), "past the containers");
-        assert!(ContainerGauges::new(workload, 2, None, None, None).is_none(), "past the containers");
+        assert!(Series::new(workload, 2).is_none(), "past the containers: no series, so no gauges");
         assert_eq!(std::mem::size_of::<ContainerGauges>(), 16);
     }
 

@@ -28,15 +28,10 @@ pub struct ContainerGauges {
 }
 
 impl ContainerGauges {
-    /// The gauges of `workload`'s `container`th container; `None` past its containers.
-    pub fn new(
-        workload: Arc<WorkloadSeries>,
-        container: usize,
-        state: Option<State>,
-        drift: Option<bool>,
-        replacement: Option<bool>,
-    ) -> Option<Self> {
-        let container = u32::try_from(container).ok().filter(|at| (*at as usize) < workload.containers().len())?;
+    /// The gauges of `series`' container (`None` only for an index past `u32`).
+    pub fn new(series: Series, state: Option<State>, drift: Option<bool>, replacement: Option<bool>) -> Option<Self> {
+        let (workload, container) = series.into_parts();
+        let container = u32::try_from(container).ok()?;
         Some(Self { workload, container, state, drift, replacement })
     }
 
