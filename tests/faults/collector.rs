@@ -1,0 +1,1 @@
+//! Placeholder: filled by the engineer who owns this group.
