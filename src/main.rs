@@ -343,7 +343,8 @@ struct RegistryArgs {
 }
 
 impl RegistryArgs {
-    fn client(&self, observer: Option<RequestObserver>) -> anyhow::Result<RegistryClient> {
+    /// `max_pause`: the longest a 429 pauses a repository and its registry (`run`: the window).
+    fn client(&self, observer: Option<RequestObserver>, max_pause: Duration) -> anyhow::Result<RegistryClient> {
         let mut config = match &self.registry_config {
             Some(path) => RegistryConfig::load(path)?,
             None => RegistryConfig::default(),
@@ -362,6 +363,7 @@ impl RegistryArgs {
             connect_timeout: self.request_timeout.min(Duration::from_secs(5)),
             retries: self.retries,
             max_retry_wait: self.max_retry_wait,
+            max_pause,
             ..ClientSettings::default()
         };
         Ok(RegistryClient::with_observer(Arc::new(config), settings, observer))
@@ -420,7 +422,7 @@ where
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let client = args.registry.client(None)?;
+    let client = args.registry.client(None, ClientSettings::default().max_pause)?;
     let selection = args.selection.selection();
     let settings = CheckSettings {
         concurrency: args.concurrency,
@@ -480,7 +482,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
     let metrics = Arc::new(Metrics::new(&telemetry.meter()));
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |host, status| observer_metrics.record_request(host, status));
-    let registry = args.registry.client(Some(observer))?;
+    let registry = args.registry.client(Some(observer), args.window)?;
     let Connection { client: kube_client, namespace: context_namespace, page_size, .. } =
         args.cluster.connection().await?;
     let leader_election = args.leader.settings(&context_namespace)?;

@@ -23,6 +23,9 @@ pub struct ClientSettings {
     pub retries: u32,
     /// The longest `Retry-After` or backoff a probe waits for; longer ones end it as is.
     pub max_retry_wait: Duration,
+    /// The longest a 429 pauses its repository and its registry, whatever `Retry-After` asked:
+    /// `run` sets it to the probing window (docs/states.md, "One repository's 429").
+    pub max_pause: Duration,
     /// Largest manifest, token or error body read.
     pub max_body_bytes: usize,
 }
@@ -34,6 +37,7 @@ impl Default for ClientSettings {
             connect_timeout: Duration::from_secs(5),
             retries: 2,
             max_retry_wait: Duration::from_secs(30),
+            max_pause: Duration::from_secs(600),
             max_body_bytes: 4 << 20,
         }
     }

@@ -1,7 +1,10 @@
 //! Per-registry budgets: requests in flight, requests per second, and the pause a 429's
 //! `Retry-After` asks for. Each registry host has its own, so one slow or rate-limiting
-//! registry never holds back the others.
+//! registry never holds back the others. A 429 is also evidence about the repository that got
+//! it, kept apart from the host's budget: another repository's probe is never answered with it
+//! (docs/states.md, "One repository's 429").
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -14,7 +17,12 @@ pub struct HostLimits {
     interval: Option<Duration>,
     next_start: Mutex<Instant>,
     paused_until: Mutex<Option<Instant>>,
+    /// Repositories that were answered 429 themselves, and until when they asked us to wait.
+    repositories_paused: Mutex<HashMap<String, Instant>>,
 }
+
+/// Past this many paused repositories, the expired ones are forgotten before another is added.
+const PRUNE_REPOSITORIES_AT: usize = 1024;
 
 impl HostLimits {
     pub fn new(max_concurrent: usize, requests_per_second: Option<f64>) -> Self {
@@ -23,6 +31,7 @@ impl HostLimits {
             interval: requests_per_second.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r)),
             next_start: Mutex::new(Instant::now()),
             paused_until: Mutex::new(None),
+            repositories_paused: Mutex::new(HashMap::new()),
         }
     }
 
@@ -50,8 +59,36 @@ impl HostLimits {
     /// How long the registry still asked us to stay away.
     pub fn pause_remaining(&self) -> Option<Duration> {
         let paused = self.paused_until.lock().unwrap_or_else(|p| p.into_inner());
-        paused.and_then(|until| until.checked_duration_since(Instant::now())).filter(|d| !d.is_zero())
+        remaining(*paused)
     }
+
+    /// `repository` was answered 429 and asked us to wait until then.
+    pub fn pause_repository_until(&self, repository: &str, until: Instant) {
+        let mut paused = self.repositories_paused.lock().unwrap_or_else(|p| p.into_inner());
+        if paused.len() >= PRUNE_REPOSITORIES_AT {
+            let now = Instant::now();
+            paused.retain(|_, until| *until > now);
+        }
+        let entry = paused.entry(repository.to_string()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
+    /// How long `repository` itself still asked us to stay away.
+    pub fn repository_pause_remaining(&self, repository: &str) -> Option<Duration> {
+        let paused = self.repositories_paused.lock().unwrap_or_else(|p| p.into_inner());
+        remaining(paused.get(repository).copied())
+    }
+}
+
+fn remaining(until: Option<Instant>) -> Option<Duration> {
+    until.and_then(|until| until.checked_duration_since(Instant::now())).filter(|d| !d.is_zero())
+}
+
+/// How long a 429 pauses its repository and host: what `Retry-After` asked for (or the backoff
+/// when it said nothing), never longer than `cap` — one repository's `Retry-After: 3600` must
+/// not silence a registry past the probing window.
+pub fn capped_pause(retry_after: Option<Duration>, backoff: Duration, cap: Duration) -> Duration {
+    retry_after.unwrap_or(backoff).min(cap)
 }
 
 /// `Retry-After`: delay-seconds or an HTTP-date (RFC 9110 §10.2.3), relative to `now`.
@@ -142,6 +179,25 @@ mod tests {
         drop(first);
         let third = tokio::time::timeout(Duration::from_secs(60), limits.acquire()).await;
         assert!(matches!(third, Ok(Some(_))), "and proceeds when one ends");
+    }
+
+    #[test]
+    fn pauses_are_capped() {
+        let (backoff, cap) = (Duration::from_millis(250), Duration::from_secs(600));
+        assert_eq!(capped_pause(Some(Duration::from_secs(3600)), backoff, cap), cap);
+        assert_eq!(capped_pause(Some(Duration::from_secs(3)), backoff, cap), Duration::from_secs(3));
+        assert_eq!(capped_pause(None, backoff, cap), backoff);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_repository_pause_is_its_own() {
+        let limits = HostLimits::new(1, None);
+        limits.pause_repository_until("team/app", Instant::now() + Duration::from_secs(30));
+        assert_eq!(limits.repository_pause_remaining("team/app"), Some(Duration::from_secs(30)));
+        assert_eq!(limits.repository_pause_remaining("team/other"), None);
+        assert_eq!(limits.pause_remaining(), None, "the host's budget is another thing");
+        tokio::time::advance(Duration::from_secs(31)).await;
+        assert_eq!(limits.repository_pause_remaining("team/app"), None);
     }
 
     #[tokio::test(start_paused = true)]

@@ -94,6 +94,9 @@ pub(crate) fn head_answer(host: &str, image: &ImageRef, response: &Response) -> 
         if let Some(schema1) = media_type.as_deref().filter(|t| is_schema1(t, None)) {
             return Attempt { digest, ..schema1_refused(host, schema1) };
         }
+        if let Some(refused) = media_type.as_deref().and_then(|t| not_a_manifest_type(host, t)) {
+            return Attempt { digest, ..refused };
+        }
         return Attempt { state, digest, media_type, error: None, retry_after };
     }
     Attempt { retry_after, ..Attempt::failed(state, status_error(host, response, insufficient_scope, &[])) }
@@ -144,6 +147,9 @@ pub(crate) fn get_answer(
     if is_schema1(media_type.as_deref().unwrap_or_default(), head.schema_version) {
         let schema1 = media_type.as_deref().unwrap_or("schema 1");
         return Answer::Settled(Attempt { digest, ..schema1_refused(host, schema1) });
+    }
+    if let Some(refused) = response.header("content-type").and_then(|t| not_a_manifest_type(host, &t)) {
+        return Answer::Settled(Attempt { digest, ..refused });
     }
     if platforms.is_empty() {
         return Answer::Settled(Attempt {
@@ -221,6 +227,21 @@ fn schema1_refused(host: &str, media_type: &str) -> Attempt {
          re-push the image as Docker schema 2 or OCI"
     );
     Attempt { media_type: Some(media_type.to_string()), ..Attempt::failed(State::UnsupportedManifest, error) }
+}
+
+/// A manifest answered with a `Content-Type` that is no manifest media type (`text/html` from a
+/// proxy in front of the registry): containerd takes the descriptor's media type from that
+/// header and fails the pull ("unexpected media type"), so the node cannot pull it either.
+fn not_a_manifest_type(host: &str, content_type: &str) -> Option<Attempt> {
+    let essence = content_type.split(';').next().unwrap_or_default().trim();
+    if essence.is_empty() || MANIFEST_ACCEPT.split(", ").any(|known| known.eq_ignore_ascii_case(essence)) {
+        return None;
+    }
+    let error = format!(
+        "{host}: the manifest is served as {essence}, not a manifest media type: containerd refuses it \
+         (\"unexpected media type\"); check what answers in front of the registry"
+    );
+    Some(Attempt { media_type: Some(essence.to_string()), ..Attempt::failed(State::UnsupportedManifest, error) })
 }
 
 /// A body's digests, to check against an announced or requested one.
@@ -380,6 +401,24 @@ mod tests {
         let fine = single_platform_answer("r.example", available, &runs_on, &[platform("linux/arm64/v8")]);
         assert_eq!(fine.state, State::Available);
         assert!(config_platform(b"not json").is_none());
+    }
+
+    #[test]
+    fn a_content_type_that_is_no_manifest_type_is_refused() {
+        let image = ImageRef::parse("r.example/app:1").expect("valid");
+        let answer = |content_type: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert("content-type", content_type.parse().expect("valid"));
+            head_answer("r.example", &image, &Response { status: StatusCode::OK, headers, plain_http: false })
+        };
+        let refused = answer("text/html; charset=utf-8");
+        assert_eq!(refused.state, State::UnsupportedManifest);
+        assert!(refused.error.as_deref().is_some_and(|e| e.contains("served as text/html")), "{refused:?}");
+        assert_eq!(answer("application/vnd.oci.image.index.v1+json").state, State::Available);
+        assert_eq!(
+            answer("application/vnd.docker.distribution.manifest.v2+json; charset=utf-8").state,
+            State::Available
+        );
     }
 
     #[test]

@@ -28,9 +28,12 @@ impl Exchange<'_> {
             Err(attempt) => return attempt,
         };
         let repository = image.repository();
-        let mut authorization = match self.authorization(host, repository, credential).await {
-            Ok(a) => a,
-            Err(attempt) => return attempt,
+        // A token service that failed up front (learned from another repository's challenge)
+        // is not this probe's answer: it asks the registry without a token, and the failure
+        // counts only if the registry's own challenge names that realm again.
+        let (mut authorization, upfront_failure) = match self.authorization(host, repository, credential).await {
+            Ok(a) => (a, None),
+            Err(failed) => (None, Some(failed)),
         };
         // With platforms to check, the body is needed: GET at once rather than HEAD then GET.
         let method = if self.platforms.is_empty() { Method::HEAD } else { Method::GET };
@@ -46,6 +49,11 @@ impl Exchange<'_> {
                 Some(Challenge::Bearer { realm, service, .. }) => {
                     self.client.tokens().remove(&host.name, repository, credential);
                     host.remember_scheme(KnownScheme::Bearer { realm: realm.clone(), service: service.clone() });
+                    if let Some(UpfrontFailure { realm: failed_realm, attempt }) = upfront_failure
+                        && failed_realm == realm
+                    {
+                        return attempt;
+                    }
                     match self.fetch_token(host, &realm, service.as_deref(), repository, credential).await {
                         Ok(token) => Some(format!("Bearer {token}")),
                         Err(attempt) => return attempt,
@@ -136,7 +144,7 @@ impl Exchange<'_> {
         host: &Host,
         repository: &str,
         credential: Option<&Credential>,
-    ) -> Result<Option<String>, Attempt> {
+    ) -> Result<Option<String>, UpfrontFailure> {
         if let Some(Credential::Bearer(token)) = credential {
             return Ok(Some(format!("Bearer {token}")));
         }
@@ -145,13 +153,21 @@ impl Exchange<'_> {
         }
         match host.known_scheme() {
             Some(KnownScheme::Bearer { realm, service }) => {
-                let token = self.fetch_token(host, &realm, service.as_deref(), repository, credential).await?;
-                Ok(Some(format!("Bearer {token}")))
+                match self.fetch_token(host, &realm, service.as_deref(), repository, credential).await {
+                    Ok(token) => Ok(Some(format!("Bearer {token}"))),
+                    Err(attempt) => Err(UpfrontFailure { realm, attempt }),
+                }
             }
             Some(KnownScheme::Basic) => Ok(credential.and_then(Credential::basic_header)),
             None => Ok(None),
         }
     }
+}
+
+/// A token fetched before asking, because the host was known to want one, that failed.
+struct UpfrontFailure {
+    realm: String,
+    attempt: Attempt,
 }
 
 /// `<base>/<repository>/manifests/<tag or digest>`, with `?ns=` on a mirror.

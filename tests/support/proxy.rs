@@ -38,6 +38,15 @@ pub enum Fault {
     /// The registry's status and headers with this body instead of its own (GET; HEAD is
     /// forwarded as is): content corrupted between the registry and the client.
     Body(Vec<u8>),
+    /// This whole answer instead of the registry's.
+    Reply { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    /// The registry's answer with this header set to this value.
+    Header(String, String),
+    /// The request forwarded without its `Authorization`: the registry keeps refusing a token
+    /// its token service issued.
+    DropAuthorization,
+    /// Forwarded to this base URL instead: one host serving repositories from two registries.
+    Upstream(String),
 }
 
 /// The schema 1 manifest [`Fault::Schema1`] serves.
@@ -75,6 +84,8 @@ pub struct FaultProxy {
     pub server: Server,
     /// The fault and how many more requests it applies to (`None`: all).
     state: Arc<Mutex<(Fault, Option<usize>)>>,
+    /// Faults of one repository each (`/v2/<repository>/…`), before the proxy-wide one.
+    repositories: Arc<Mutex<Vec<(String, Fault)>>>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
 }
 
@@ -86,15 +97,24 @@ impl FaultProxy {
     pub async fn start_on(bind: &str, upstream: String) -> FaultProxy {
         let state: Arc<Mutex<(Fault, Option<usize>)>> = Arc::default();
         let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+        let repositories: Arc<Mutex<Vec<(String, Fault)>>> = Arc::default();
         let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().expect("client");
-        let (st, sn) = (state.clone(), seen.clone());
+        let (st, sn, repos) = (state.clone(), seen.clone(), repositories.clone());
         let server = Server::start(bind, move |req: Request| {
             sn.lock().expect("lock").push(Seen {
                 method: req.method.clone(),
                 target: req.target.clone(),
                 authorization: req.header("authorization").is_some(),
             });
-            let fault = {
+            let of_repository = repos
+                .lock()
+                .expect("lock")
+                .iter()
+                .find(|(repository, _)| req.target.starts_with(&format!("/v2/{repository}/")))
+                .map(|(_, fault)| fault.clone());
+            let fault = if let Some(fault) = of_repository {
+                fault
+            } else {
                 let mut s = st.lock().expect("lock");
                 let fault = s.0.clone();
                 match &mut s.1 {
@@ -110,7 +130,15 @@ impl FaultProxy {
             async move { apply(fault, req, &http, &upstream).await }
         })
         .await;
-        FaultProxy { server, state, seen }
+        FaultProxy { server, state, repositories, seen }
+    }
+
+    /// Applies `fault` to every following request for `repository`, whatever the proxy-wide
+    /// fault is.
+    pub fn set_for_repository(&self, repository: &str, fault: Fault) {
+        let mut repositories = self.repositories.lock().expect("lock");
+        repositories.retain(|(r, _)| r != repository);
+        repositories.push((repository.to_string(), fault));
     }
 
     /// Applies `fault` to every following request.
@@ -139,6 +167,9 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
             return Reply::Full { status: *status, headers, body: vec![] };
         }
         Fault::Reset => return Reply::Reset,
+        Fault::Reply { status, headers, body } => {
+            return Reply::Full { status: *status, headers: headers.clone(), body: body.clone() };
+        }
         Fault::Redirect(base) => {
             return Reply::Full {
                 status: 307,
@@ -168,9 +199,14 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
         _ => {}
     }
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
+    let upstream = match &fault {
+        Fault::Upstream(other) => other.as_str(),
+        _ => upstream,
+    };
     let mut forward = http.request(method, format!("{upstream}{}", req.target));
     for (k, v) in &req.headers {
-        if !k.eq_ignore_ascii_case("host") {
+        let dropped = matches!(fault, Fault::DropAuthorization) && k.eq_ignore_ascii_case("authorization");
+        if !k.eq_ignore_ascii_case("host") && !dropped {
             forward = forward.header(k, v);
         }
     }
@@ -182,6 +218,10 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
         .filter(|(k, _)| !matches!(fault, Fault::StripDigest) || k.as_str() != "docker-content-digest")
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
         .collect();
+    if let Fault::Header(name, value) = &fault {
+        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+        headers.push((name.clone(), value.clone()));
+    }
     if let Fault::WrongDigest(digest) = &fault {
         for (k, v) in &mut headers {
             if k.eq_ignore_ascii_case("docker-content-digest") {
