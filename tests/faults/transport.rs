@@ -715,6 +715,7 @@ async fn link_local(
     let (state, error, _) = outcome(fault, &run, &image, &[]);
     assert_eq!(state, "unknown_error", "{error}");
     assert!(error.contains("refused to connect to") && error.contains("link-local"), "{error}");
+    assert!(proxy.seen().len() <= 1, "nothing retried: {:?}", proxy.seen());
     // Refused, not failed: a connection attempt would have waited out the 5 s connect timeout
     // or failed with a network error, which the error would name instead.
     assert!(run.elapsed < Duration::from_secs(5), "{:?}", run.elapsed);
@@ -737,6 +738,16 @@ async fn a_redirect_to_a_metadata_address_is_refused() {
         "307 to http://169.254.169.254",
         |_| Fault::Redirect("http://169.254.169.254".into()),
         |p| format!("{}/team/app:v1", p.addr()),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_registry_on_the_ipv6_metadata_address_is_refused() {
+    link_local(
+        "image on [fd00:ec2::254] (AWS's IPv6 metadata address)",
+        |_| Fault::None,
+        |_| "[fd00:ec2::254]/latest/meta-data:v1".into(),
     )
     .await;
 }
