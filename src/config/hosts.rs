@@ -251,6 +251,22 @@ impl HostsDir {
         Some(endpoints)
     }
 
+    /// The hosts named here: each directory's (`host_port_` as `host:port`; not `_default`) and
+    /// every endpoint's URL host.
+    pub fn configured_hosts(&self) -> Vec<String> {
+        let mut hosts = Vec::new();
+        for (name, dir) in &self.dirs {
+            if name != DEFAULT_HOST_DIR {
+                hosts.push(
+                    name.strip_suffix('_').and_then(|n| n.rsplit_once('_')).map_or(name.clone(), |(h, _)| h.into()),
+                );
+            }
+            let urls = dir.mirrors.iter().map(|e| &e.url).chain(dir.server.as_ref().map(|s| &s.url));
+            hosts.extend(urls.filter_map(|u| u.host_str()).map(str::to_string));
+        }
+        hosts
+    }
+
     /// The directory given to [`Self::load`].
     pub fn root(&self) -> &Path {
         &self.root
@@ -887,6 +903,17 @@ mod tests {
 
     fn urls(endpoints: &[Endpoint]) -> Vec<String> {
         endpoints.iter().map(|e| e.url.to_string()).collect()
+    }
+
+    #[test]
+    fn configured_hosts_are_directories_and_endpoint_urls() {
+        let f = Fixture::new();
+        f.hosts("_default", "[host.\"https://mirror.example:5000\"]\n");
+        f.hosts("169.254.10.5_5000_", "");
+        f.hosts("quay.io", "server = \"https://[fe80::1]:8443\"\n");
+        let mut hosts = f.load().configured_hosts();
+        hosts.sort();
+        assert_eq!(hosts, ["169.254.10.5", "[fe80::1]", "mirror.example", "quay.io"], "never `_default`");
     }
 
     #[test]

@@ -282,6 +282,18 @@ impl RegistryConfig {
             .or_else(|| self.docker_credentials.lookup(image).cloned())
     }
 
+    /// Every host the operator named (`host[:port]`): the registries and mirrors configured here,
+    /// and the hosts directory's. Only these may be reached at a link-local address
+    /// (docs/registry-config.md, "Where credentials go").
+    pub fn configured_hosts(&self) -> Vec<String> {
+        let mut hosts: Vec<String> =
+            self.hosts.iter().flat_map(|(name, host)| std::iter::once(name).chain(&host.mirrors)).cloned().collect();
+        if let Some(dir) = &self.hosts_dir {
+            hosts.extend(dir.configured_hosts());
+        }
+        hosts
+    }
+
     pub fn parse_image(&self, reference: &str) -> Result<ImageRef, crate::image::ImageRefError> {
         ImageRef::parse_with_default(reference, &self.default_registry)
     }
@@ -353,6 +365,15 @@ mod tests {
         assert_eq!(cfg.host("mirror.example:5000").transport("mirror.example:5000"), Transport::Http);
         let img = ImageRef::parse("docker.io/library/nginx").expect("valid");
         assert_eq!(cfg.credential_for(&img), Some(Credential::basic("u", "p")));
+    }
+
+    #[test]
+    fn configured_hosts_are_registries_and_their_mirrors() {
+        let cfg = parse("registries:\n  169.254.10.5:5000:\n    mirrors: [mirror.example:5000]\n").expect("valid");
+        let mut hosts = cfg.configured_hosts();
+        hosts.sort();
+        assert_eq!(hosts, ["169.254.10.5:5000", "mirror.example:5000"]);
+        assert!(RegistryConfig::default().configured_hosts().is_empty());
     }
 
     #[test]

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::image::host_and_port;
 use crate::registry::auth::TokenCache;
 use crate::registry::credentials::WorkingCredentials;
+use crate::registry::destination::{Destinations, GuardedResolver, redirect_policy};
 use crate::registry::limits::HostLimits;
 
 /// Timeouts, retries and bounds for every registry call.
@@ -195,6 +196,8 @@ struct Inner {
     tokens: TokenCache,
     working: WorkingCredentials,
     config_platforms: ConfigPlatforms,
+    /// Where requests may go: link-local addresses only for hosts the config names.
+    destinations: Arc<Destinations>,
     hosts: Mutex<HashMap<String, Arc<Host>>>,
     /// Request budgets per endpoint name, shared by every client of that name.
     limits: Mutex<HashMap<String, Arc<HostLimits>>>,
@@ -214,8 +217,10 @@ impl RegistryClient {
     ) -> Self {
         // reqwest is built without a rustls provider; ring is the process's one (no-op if set).
         let _ = rustls::crypto::ring::default_provider().install_default();
+        let destinations = Arc::new(Destinations::new(config.configured_hosts().iter().map(String::as_str)));
         Self {
             inner: Arc::new(Inner {
+                destinations,
                 config,
                 settings,
                 tokens: TokenCache::default(),
@@ -247,6 +252,10 @@ impl RegistryClient {
 
     pub(crate) fn config_platforms(&self) -> &ConfigPlatforms {
         &self.inner.config_platforms
+    }
+
+    pub(crate) fn destinations(&self) -> &Destinations {
+        &self.inner.destinations
     }
 
     /// HTTP requests sent since the client was made (token fetches included).
@@ -329,8 +338,10 @@ impl RegistryClient {
                     .filter(|t| !t.is_zero())
                     .map_or(settings.connect_timeout, |t| t.min(settings.connect_timeout)),
             )
-            // reqwest drops Authorization when a redirect leaves the host.
-            .redirect(reqwest::redirect::Policy::limited(5))
+            // reqwest drops Authorization when a redirect leaves the scheme, host or port; the
+            // policy and the resolver refuse link-local destinations before connecting.
+            .redirect(redirect_policy(self.inner.destinations.clone()))
+            .dns_resolver(Arc::new(GuardedResolver { destinations: self.inner.destinations.clone() }))
             .pool_idle_timeout(Duration::from_secs(90))
             .tls_danger_accept_invalid_certs(spec.skip_verify);
         for pem in &spec.ca_pems {

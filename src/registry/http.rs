@@ -10,6 +10,7 @@ use tracing::{Instrument, field};
 
 use super::auth::parse_challenge;
 use super::client::{Host, RegistryClient};
+use super::destination::refused_in;
 use super::limits::parse_retry_after;
 use super::manifest::MANIFEST_ACCEPT;
 use super::outcome::{Attempt, State};
@@ -57,6 +58,9 @@ impl Response {
 struct Failed {
     attempt: Attempt,
     try_plain_http: bool,
+    /// The TLS handshake was answered in plain HTTP: the peer speaks it, so what plain HTTP
+    /// then gives is the answer, not the handshake's failure.
+    plain_http_peer: bool,
 }
 
 /// containerd falls back to plain HTTP only when the TLS error shows a plain-HTTP server (Go's
@@ -75,6 +79,18 @@ fn answered_in_plain_http(error: &reqwest::Error) -> bool {
         };
     }
     false
+}
+
+/// The kind of the first I/O error in the cause chain.
+fn io_kind_in(error: &reqwest::Error) -> Option<std::io::ErrorKind> {
+    let mut next: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = next {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return Some(io.kind());
+        }
+        next = e.source();
+    }
+    None
 }
 
 /// containerd's `isPortError`: the connection was refused or timed out.
@@ -126,7 +142,10 @@ impl Exchange<'_> {
                         host.fall_back();
                         Ok(answer)
                     }
-                    // Neither speaks: HTTPS's failure says more (a certificate, a refused port).
+                    // The peer speaks plain HTTP: its failure (a reset, a stall, a redirect loop)
+                    // is what went wrong. Otherwise neither port answered, and HTTPS's failure
+                    // says more (it is the scheme the host was reached by).
+                    Err(plain) if https.plain_http_peer => Err(plain.attempt),
                     Err(_) => Err(https.attempt),
                 }
             }
@@ -143,6 +162,10 @@ impl Exchange<'_> {
         limit: usize,
     ) -> Result<(Response, Vec<u8>), Failed> {
         let plain_http = url.scheme() == "http";
+        if let Err(refused) = self.client.destinations().check_url(&url) {
+            let attempt = Attempt::failed(State::UnknownError, format!("{}: {refused}", host.name));
+            return Err(Failed { attempt, try_plain_http: false, plain_http_peer: false });
+        }
         let (address, port) = host.address();
         let span = tracing::info_span!(
             "http",
@@ -168,10 +191,14 @@ impl Exchange<'_> {
         let result = async {
             let sent = request.send().await;
             self.client.observe_request(&host.name, sent.as_ref().ok().map(|r| r.status().as_u16()));
-            let mut response = sent.map_err(|e| Failed {
-                try_plain_http: answered_in_plain_http(&e)
-                    || (host_and_port(&host.name).1.is_none() && e.is_connect() && refused_or_timed_out(&e)),
-                attempt: transport_error(&host.name, &e),
+            let mut response = sent.map_err(|e| {
+                let plain_http_peer = answered_in_plain_http(&e);
+                Failed {
+                    try_plain_http: plain_http_peer
+                        || (host_and_port(&host.name).1.is_none() && e.is_connect() && refused_or_timed_out(&e)),
+                    plain_http_peer,
+                    attempt: transport_error(&host.name, &e),
+                }
             })?;
             let status = response.status();
             tracing::Span::current().record("http.response.status_code", i64::from(status.as_u16()));
@@ -183,8 +210,11 @@ impl Exchange<'_> {
                 if declared.is_some_and(|l| l > read_limit) {
                     return Err(too_large(&host.name, read_limit));
                 }
-                let chunk_error =
-                    |e: reqwest::Error| Failed { try_plain_http: false, attempt: transport_error(&host.name, &e) };
+                let chunk_error = |e: reqwest::Error| Failed {
+                    try_plain_http: false,
+                    plain_http_peer: false,
+                    attempt: transport_error(&host.name, &e),
+                };
                 while let Some(chunk) = response.chunk().await.map_err(chunk_error)? {
                     if body.len() + chunk.len() > read_limit {
                         return Err(too_large(&host.name, read_limit));
@@ -211,12 +241,17 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn too_large(host: &str, limit: usize) -> Failed {
     let attempt = Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"));
-    Failed { attempt, try_plain_http: false }
+    Failed { attempt, try_plain_http: false, plain_http_peer: false }
 }
 
 /// Connect, DNS, TLS and timeouts: the registry cannot be reached. The cause chain is kept
 /// (it says which), but reqwest's errors name only the URL, which carries no credential.
 fn transport_error(host: &str, error: &reqwest::Error) -> Attempt {
+    // A destination refused before connecting (a link-local redirect or address): not the
+    // registry's being unreachable, and not worth retrying.
+    if let Some(refused) = refused_in(error) {
+        return Attempt::failed(State::UnknownError, format!("{host}: {refused}"));
+    }
     let mut cause = String::new();
     let mut source: Option<&dyn std::error::Error> = Some(error);
     while let Some(e) = source {
@@ -228,6 +263,8 @@ fn transport_error(host: &str, error: &reqwest::Error) -> Attempt {
     }
     let kind = if error.is_timeout() {
         "timed out"
+    } else if io_kind_in(error) == Some(std::io::ErrorKind::ConnectionReset) {
+        "connection reset"
     } else if cause.contains("dns error") {
         "DNS lookup failed"
     } else if error.is_connect() {

@@ -15,6 +15,7 @@
 mod auth;
 mod client;
 mod credentials;
+mod destination;
 mod http;
 mod limits;
 mod manifest;

@@ -43,6 +43,11 @@ impl Exchange<'_> {
             }
             query.append_pair("scope", &format!("repository:{repository}:pull"));
         }
+        // Checked again before sending; here the error can say which registry named the realm.
+        if let Err(refused) = self.client.destinations().check_url(&url) {
+            let error = format!("token realm of {}: {refused}", registry.name);
+            return Err(Attempt::failed(State::UnknownError, error));
+        }
         let authority = match url.port() {
             Some(p) => format!("{}:{p}", url.host_str().unwrap_or_default()),
             None => url.host_str().unwrap_or_default().to_string(),

@@ -42,8 +42,25 @@ pub enum Reply {
         headers: Vec<(String, String)>,
         body: Vec<u8>,
     },
-    /// Closes the connection without a byte.
+    /// Resets the connection (RST, `SO_LINGER` 0) without a byte.
     Reset,
+    /// Sends headers announcing `declared` bytes and `body`, then resets the connection.
+    ResetAfter {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        declared: usize,
+    },
+    /// Sends headers announcing `declared` bytes and `body`, then neither more nor a close: the
+    /// connection is held until the client gives up.
+    Stall {
+        status: u16,
+        headers: Vec<(String, String)>,
+        body: Vec<u8>,
+        declared: usize,
+    },
+    /// Sends nothing at all until the client gives up.
+    Hang,
     /// Announces `declared` bytes, sends `body`, closes.
     Truncated {
         status: u16,
@@ -263,7 +280,24 @@ where
         head
     };
     match reply {
-        Reply::Reset => {}
+        Reply::Reset => {
+            stream.set_zero_linger()?;
+            return Ok(());
+        }
+        Reply::ResetAfter { status, headers, body, declared } => {
+            stream.write_all(write_head(status, &headers, Some(declared)).as_bytes()).await?;
+            stream.write_all(&body).await?;
+            stream.flush().await?;
+            stream.set_zero_linger()?;
+            return Ok(());
+        }
+        Reply::Stall { status, headers, body, declared } => {
+            stream.write_all(write_head(status, &headers, Some(declared)).as_bytes()).await?;
+            stream.write_all(&body).await?;
+            stream.flush().await?;
+            return until_closed(stream).await;
+        }
+        Reply::Hang => return until_closed(stream).await,
         Reply::Full { status, headers, body } => {
             let declared = headers
                 .iter()
@@ -299,4 +333,11 @@ where
         }
     }
     stream.shutdown().await
+}
+
+/// Reads (and drops) whatever the client still sends until it closes the connection.
+async fn until_closed(mut stream: TcpStream) -> std::io::Result<()> {
+    let mut sink = [0u8; 4096];
+    while stream.read(&mut sink).await? > 0 {}
+    Ok(())
 }

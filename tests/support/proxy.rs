@@ -47,6 +47,20 @@ pub enum Fault {
     DropAuthorization,
     /// Forwarded to this base URL instead: one host serving repositories from two registries.
     Upstream(String),
+    /// 401 with this `WWW-Authenticate`, whatever the request carried.
+    Challenge(String),
+    /// The registry's headers and half its body (GET), then a connection reset.
+    ResetAfterHeaders,
+    /// Nothing at all, the connection held open: a registry that stopped answering.
+    Stall,
+    /// The registry's headers and half its body (GET), then nothing, the connection held open.
+    StallMidBody,
+    /// The registry's answer followed by this many more bytes than its `Content-Length` says.
+    Overlong(usize),
+    /// A 200 without `Content-Length` whose body never ends (GET).
+    Endless,
+    /// A 200 manifest answer with `Content-Encoding: gzip` and this body (GET).
+    Gzip(Vec<u8>),
 }
 
 /// The schema 1 manifest [`Fault::Schema1`] serves.
@@ -69,7 +83,19 @@ pub const SCHEMA1_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manife
 impl Fault {
     /// Faults of the body reach the client only on GET: HEAD is refused so the client falls back.
     fn is_body_fault(&self) -> bool {
-        matches!(self, Fault::Drip(_) | Fault::Truncate | Fault::Huge(_) | Fault::Garbage | Fault::HeadNotAllowed)
+        matches!(
+            self,
+            Fault::Drip(_)
+                | Fault::Truncate
+                | Fault::Huge(_)
+                | Fault::Garbage
+                | Fault::HeadNotAllowed
+                | Fault::ResetAfterHeaders
+                | Fault::StallMidBody
+                | Fault::Overlong(_)
+                | Fault::Endless
+                | Fault::Gzip(_)
+        )
     }
 }
 
@@ -170,6 +196,14 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
         Fault::Reply { status, headers, body } => {
             return Reply::Full { status: *status, headers: headers.clone(), body: body.clone() };
         }
+        Fault::Stall => return Reply::Hang,
+        Fault::Challenge(challenge) => {
+            return Reply::Full {
+                status: 401,
+                headers: vec![("WWW-Authenticate".into(), challenge.clone())],
+                body: vec![],
+            };
+        }
         Fault::Redirect(base) => {
             return Reply::Full {
                 status: 307,
@@ -187,6 +221,20 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
         }
         Fault::Garbage => {
             return Reply::Full { status: 200, headers: vec![], body: b"<html>not a manifest</html>".to_vec() };
+        }
+        Fault::Endless => {
+            let (sender, chunks) = tokio::sync::mpsc::channel(4);
+            // Ends when the client hangs up: the server drops the receiver, the send fails.
+            tokio::spawn(async move { while sender.send(vec![b' '; 64 << 10]).await.is_ok() {} });
+            let headers = vec![("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into())];
+            return Reply::Stream { status: 200, headers, chunks };
+        }
+        Fault::Gzip(body) => {
+            let headers = vec![
+                ("Content-Type".into(), "application/vnd.oci.image.manifest.v1+json".into()),
+                ("Content-Encoding".into(), "gzip".into()),
+            ];
+            return Reply::Full { status: 200, headers, body: body.clone() };
         }
         Fault::Schema1 => {
             let body = schema1_manifest();
@@ -236,6 +284,20 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
         Fault::Truncate => {
             let declared = body.len() + 100;
             Reply::Truncated { status, headers, body: body[..body.len() / 2].to_vec(), declared }
+        }
+        Fault::ResetAfterHeaders => {
+            let declared = body.len();
+            Reply::ResetAfter { status, headers, body: body[..body.len() / 2].to_vec(), declared }
+        }
+        Fault::StallMidBody => {
+            let declared = body.len();
+            Reply::Stall { status, headers, body: body[..body.len() / 2].to_vec(), declared }
+        }
+        Fault::Overlong(extra) => {
+            let declared = body.len();
+            let mut longer = body;
+            longer.resize(declared + extra, b' ');
+            Reply::Truncated { status, headers, body: longer, declared }
         }
         _ => Reply::Full { status, headers, body },
     }

@@ -64,6 +64,18 @@ fn listening_address(log: &str) -> Option<String> {
 impl Registry {
     /// Starts a registry serving `storage`; several registries may share one storage.
     pub async fn start(dir: &Path, name: &str, storage: &Path, tls: Option<(&Path, &Path)>, auth: Auth) -> Registry {
+        Self::start_on(dir, name, storage, tls, auth, "127.0.0.1:0").await
+    }
+
+    /// [`Self::start`] listening on `addr` (`[::1]:0`: IPv6 loopback only).
+    pub async fn start_on(
+        dir: &Path,
+        name: &str,
+        storage: &Path,
+        tls: Option<(&Path, &Path)>,
+        auth: Auth,
+        addr: &str,
+    ) -> Registry {
         let tls_block = tls
             .map(|(cert, key)| format!("  tls:\n    certificate: {}\n    key: {}\n", cert.display(), key.display()))
             .unwrap_or_default();
@@ -80,7 +92,7 @@ impl Registry {
         // Port 0: the kernel picks the port and the registry logs it, at info level, on
         // `listening on`; a port picked here and released could be taken before it binds.
         let config = format!(
-            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n{tls_block}{auth_block}",
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: \"{addr}\"\n{tls_block}{auth_block}",
             storage.display()
         );
         let config_path = dir.join(format!("{name}.yml"));
