@@ -8,6 +8,7 @@ mod support;
 
 mod apiserver;
 mod collector;
+mod credentials;
 mod figures;
 mod inputs;
 mod registry;
