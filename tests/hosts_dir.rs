@@ -199,6 +199,41 @@ async fn mirrors_by_capability_override_path_then_the_server_trusted_through_its
 }
 
 #[tokio::test]
+async fn a_host_entry_at_the_servers_own_url_keeps_its_own_tls_settings() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let registry = env.basic.addr.clone();
+    let tag = format!("{registry}/team/app:v1");
+    let alice = [pull_secret("regcred", PASSWORD)];
+    // containerd's documented shapes: the server's CA (or skip_verify) in a `[host]` table whose
+    // URL is the server's, with and without the `server` line.
+    let shapes = [
+        (
+            "ca",
+            format!(
+                "server = \"https://{registry}\"\n[host.\"https://{registry}\"]\n  ca = \"{}\"\n",
+                env.pki.ca_cert.display()
+            ),
+        ),
+        (
+            "skip_verify",
+            format!("server = \"https://{registry}\"\n[host.\"https://{registry}\"]\n  skip_verify = true\n"),
+        ),
+        ("ca, no server line", format!("[host.\"https://{registry}\"]\n  ca = \"{}\"\n", env.pki.ca_cert.display())),
+    ];
+    for (shape, text) in shapes {
+        let dir = env.dir.path().join(format!("certs-{}.d", support::rand_suffix()));
+        hosts_toml(&dir, &registry, &text);
+        let client = hosts_client(None, &dir);
+        let r = probe(&client, &tag, &alice).await;
+        assert_eq!(r.state, State::Available, "{shape}: the pull secret's credential over the entry's TLS: {r:?}");
+        assert_eq!(r.credential, Some(CredentialSource::PullSecret("regcred".into())), "{shape}: {r:?}");
+        let r = probe(&client, &tag, &[]).await;
+        assert_eq!(r.state, State::AuthenticationFailure, "{shape}: no credential, the registry's own 401: {r:?}");
+    }
+}
+
+#[tokio::test]
 async fn default_directory_and_host_port_directories_with_their_headers() {
     let env = Env::start().await;
     env.pusher.image("team/app", "v1", "amd64").await;

@@ -100,10 +100,15 @@ impl RegistryClient {
             headers: endpoint.headers.clone(),
             connect_timeout: endpoint.dial_timeout,
         })?;
-        let credential = endpoint.is_mirror.then(|| self.config().host(&endpoint.host).credential).flatten();
+        // A `[host]` entry at the registry's own host and port (containerd's documented examples
+        // put the server's CA there) is the registry reached with that table's settings: the
+        // workload's credentials go to it, as containerd's authorizer keys them by host, and its
+        // answer is the registry's. Only an endpoint elsewhere is a mirror.
+        let mirror = endpoint.is_mirror && endpoint.is_proxy_for(registry);
+        let credential = mirror.then(|| self.config().host(&endpoint.host).credential).flatten();
         Ok(Route {
             host,
-            mirror: endpoint.is_mirror,
+            mirror,
             resolves_tags: endpoint.resolves_tags(),
             pulls_digests: endpoint.pulls_digests(),
             ns: endpoint.is_proxy_for(registry).then(|| registry.to_string()),
