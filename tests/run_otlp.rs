@@ -569,3 +569,31 @@ async fn grpc_over_tls_with_the_collector_ca_from_otel_exporter_otlp_certificate
     assert!(eventually(WAIT, || receiver.received(arrived)).await, "metrics over TLS: {}", run.stderr());
     assert_eq!(run.terminate().await, Some(0));
 }
+
+/// A CLIENT span that ends without a response carries `error.type` and, as the semantic
+/// conventions require, status Error with a short description: backends' error views see it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_without_an_answer_is_an_error_span_with_its_error_type() {
+    let env = Env::start().await;
+    let api = ApiServer::start().await;
+    let nobody = RefusedPort::bind();
+    api.apply(workload("Deployment", "shop", "gone", &format!("{}/team/app:v1", nobody.addr)));
+    let receiver = Receiver::http().await;
+    let run = start(&env, &api, &[("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone())], &[]);
+    let refused_request = |r: &Received| {
+        spans(r).into_iter().find(|s| {
+            s.kind == 3 // SpanKind::Client
+                && support::otlp::attributes(&s.attributes).get("error.type").map(String::as_str)
+                    == Some("connection_failed")
+        })
+    };
+    assert!(eventually(WAIT, || receiver.received(|r| refused_request(r).is_some())).await, "{}", run.stderr());
+    let span = receiver.received(refused_request).expect("the refused request's span");
+    let status = span.status.expect("a status");
+    assert_eq!(status.code, 2, "status Error: {status:?}");
+    assert!(status.message.contains("connection failed"), "a short description: {status:?}");
+    assert!(
+        support::otlp::attributes(&span.attributes).get("http.response.status_code").is_none(),
+        "no response, no status code"
+    );
+}

@@ -57,6 +57,8 @@ impl Response {
 /// not connect (refused or timed out: plain HTTP is on another port, 80).
 struct Failed {
     attempt: Attempt,
+    /// The span's `error.type`: a short, low-cardinality name of what went wrong.
+    error_type: &'static str,
     try_plain_http: bool,
     /// The TLS handshake was answered in plain HTTP: the peer speaks it, so what plain HTTP
     /// then gives is the answer, not the handshake's failure.
@@ -164,7 +166,12 @@ impl Exchange<'_> {
         let plain_http = url.scheme() == "http";
         if let Err(refused) = self.client.destinations().check_url(&url) {
             let attempt = Attempt::failed(State::UnknownError, format!("{}: {refused}", host.name));
-            return Err(Failed { attempt, try_plain_http: false, plain_http_peer: false });
+            return Err(Failed {
+                attempt,
+                error_type: "destination_refused",
+                try_plain_http: false,
+                plain_http_peer: false,
+            });
         }
         let (address, port) = host.address();
         let span = tracing::info_span!(
@@ -177,6 +184,8 @@ impl Exchange<'_> {
             server.port = port,
             http.response.status_code = field::Empty,
             error.type = field::Empty,
+            otel.status_code = field::Empty,
+            otel.status_description = field::Empty,
         );
         let _permit = host.limits.acquire().instrument(span.clone()).await;
         self.requests += 1;
@@ -197,6 +206,7 @@ impl Exchange<'_> {
                     try_plain_http: plain_http_peer
                         || (host_and_port(&host.name).1.is_none() && e.is_connect() && refused_or_timed_out(&e)),
                     plain_http_peer,
+                    error_type: error_type(&e),
                     attempt: transport_error(&host.name, &e),
                 }
             })?;
@@ -213,6 +223,7 @@ impl Exchange<'_> {
                 let chunk_error = |e: reqwest::Error| Failed {
                     try_plain_http: false,
                     plain_http_peer: false,
+                    error_type: error_type(&e),
                     attempt: transport_error(&host.name, &e),
                 };
                 while let Some(chunk) = response.chunk().await.map_err(chunk_error)? {
@@ -226,11 +237,21 @@ impl Exchange<'_> {
         }
         .instrument(span.clone())
         .await;
+        // Semantic conventions: a CLIENT span without a response, or with a 4xx or 5xx, has
+        // status Error and says why in a few words (docs/telemetry.md, "Spans").
         match &result {
-            Err(failed) => span.record("error.type", failed.attempt.state.as_str()),
-            Ok((response, _)) if response.status.as_u16() >= 400 => span.record("error.type", response.status.as_str()),
-            Ok(_) => &span,
-        };
+            Err(failed) => {
+                span.record("error.type", failed.error_type);
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", failed.attempt.error.as_deref().unwrap_or(failed.error_type));
+            }
+            Ok((response, _)) if response.status.as_u16() >= 400 => {
+                span.record("error.type", response.status.as_str());
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", format!("HTTP {}", response.status.as_u16()));
+            }
+            Ok(_) => {}
+        }
         result
     }
 }
@@ -241,7 +262,39 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 fn too_large(host: &str, limit: usize) -> Failed {
     let attempt = Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"));
-    Failed { attempt, try_plain_http: false, plain_http_peer: false }
+    Failed { attempt, error_type: "response_too_large", try_plain_http: false, plain_http_peer: false }
+}
+
+/// `error.type` of a request that got no answer: what kind of failure, in a word a backend can
+/// group by (the semantic conventions' examples: `timeout`, `name_resolution_error`).
+fn error_type(error: &reqwest::Error) -> &'static str {
+    let (mut tls, mut dns) = (false, false);
+    let mut next: Option<&dyn std::error::Error> = Some(error);
+    while let Some(e) = next {
+        tls |= e.downcast_ref::<rustls::Error>().is_some();
+        dns |= e.to_string().contains("dns error");
+        next = match e.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(wrapped) => Some(wrapped as &dyn std::error::Error),
+            None => e.source(),
+        };
+    }
+    if refused_in(error).is_some() {
+        "destination_refused"
+    } else if error.is_timeout() {
+        "timeout"
+    } else if tls {
+        "tls_failure"
+    } else if io_kind_in(error) == Some(std::io::ErrorKind::ConnectionReset) {
+        "connection_reset"
+    } else if dns {
+        "name_resolution_error"
+    } else if error.is_connect() {
+        "connection_failed"
+    } else if error.is_redirect() {
+        "too_many_redirects"
+    } else {
+        "request_failed"
+    }
 }
 
 /// Connect, DNS, TLS and timeouts: the registry cannot be reached. The cause chain is kept
