@@ -481,7 +481,7 @@ fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) 
 async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&telemetry.meter()));
     let observer_metrics = metrics.clone();
-    let observer: RequestObserver = Arc::new(move |host, status| observer_metrics.record_request(host, status));
+    let observer: RequestObserver = Arc::new(move |request| observer_metrics.record_request(request));
     let registry = args.registry.client(Some(observer), args.window)?;
     let Connection { client: kube_client, namespace: context_namespace, page_size, .. } =
         args.cluster.connection().await?;

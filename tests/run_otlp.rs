@@ -572,10 +572,11 @@ async fn grpc_over_tls_with_the_collector_ca_from_otel_exporter_otlp_certificate
 
 /// A CLIENT span that ends without a response carries `error.type` and, as the semantic
 /// conventions require, status Error with a short description: backends' error views see it.
+/// Every request is timed on `http.client.request.duration` with the conventions' attributes
+/// and bucket boundaries, answered or not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_request_without_an_answer_is_an_error_span_with_its_error_type() {
-    let env = Env::start().await;
-    let api = ApiServer::start().await;
+async fn client_spans_and_request_durations_follow_the_semantic_conventions() {
+    let (env, api) = one_deployment().await;
     let nobody = RefusedPort::bind();
     api.apply(workload("Deployment", "shop", "gone", &format!("{}/team/app:v1", nobody.addr)));
     let receiver = Receiver::http().await;
@@ -596,4 +597,49 @@ async fn a_request_without_an_answer_is_an_error_span_with_its_error_type() {
         !support::otlp::attributes(&span.attributes).contains_key("http.response.status_code"),
         "no response, no status code"
     );
+
+    let durations = |r: &Received| {
+        metrics(r).into_iter().rev().find(|(_, m)| m.name == "http.client.request.duration").map(|(_, m)| m)
+    };
+    let both = |r: &Received| {
+        let points = latest_histogram(r, "http.client.request.duration");
+        let has = |key: &str, value: &str| points.iter().any(|(a, _, _)| a.get(key).map(String::as_str) == Some(value));
+        has("error.type", "connection_failed") && has("http.response.status_code", "200")
+    };
+    assert!(eventually(WAIT, || receiver.received(both)).await, "{:?}", receiver.received(durations));
+    let metric = receiver.received(durations).expect("http.client.request.duration");
+    assert_eq!(metric.unit, "s");
+    let Some(opentelemetry_proto::tonic::metrics::v1::metric::Data::Histogram(histogram)) = metric.data else {
+        panic!("a histogram: {metric:?}")
+    };
+    let (anon_host, anon_port) = env.anon.addr.rsplit_once(':').expect("host:port");
+    for point in &histogram.data_points {
+        assert_eq!(
+            point.explicit_bounds,
+            [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0],
+            "the semantic conventions' boundaries"
+        );
+        let int = |key: &str| {
+            point.attributes.iter().find(|kv| kv.key == key).and_then(|kv| kv.value.clone()).and_then(|v| v.value)
+        };
+        assert!(matches!(int("server.port"), Some(any_value::Value::IntValue(_))), "server.port is an int");
+        let attributes = support::otlp::attributes(&point.attributes);
+        assert!(["GET", "HEAD"].contains(&attributes["http.request.method"].as_str()), "{attributes:?}");
+        assert!(!attributes.keys().any(|k| k.contains("authorization") || k == "url.full"), "{attributes:?}");
+        match attributes.get("http.response.status_code") {
+            Some(status) => {
+                assert_eq!(status, "200", "{attributes:?}");
+                assert_eq!(
+                    (attributes["server.address"].as_str(), attributes["server.port"].as_str()),
+                    (anon_host, anon_port)
+                );
+                assert!(!attributes.contains_key("error.type"), "a 200 has no error.type");
+            }
+            // The refused port; or the HTTPS attempt at the plain-HTTP registry before it fell back.
+            None => assert!(
+                matches!(attributes.get("error.type").map(String::as_str), Some("connection_failed" | "tls_failure")),
+                "{attributes:?}"
+            ),
+        }
+    }
 }

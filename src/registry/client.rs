@@ -181,8 +181,26 @@ impl ConfigPlatforms {
     }
 }
 
-/// Told of every HTTP request: the host, and the status (`None` when no answer came).
-pub type RequestObserver = Arc<dyn Fn(&str, Option<u16>) + Send + Sync>;
+/// One finished HTTP request to a registry or token service, as the semantic conventions'
+/// `http.client.request.duration` describes it.
+#[derive(Clone, Copy, Debug)]
+pub struct RequestRecord<'a> {
+    /// The endpoint's name (`host[:port]`), as `pullcheck.registry.requests` names it.
+    pub host: &'a str,
+    /// `server.address` and `server.port` (the scheme's port when none is written).
+    pub address: &'a str,
+    pub port: i64,
+    pub method: &'a str,
+    /// `None` when no answer came (connect, TLS, timeout).
+    pub status: Option<u16>,
+    /// What went wrong, as the request's span says it (`timeout`, `503`, …).
+    pub error_type: Option<&'a str>,
+    /// From sending to the last byte of the body read (or the failure).
+    pub duration: Duration,
+}
+
+/// Told of every HTTP request once it has ended.
+pub type RequestObserver = Arc<dyn Fn(&RequestRecord<'_>) + Send + Sync>;
 
 /// Cheap to clone; every clone shares hosts, tokens and counters.
 #[derive(Clone)]
@@ -267,9 +285,9 @@ impl RegistryClient {
         self.inner.requests.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn observe_request(&self, host: &str, status: Option<u16>) {
+    pub(crate) fn observe_request(&self, record: &RequestRecord<'_>) {
         if let Some(observer) = &self.inner.observer {
-            observer(host, status);
+            observer(record);
         }
     }
 

@@ -9,7 +9,7 @@ use reqwest::{Method, StatusCode, Url};
 use tracing::{Instrument, field};
 
 use super::auth::parse_challenge;
-use super::client::{Host, RegistryClient};
+use super::client::{Host, RegistryClient, RequestRecord};
 use super::destination::refused_in;
 use super::limits::parse_retry_after;
 use super::manifest::MANIFEST_ACCEPT;
@@ -59,6 +59,8 @@ struct Failed {
     attempt: Attempt,
     /// The span's `error.type`: a short, low-cardinality name of what went wrong.
     error_type: &'static str,
+    /// The status, when the failure came after the headers (a body cut short or too large).
+    status: Option<u16>,
     try_plain_http: bool,
     /// The TLS handshake was answered in plain HTTP: the peer speaks it, so what plain HTTP
     /// then gives is the answer, not the handshake's failure.
@@ -169,6 +171,7 @@ impl Exchange<'_> {
             return Err(Failed {
                 attempt,
                 error_type: "destination_refused",
+                status: None,
                 try_plain_http: false,
                 plain_http_peer: false,
             });
@@ -197,9 +200,9 @@ impl Exchange<'_> {
         if let Some(auth) = authorization {
             request = request.header(AUTHORIZATION, auth);
         }
+        let started = std::time::Instant::now();
         let result = async {
             let sent = request.send().await;
-            self.client.observe_request(&host.name, sent.as_ref().ok().map(|r| r.status().as_u16()));
             let mut response = sent.map_err(|e| {
                 let plain_http_peer = answered_in_plain_http(&e);
                 Failed {
@@ -207,6 +210,7 @@ impl Exchange<'_> {
                         || (host_and_port(&host.name).1.is_none() && e.is_connect() && refused_or_timed_out(&e)),
                     plain_http_peer,
                     error_type: error_type(&e),
+                    status: None,
                     attempt: transport_error(&host.name, &e),
                 }
             })?;
@@ -218,17 +222,18 @@ impl Exchange<'_> {
             if method != Method::HEAD && read_limit > 0 {
                 let declared = header(&headers, CONTENT_LENGTH.as_str()).and_then(|l| l.parse::<usize>().ok());
                 if declared.is_some_and(|l| l > read_limit) {
-                    return Err(too_large(&host.name, read_limit));
+                    return Err(too_large(&host.name, read_limit, status.as_u16()));
                 }
                 let chunk_error = |e: reqwest::Error| Failed {
                     try_plain_http: false,
                     plain_http_peer: false,
                     error_type: error_type(&e),
+                    status: Some(status.as_u16()),
                     attempt: transport_error(&host.name, &e),
                 };
                 while let Some(chunk) = response.chunk().await.map_err(chunk_error)? {
                     if body.len() + chunk.len() > read_limit {
-                        return Err(too_large(&host.name, read_limit));
+                        return Err(too_large(&host.name, read_limit, status.as_u16()));
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -237,6 +242,22 @@ impl Exchange<'_> {
         }
         .instrument(span.clone())
         .await;
+        let (status, error_type) = match &result {
+            Ok((response, _)) => {
+                let code = response.status.as_u16();
+                (Some(code), (code >= 400).then(|| response.status.as_str()))
+            }
+            Err(failed) => (failed.status, Some(failed.error_type)),
+        };
+        self.client.observe_request(&RequestRecord {
+            host: &host.name,
+            address,
+            port,
+            method: method.as_str(),
+            status,
+            error_type,
+            duration: started.elapsed(),
+        });
         // Semantic conventions: a CLIENT span without a response, or with a 4xx or 5xx, has
         // status Error and says why in a few words (docs/telemetry.md, "Spans").
         match &result {
@@ -260,9 +281,15 @@ pub(crate) fn header(headers: &HeaderMap, name: &str) -> Option<String> {
     headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
 }
 
-fn too_large(host: &str, limit: usize) -> Failed {
+fn too_large(host: &str, limit: usize, status: u16) -> Failed {
     let attempt = Attempt::failed(State::UnknownError, format!("{host}: response body larger than {limit} bytes"));
-    Failed { attempt, error_type: "response_too_large", try_plain_http: false, plain_http_peer: false }
+    Failed {
+        attempt,
+        error_type: "response_too_large",
+        status: Some(status),
+        try_plain_http: false,
+        plain_http_peer: false,
+    }
 }
 
 /// `error.type` of a request that got no answer: what kind of failure, in a word a backend can

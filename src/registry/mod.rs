@@ -27,7 +27,7 @@ mod routes;
 mod token;
 
 pub use auth::{Challenge, TokenCache, parse_challenge, token_ttl};
-pub use client::{ClientSettings, RegistryClient, RequestObserver};
+pub use client::{ClientSettings, RegistryClient, RequestObserver, RequestRecord};
 pub use limits::parse_retry_after;
 pub use outcome::{State, classify_status};
 pub use probe::{ProbeResult, Trigger};

@@ -10,7 +10,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
 use super::attributes::{replacement_attributes, series_attributes, server_attributes};
 use crate::inventory::keys::{Series, WorkloadSeries};
-use crate::registry::State;
+use crate::registry::{RequestRecord, State};
 
 /// What one workload container's gauges report: each value only when known. 16 bytes: the
 /// container's series is held flat (its workload's series and which container), since a
@@ -61,12 +61,17 @@ pub struct Metrics {
     probes: Counter<u64>,
     probe_duration: Histogram<f64>,
     registry_requests: Counter<u64>,
+    request_duration: Histogram<f64>,
     snapshot: Arc<RwLock<Snapshot>>,
     _gauges: Vec<ObservableGauge<i64>>,
     _ratios: Vec<ObservableGauge<f64>>,
 }
 
 pub const STATE_ATTRIBUTE: &str = "pullcheck.image.state";
+
+/// The semantic conventions' explicit bucket boundaries for `http.client.request.duration`.
+pub const HTTP_CLIENT_DURATION_BOUNDARIES: [f64; 14] =
+    [0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0];
 
 fn read(snapshot: &RwLock<Snapshot>) -> std::sync::RwLockReadGuard<'_, Snapshot> {
     snapshot.read().unwrap_or_else(|p| p.into_inner())
@@ -186,6 +191,12 @@ impl Metrics {
                 .u64_counter("pullcheck.registry.requests")
                 .with_description("HTTP requests to registries and token services")
                 .build(),
+            request_duration: meter
+                .f64_histogram("http.client.request.duration")
+                .with_unit("s")
+                .with_description("Duration of HTTP client requests.")
+                .with_boundaries(HTTP_CLIENT_DURATION_BOUNDARIES.to_vec())
+                .build(),
             snapshot,
             _gauges: vec![available, status, images, workloads, batch, leader, drift, replacement],
             _ratios: vec![coverage],
@@ -203,12 +214,23 @@ impl Metrics {
         self.probe_duration.record(duration.as_secs_f64(), &attributes);
     }
 
-    /// `status` is `None` when no answer came (connect, TLS, timeout).
-    pub fn record_request(&self, host: &str, status: Option<u16>) {
-        let mut attributes = server_attributes(host);
-        if let Some(status) = status {
-            attributes.push(KeyValue::new("http.response.status_code", i64::from(status)));
-        }
+    /// A request to a registry or token service ended: counted on `pullcheck.registry.requests`
+    /// (as before) and timed on the semantic conventions' `http.client.request.duration`, so
+    /// backends' ready-made HTTP client dashboards work unchanged.
+    pub fn record_request(&self, request: &RequestRecord<'_>) {
+        let status = request.status.map(|s| KeyValue::new("http.response.status_code", i64::from(s)));
+        let mut attributes = server_attributes(request.host);
+        attributes.extend(status.clone());
         self.registry_requests.add(1, &attributes);
+        let mut attributes = vec![
+            KeyValue::new("http.request.method", request.method.to_string()),
+            KeyValue::new("server.address", request.address.to_string()),
+            KeyValue::new("server.port", request.port),
+        ];
+        attributes.extend(status);
+        if let Some(error_type) = request.error_type {
+            attributes.push(KeyValue::new("error.type", error_type.to_string()));
+        }
+        self.request_duration.record(request.duration.as_secs_f64(), &attributes);
     }
 }
