@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 
-use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials};
+use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials, credential_name};
 use crate::error::Warning;
 use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
 use crate::inventory::running::{Digest, ObjectKey, OwnedBy, Running, drift, running_digests};
@@ -17,7 +17,7 @@ use crate::inventory::selection::Selection;
 use crate::inventory::{ContainerRef, WorkloadRef};
 use crate::platform::Platform;
 use crate::registry::{ProbeResult, RegistryClient, State};
-use crate::report::{ImageReport, ReplacementReport, Report, WorkloadUse};
+use crate::report::{ImageReport, RateLimitReport, ReplacementReport, Report, WorkloadUse};
 use crate::sources::cluster::{ApiFailure, Connection, ListFailure, failure_lines, list_namespaces, list_workloads};
 use crate::sources::manifests::load_paths;
 use crate::sources::nodes::required_platforms;
@@ -279,7 +279,12 @@ async fn probe_uses(
             }
         })
         .collect();
-    Report::new(images)
+    let mut report = Report::new(images);
+    report.summary.rate_limits = RateLimitReport::lowest(results.values().filter_map(|r| {
+        let (host, budget) = r.rate_limit.as_ref()?;
+        Some((host.as_str(), credential_name(r.credential.as_ref()), *budget))
+    }));
+    report
 }
 
 async fn probe_keys(

@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::Warning;
 use crate::inventory::ContainerRef;
-use crate::registry::State;
+use crate::registry::{RateLimit, State};
 use crate::sources::manifests::InputError;
 
 #[derive(Clone, Debug, Serialize)]
@@ -58,10 +58,50 @@ pub struct ReplacementReport {
     pub error: Option<String>,
 }
 
+/// Images by state, and the pull budgets registries announced while they were probed.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Summary {
+    #[serde(flatten)]
+    pub states: BTreeMap<State, usize>,
+    /// Present only when some registry sent `ratelimit-*` headers (Docker Hub does).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rate_limits: Vec<RateLimitReport>,
+}
+
+/// The lowest budget a registry announced to one credential during the check: the last one,
+/// since what remains only falls within a window.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct RateLimitReport {
+    pub registry: String,
+    /// The credential's name (`pull secret regcred`, `registry config`, `anonymous`), never
+    /// its content.
+    pub credential: String,
+    #[serde(flatten)]
+    pub budget: RateLimit,
+}
+
+impl RateLimitReport {
+    /// One report per (registry, credential), the lowest remaining kept, sorted.
+    pub fn lowest<'a>(seen: impl IntoIterator<Item = (&'a str, String, RateLimit)>) -> Vec<Self> {
+        let mut lowest: BTreeMap<(String, String), RateLimit> = BTreeMap::new();
+        for (registry, credential, budget) in seen {
+            lowest
+                .entry((registry.to_string(), credential))
+                .and_modify(|kept| {
+                    if budget.remaining < kept.remaining {
+                        *kept = budget;
+                    }
+                })
+                .or_insert(budget);
+        }
+        lowest.into_iter().map(|((registry, credential), budget)| Self { registry, credential, budget }).collect()
+    }
+}
+
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
     pub images: Vec<ImageReport>,
-    pub summary: BTreeMap<State, usize>,
+    pub summary: Summary,
     /// Inputs that could not be read; present only when there are some.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub input_errors: Vec<InputError>,
@@ -81,11 +121,11 @@ impl Report {
     /// Problems first, then by image; the summary counted from the entries.
     pub fn new(mut images: Vec<ImageReport>) -> Self {
         images.sort_by(|a, b| a.state.cmp(&b.state).then_with(|| a.image.cmp(&b.image)));
-        let mut summary = BTreeMap::new();
+        let mut states = BTreeMap::new();
         for image in &images {
-            *summary.entry(image.state).or_insert(0) += 1;
+            *states.entry(image.state).or_insert(0) += 1;
         }
-        Report { images, summary, ..Report::default() }
+        Report { images, summary: Summary { states, rate_limits: Vec::new() }, ..Report::default() }
     }
 
     /// 0 every image available, 1 some image not, 2 some input could not be read or the check
@@ -145,8 +185,15 @@ impl Report {
             out.push_str(&row[3]);
             out.push('\n');
         }
-        let counts: Vec<String> = self.summary.iter().map(|(s, n)| format!("{n} {s}")).collect();
+        let counts: Vec<String> = self.summary.states.iter().map(|(s, n)| format!("{n} {s}")).collect();
         out.push_str(&format!("\n{} images: {}\n", self.images.len(), counts.join(", ")));
+        for r in &self.summary.rate_limits {
+            let window = r.budget.window_seconds.map_or_else(String::new, |w| format!(" per {w}s"));
+            out.push_str(&format!(
+                "rate limit: {} has {} of {}{window} left for {}\n",
+                r.registry, r.budget.remaining, r.budget.limit, r.credential
+            ));
+        }
         for e in &self.input_errors {
             out.push_str(&format!("input error: {e}\n"));
         }

@@ -423,3 +423,41 @@ async fn images_on_deprecated_registries_are_flagged_with_their_replacement_prob
         "{stderr}"
     );
 }
+
+/// A registry announcing its pull budget (Docker Hub's `ratelimit-*` headers, added by a proxy in
+/// front of the real registry): `check` shows the budget per registry and credential name in its
+/// summary, in JSON and in the table.
+#[tokio::test]
+async fn a_registrys_announced_pull_budget_is_in_the_summary() {
+    use support::proxy::{Fault, FaultProxy};
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let proxy = FaultProxy::start(format!("http://{}", env.anon.addr)).await;
+    proxy.set(Fault::Headers(vec![
+        ("ratelimit-limit".into(), "100;w=21600".into()),
+        ("ratelimit-remaining".into(), "76;w=21600".into()),
+        ("docker-ratelimit-source".into(), "203.0.113.7".into()),
+    ]));
+    let file = write(
+        env.dir.path(),
+        "app.yaml",
+        &support::workload("Deployment", "shop", "web", &format!("{}/team/app:v1", proxy.addr())).to_string(),
+    );
+    let config = env.registry_config("", &format!("  {}:\n    plainHttp: true\n", proxy.addr()));
+    let config = config.to_str().expect("utf-8 path");
+    // Run without blocking the runtime that serves the proxy.
+    let out = support::process::run_pullcheck(&["check", "-f", &file, "-o", "json", "--registry-config", config]).await;
+    let report = json(&out);
+    assert_eq!(report["summary"]["available"], 1, "{report}");
+    assert_eq!(
+        report["summary"]["rate_limits"],
+        serde_json::json!([{"registry": proxy.addr(), "credential": "anonymous", "limit": 100, "remaining": 76, "window_seconds": 21600}])
+    );
+    let table = support::process::run_pullcheck(&["check", "-f", &file, "--registry-config", config]).await;
+    let text = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        text.contains(&format!("rate limit: {} has 76 of 100 per 21600s left for anonymous", proxy.addr())),
+        "{text}"
+    );
+    assert!(!text.contains("203.0.113.7"), "the limit's source (an address or an account) is not shown");
+}

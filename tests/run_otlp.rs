@@ -643,3 +643,44 @@ async fn client_spans_and_request_durations_follow_the_semantic_conventions() {
         }
     }
 }
+
+/// Docker Hub's `ratelimit-*` headers (added by a proxy in front of the real registry) reach the
+/// budget gauges, by registry and credential name; the alert reads them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registrys_announced_pull_budget_reaches_the_gauges() {
+    use support::proxy::{Fault, FaultProxy};
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let proxy = FaultProxy::start(format!("http://{}", env.anon.addr)).await;
+    proxy.set(Fault::Headers(vec![
+        ("ratelimit-limit".into(), "100;w=21600".into()),
+        ("ratelimit-remaining".into(), "9;w=21600".into()),
+    ]));
+    let api = ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", proxy.addr())));
+    let receiver = Receiver::http().await;
+    let config = env.registry_config("", &format!("  {}:\n    plainHttp: true\n", proxy.addr()));
+    let log = env.dir.path().join("budget.log");
+    let args = ["--registry-config", config.to_str().expect("utf-8"), "--window", "4s", "--tick", "200ms"];
+    let (_child, _home) =
+        support::process::spawn_run(&api.kubeconfig(env.dir.path()), &args, Some(&receiver.endpoint), &[], &log);
+    let budget = |r: &Received| {
+        let remaining = latest_points(r, "pullcheck.registry.rate_limit.remaining");
+        let limit = latest_points(r, "pullcheck.registry.rate_limit.limit");
+        (remaining, limit)
+    };
+    assert!(
+        eventually(WAIT, || receiver.received(|r| !budget(r).0.is_empty() && !budget(r).1.is_empty())).await,
+        "{}",
+        std::fs::read_to_string(&log).unwrap_or_default()
+    );
+    let (remaining, limit) = receiver.received(budget);
+    let (host, port) = proxy.addr().rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).expect("host:port");
+    let expected = BTreeMap::from([
+        ("pullcheck.credential.source".to_string(), "anonymous".to_string()),
+        ("server.address".to_string(), host),
+        ("server.port".to_string(), port),
+    ]);
+    assert_eq!(remaining, vec![(expected.clone(), 9.0)]);
+    assert_eq!(limit, vec![(expected, 100.0)]);
+}

@@ -222,6 +222,13 @@ impl Controller {
     /// Records a result; a changed state is logged. Returns whether waiting probes may start.
     pub fn on_probe_done(&mut self, done: ProbeJob, result: ProbeResult, now: Instant) -> bool {
         self.metrics.record_probe(&result.registry, result.state, result.duration);
+        if let Some((host, budget)) = &result.rate_limit {
+            self.metrics.record_rate_limit(
+                host,
+                &crate::credentials::credential_name(result.credential.as_ref()),
+                *budget,
+            );
+        }
         let ProbeJob { key, trigger, orphan, .. } = done;
         if orphan {
             if let Some(trigger) = &trigger {
@@ -401,6 +408,7 @@ mod tests {
             credential_index: None,
             duration: Duration::from_millis(5),
             http_requests: 1,
+            rate_limit: None,
         }
     }
 

@@ -72,6 +72,12 @@ impl fmt::Display for CredentialSource {
     }
 }
 
+/// Whose answer or budget it is: `pull secret <name>`, `registry config`, `credential provider
+/// <name>`, or `anonymous` — the credential's name, never its content.
+pub fn credential_name(source: Option<&CredentialSource>) -> String {
+    source.map_or_else(|| "anonymous".to_string(), ToString::to_string)
+}
+
 /// A credential with where it came from.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SourcedCredential {

@@ -14,6 +14,7 @@ use super::destination::refused_in;
 use super::limits::parse_retry_after;
 use super::manifest::MANIFEST_ACCEPT;
 use super::outcome::{Attempt, State};
+use super::rate_limit::RateLimit;
 use crate::image::host_and_port;
 use crate::platform::Platform;
 
@@ -24,6 +25,8 @@ pub(crate) const MAX_SMALL_BODY: usize = 256 << 10;
 pub(crate) struct Exchange<'a> {
     pub client: &'a RegistryClient,
     pub requests: u32,
+    /// The last pull budget a host announced in this probe, and which host.
+    pub rate_limit: Option<(String, RateLimit)>,
     /// Platforms an index must cover; none: any manifest will do, and HEAD is enough.
     pub platforms: &'a [Platform],
 }
@@ -217,6 +220,9 @@ impl Exchange<'_> {
             let status = response.status();
             tracing::Span::current().record("http.response.status_code", i64::from(status.as_u16()));
             let headers = response.headers().clone();
+            if let Some(budget) = RateLimit::from_headers(&headers) {
+                self.rate_limit = Some((host.name.clone(), budget));
+            }
             let mut body = Vec::new();
             let read_limit = if status.is_success() { limit } else { limit.min(MAX_SMALL_BODY) };
             if method != Method::HEAD && read_limit > 0 {

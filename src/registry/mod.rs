@@ -21,6 +21,7 @@ mod limits;
 mod manifest;
 mod outcome;
 mod probe;
+mod rate_limit;
 mod resolve;
 mod retry;
 mod routes;
@@ -31,3 +32,4 @@ pub use client::{ClientSettings, RegistryClient, RequestObserver, RequestRecord}
 pub use limits::parse_retry_after;
 pub use outcome::{State, classify_status};
 pub use probe::{ProbeResult, Trigger};
+pub use rate_limit::RateLimit;

@@ -11,6 +11,7 @@ use super::client::RegistryClient;
 use super::credentials::Decided;
 use super::http::Exchange;
 use super::outcome::State;
+use super::rate_limit::RateLimit;
 use crate::credentials::{Credential, CredentialSource, SourcedCredential};
 use crate::image::{ImageRef, host_and_port};
 use crate::platform::Platform;
@@ -41,6 +42,9 @@ pub struct ProbeResult {
     pub credential_index: Option<usize>,
     pub duration: Duration,
     pub http_requests: u32,
+    /// The pull budget a registry announced during the probe (`ratelimit-*` headers), and the
+    /// host that announced it.
+    pub rate_limit: Option<(String, RateLimit)>,
 }
 
 impl ProbeResult {
@@ -56,6 +60,7 @@ impl ProbeResult {
             credential_index: None,
             duration: Duration::ZERO,
             http_requests: 0,
+            rate_limit: None,
         }
     }
 }
@@ -149,7 +154,7 @@ impl RegistryClient {
             span.record("k8s.namespace.name", trigger.namespace.as_str());
             span.record("k8s.pod.name", trigger.pod.as_str());
         }
-        let mut exchange = Exchange { client: self, requests: 0, platforms };
+        let mut exchange = Exchange { client: self, requests: 0, platforms, rate_limit: None };
         let (registry, decided) = async {
             let routes = match self.routes(image.registry()) {
                 Ok(routes) => routes,
@@ -213,6 +218,7 @@ impl RegistryClient {
             credential_index: decided.index.filter(|i| *i < credentials.len()),
             duration: started.elapsed(),
             http_requests: exchange.requests,
+            rate_limit: exchange.rate_limit,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! the series of the current inventory, so a deleted workload's series is simply gone and a
 //! recovered image flips back to 1 at once.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -10,7 +11,7 @@ use opentelemetry::metrics::{Counter, Histogram, Meter, ObservableGauge};
 
 use super::attributes::{replacement_attributes, series_attributes, server_attributes};
 use crate::inventory::keys::{Series, WorkloadSeries};
-use crate::registry::{RequestRecord, State};
+use crate::registry::{RateLimit, RequestRecord, State};
 
 /// What one workload container's gauges report: each value only when known. 16 bytes: the
 /// container's series is held flat (its workload's series and which container), since a
@@ -62,12 +63,20 @@ pub struct Metrics {
     probe_duration: Histogram<f64>,
     registry_requests: Counter<u64>,
     request_duration: Histogram<f64>,
+    /// The last pull budget each registry announced, per credential name.
+    rate_limits: Arc<RwLock<RateLimits>>,
     snapshot: Arc<RwLock<Snapshot>>,
     _gauges: Vec<ObservableGauge<i64>>,
     _ratios: Vec<ObservableGauge<f64>>,
 }
 
 pub const STATE_ATTRIBUTE: &str = "pullcheck.image.state";
+/// Whose pull budget a rate-limit gauge reports (its name, never its content).
+pub const CREDENTIAL_ATTRIBUTE: &str = "pullcheck.credential.source";
+
+/// (registry host, credential name) → the last budget it announced. Bounded by the registries
+/// times the credentials in use: names, never contents.
+pub type RateLimits = BTreeMap<(String, String), RateLimit>;
 
 /// The semantic conventions' explicit bucket boundaries for `http.client.request.duration`.
 pub const HTTP_CLIENT_DURATION_BOUNDARIES: [f64; 14] =
@@ -168,6 +177,32 @@ impl Metrics {
             .with_description("1 on the replica that probes and exports image series, 0 on standbys")
             .with_callback(move |observer| observer.observe(i64::from(read(&s).leader), &[]))
             .build();
+        let rate_limits: Arc<RwLock<RateLimits>> = Arc::default();
+        let budget_gauge = |name: &'static str, description: &'static str, value: fn(&RateLimit) -> u64| {
+            let budgets = rate_limits.clone();
+            meter
+                .i64_observable_gauge(name)
+                .with_description(description)
+                .with_callback(move |observer| {
+                    let budgets = budgets.read().unwrap_or_else(|p| p.into_inner());
+                    for ((host, credential), budget) in budgets.iter() {
+                        let mut attributes = server_attributes(host);
+                        attributes.push(KeyValue::new(CREDENTIAL_ATTRIBUTE, credential.clone()));
+                        observer.observe(i64::try_from(value(budget)).unwrap_or(i64::MAX), &attributes);
+                    }
+                })
+                .build()
+        };
+        let remaining = budget_gauge(
+            "pullcheck.registry.rate_limit.remaining",
+            "Requests left in the registry's current rate-limit window (its ratelimit-remaining header), per credential",
+            |b| b.remaining,
+        );
+        let limit = budget_gauge(
+            "pullcheck.registry.rate_limit.limit",
+            "Requests the registry allows per rate-limit window (its ratelimit-limit header), per credential",
+            |b| b.limit,
+        );
         let s = snapshot.clone();
         let coverage = meter
             .f64_observable_gauge("pullcheck.schedule.window.coverage")
@@ -198,7 +233,8 @@ impl Metrics {
                 .with_boundaries(HTTP_CLIENT_DURATION_BOUNDARIES.to_vec())
                 .build(),
             snapshot,
-            _gauges: vec![available, status, images, workloads, batch, leader, drift, replacement],
+            _gauges: vec![available, status, images, workloads, batch, leader, drift, replacement, remaining, limit],
+            rate_limits,
             _ratios: vec![coverage],
         }
     }
@@ -212,6 +248,12 @@ impl Metrics {
         attributes.push(KeyValue::new(STATE_ATTRIBUTE, state.as_str()));
         self.probes.add(1, &attributes);
         self.probe_duration.record(duration.as_secs_f64(), &attributes);
+    }
+
+    /// The pull budget `host` announced to `credential` (a name: `credentials::credential_name`).
+    pub fn record_rate_limit(&self, host: &str, credential: &str, budget: RateLimit) {
+        let mut budgets = self.rate_limits.write().unwrap_or_else(|p| p.into_inner());
+        budgets.insert((host.to_string(), credential.to_string()), budget);
     }
 
     /// A request to a registry or token service ended: counted on `pullcheck.registry.requests`

@@ -162,7 +162,7 @@ fn registry_cases() -> Vec<Case> {
         case(
             "a manifest served as text/html",
             "faults/content-type",
-            Fault::Header("Content-Type".into(), "text/html".into()),
+            Fault::Headers(vec![("Content-Type".into(), "text/html".into())]),
             "unsupported_manifest",
             "served as text/html",
             2,

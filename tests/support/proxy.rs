@@ -40,8 +40,8 @@ pub enum Fault {
     Body(Vec<u8>),
     /// This whole answer instead of the registry's.
     Reply { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
-    /// The registry's answer with this header set to this value.
-    Header(String, String),
+    /// The registry's answer with these headers set to these values.
+    Headers(Vec<(String, String)>),
     /// The request forwarded without its `Authorization`: the registry keeps refusing a token
     /// its token service issued.
     DropAuthorization,
@@ -266,9 +266,11 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
         .filter(|(k, _)| !matches!(fault, Fault::StripDigest) || k.as_str() != "docker-content-digest")
         .filter_map(|(k, v)| v.to_str().ok().map(|v| (k.to_string(), v.to_string())))
         .collect();
-    if let Fault::Header(name, value) = &fault {
-        headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
-        headers.push((name.clone(), value.clone()));
+    if let Fault::Headers(set) = &fault {
+        for (name, value) in set {
+            headers.retain(|(k, _)| !k.eq_ignore_ascii_case(name));
+            headers.push((name.clone(), value.clone()));
+        }
     }
     if let Fault::WrongDigest(digest) = &fault {
         for (k, v) in &mut headers {
