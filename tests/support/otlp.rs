@@ -29,6 +29,20 @@ pub struct Received {
     pub headers: Vec<Vec<(String, String)>>,
     /// Body bytes as sent (compressed if it was) of every HTTP export: (path, bytes).
     pub http_bytes: Vec<(String, usize)>,
+    /// Exports answered with a [`Behaviour::Status`] or left hanging, not kept: (path, status;
+    /// 0 for a hang, when it came), oldest first.
+    pub refused: Vec<(String, u16, std::time::Instant)>,
+}
+
+/// How the HTTP receiver answers: as a collector should, or as a failing one does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Behaviour {
+    #[default]
+    Accept,
+    /// This status, with `Retry-After` when given, and nothing kept.
+    Status { status: u16, retry_after: Option<String> },
+    /// The request read and never answered, until the behaviour changes.
+    Hang,
 }
 
 #[derive(Clone, Default)]
@@ -98,6 +112,7 @@ impl LogsService for Sink {
 pub struct Receiver {
     pub sink: Sink,
     pub endpoint: String,
+    behaviour: Arc<Mutex<Behaviour>>,
     _http: Option<Server>,
     _grpc: Option<tokio::task::JoinHandle<()>>,
 }
@@ -115,11 +130,34 @@ fn gunzip_if(request: &Request) -> Vec<u8> {
 impl Receiver {
     /// OTLP/HTTP on `http://127.0.0.1:<port>` (paths /v1/metrics, /v1/traces, /v1/logs).
     pub async fn http() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP/HTTP receiver");
+        Self::http_on(listener)
+    }
+
+    /// OTLP/HTTP on a listener the caller bound; answering as [`Receiver::behave`] says.
+    pub fn http_on(listener: tokio::net::TcpListener) -> Receiver {
         let sink = Sink::default();
-        let shared = sink.clone();
-        let server = Server::start("127.0.0.1:0", move |request: Request| {
-            let sink = shared.clone();
+        let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
+        let (shared, behaving) = (sink.clone(), behaviour.clone());
+        let server = Server::start_on(listener, move |request: Request| {
+            let (sink, behaviour) = (shared.clone(), behaving.clone());
             async move {
+                let now = || behaviour.lock().expect("behaviour lock").clone();
+                match now() {
+                    Behaviour::Accept => {}
+                    Behaviour::Status { status, retry_after } => {
+                        sink.lock().refused.push((request.target.clone(), status, std::time::Instant::now()));
+                        let headers = retry_after.into_iter().map(|r| ("Retry-After".to_string(), r)).collect();
+                        return Reply::Full { status, headers, body: vec![] };
+                    }
+                    Behaviour::Hang => {
+                        sink.lock().refused.push((request.target.clone(), 0, std::time::Instant::now()));
+                        while now() == Behaviour::Hang {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        return Reply::Reset;
+                    }
+                }
                 let body = gunzip_if(&request);
                 let mut received = sink.lock();
                 received.http_bytes.push((request.target.clone(), request.body.len()));
@@ -143,10 +181,14 @@ impl Receiver {
                     body: vec![],
                 }
             }
-        })
-        .await;
+        });
         let endpoint = server.url();
-        Receiver { sink, endpoint, _http: Some(server), _grpc: None }
+        Receiver { sink, endpoint, behaviour, _http: Some(server), _grpc: None }
+    }
+
+    /// How the HTTP receiver answers from now on.
+    pub fn behave(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().expect("behaviour lock") = behaviour;
     }
 
     /// OTLP/gRPC on `http://127.0.0.1:<port>`, accepting gzip.
@@ -179,7 +221,13 @@ impl Receiver {
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });
-        Receiver { sink, endpoint: format!("{scheme}://{addr}"), _http: None, _grpc: Some(task) }
+        Receiver {
+            sink,
+            endpoint: format!("{scheme}://{addr}"),
+            behaviour: Arc::default(),
+            _http: None,
+            _grpc: Some(task),
+        }
     }
 
     pub fn received<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
