@@ -225,14 +225,20 @@ impl SignalHealth {
         };
         let (signal, endpoint) = (self.signal.name(), self.endpoint.as_str());
         match report {
-            Some(Report::Failing { cause, repeats, failed_exports, dropped }) => tracing::warn!(
-                signal,
-                endpoint,
-                error.type = cause.error_type(),
-                "exporting {signal} to {endpoint} failed: {} ({repeats} more like it since last said; \
-                 {failed_exports} failed exports, {dropped} items dropped in this outage)",
-                cause.describe()
-            ),
+            Some(Report::Failing { cause, repeats, failed_exports, dropped }) => {
+                let repeated = match repeats {
+                    0 => String::new(),
+                    n => format!("; {n} more like it since it was last logged"),
+                };
+                tracing::warn!(
+                    signal,
+                    endpoint,
+                    error.type = cause.error_type(),
+                    "exporting {signal} to {endpoint} failed: {}{repeated} ({failed_exports} failed exports, \
+                     {dropped} items dropped since exports began failing)",
+                    cause.describe()
+                )
+            }
             Some(Report::Recovered { failed_exports, dropped, lasted }) => tracing::info!(
                 signal,
                 endpoint,

@@ -1,11 +1,12 @@
-//! The collector fails: down (connections refused), 413, 503 with `Retry-After`, and a collector
-//! that accepts and never answers. Each runs `pullcheck run` against the API-server harness and a
-//! real registry, exporting to the in-process OTLP receiver over HTTP at fast intervals (metrics
-//! every 100 ms) so a 25 s outage spans a hundred export attempts or so, then brings the
-//! collector back. For each: probing goes on (the registry's access log), the failure is logged
-//! once at WARN with the endpoint and cause and the recovery once at INFO, resident memory stays
-//! bounded (VmHWM), and the failures and drops arrive on `pullcheck.telemetry.export.failures`
-//! and `pullcheck.telemetry.dropped` once the collector is back (docs/operations.md).
+//! The collector fails: down (connections refused), 413, 503 with `Retry-After`, gRPC
+//! UNAVAILABLE with `RetryInfo`, and a collector that accepts and never answers. Each runs
+//! `pullcheck run` against the API-server harness and a real registry, exporting to the
+//! in-process OTLP receiver at fast intervals (metrics every 100 ms) so a 25 s outage spans many
+//! export attempts, then brings the collector back. For each: probing goes on (the registry's
+//! access log), the failure is logged once at WARN with the endpoint and cause and the recovery
+//! once at INFO, resident memory stays bounded (VmHWM), and the failures and drops arrive on
+//! `pullcheck.telemetry.export.failures` and `pullcheck.telemetry.dropped` once the collector is
+//! back (docs/operations.md, "When the collector fails").
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -73,6 +74,8 @@ struct Case {
     logged_cause: &'static str,
     /// OTEL_EXPORTER_OTLP_TIMEOUT, ms.
     timeout_ms: u64,
+    /// OTLP/gRPC instead of OTLP/HTTP.
+    grpc: bool,
 }
 
 struct Outcome {
@@ -94,11 +97,17 @@ async fn outage(case: &Case, collector: Collector) -> Outcome {
     let log = env.dir.path().join("run.log");
     let args = ["--window", "2s", "--tick", "100ms", "--failure-retry", "500ms", "--health-addr", "off"];
     let timeout = case.timeout_ms.to_string();
-    let otel = [("OTEL_METRIC_EXPORT_INTERVAL", "100"), ("OTEL_EXPORTER_OTLP_TIMEOUT", timeout.as_str())];
+    let protocol = if case.grpc { "grpc" } else { "http/protobuf" };
+    let otel = [
+        ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+        ("OTEL_EXPORTER_OTLP_TIMEOUT", timeout.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+    ];
     let (mut child, _home) = super::support::process::spawn_run(&kubeconfig, &args, Some(&endpoint), &otel, &log);
     let pid = child.id().expect("running");
     let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
-    let warned = format!("exporting metrics to {endpoint}/v1/metrics failed: {}", case.logged_cause);
+    let metrics_endpoint = if case.grpc { endpoint.clone() } else { format!("{endpoint}/v1/metrics") };
+    let warned = format!("exporting metrics to {metrics_endpoint} failed: {}", case.logged_cause);
     assert!(eventually(WAIT, || stderr().contains(&warned)).await, "{warned:?} in the log:\n{}", stderr());
     let probes_before = probes(&env);
     tokio::time::sleep(OUTAGE).await;
@@ -180,6 +189,7 @@ async fn collector_down_for_a_hundred_exports() {
         error_type: "connection_refused",
         logged_cause: "connection refused",
         timeout_ms: 250,
+        grpc: false,
     };
     let outcome = outage(&case, Collector::Down(RefusedPort::bind())).await;
     assert!(outcome.failed_exports >= 50.0, "the outage spanned many exports: {}", outcome.failed_exports);
@@ -196,6 +206,7 @@ async fn collector_answers_413() {
         error_type: "413",
         logged_cause: "HTTP 413",
         timeout_ms: 1000,
+        grpc: false,
     };
     let outcome = outage(&case, Collector::Failing(receiver)).await;
     let refused = outcome.collector.received(|r| r.refused.iter().filter(|(p, ..)| p == "/v1/metrics").count());
@@ -218,17 +229,39 @@ async fn collector_answers_503_with_retry_after() {
         error_type: "503",
         logged_cause: "HTTP 503",
         timeout_ms: 2500,
+        grpc: false,
     };
     let outcome = outage(&case, Collector::Failing(receiver)).await;
-    let times: Vec<Instant> = outcome
-        .collector
-        .received(|r| r.refused.iter().filter(|(p, ..)| p == "/v1/metrics").map(|(_, _, at)| *at).collect());
-    // Honoured: never more than two requests (an export's last and the next one's first) in any
-    // 1.9 s; the SDK's own backoff would send four in 0.7 s.
+    let requests = assert_waited_two_seconds(&outcome.collector);
+    record(&case, &outcome, &format!("; {requests} requests, never 3 within 1.9 s"));
+}
+
+/// Never more than two requests (an export's last and the next one's first) in any 1.9 s when a
+/// 2 s delay is honoured between attempts; the SDK's own backoff would send four in 0.7 s.
+fn assert_waited_two_seconds(receiver: &Receiver) -> usize {
+    let times: Vec<Instant> =
+        receiver.received(|r| r.refused.iter().filter(|(p, ..)| p == "/v1/metrics").map(|(_, _, at)| *at).collect());
     let crowded = times.windows(3).filter(|w| w[2].duration_since(w[0]) < Duration::from_millis(1900)).count();
-    assert_eq!(crowded, 0, "Retry-After honoured between attempts: {} requests", times.len());
+    assert_eq!(crowded, 0, "the asked-for delay honoured between attempts: {} requests", times.len());
     assert!(times.len() >= 10, "the collector was asked again and again: {}", times.len());
-    record(&case, &outcome, &format!("; {} requests, never 3 within 1.9 s", times.len()));
+    times.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_answers_grpc_unavailable_with_retry_info() {
+    let receiver = Receiver::grpc().await;
+    receiver.behave(Behaviour::Grpc { code: tonic::Code::Unavailable, retry_delay: Some(Duration::from_secs(2)) });
+    let case = Case {
+        fault: "collector answers gRPC UNAVAILABLE with RetryInfo 2 s",
+        expected: "the retry waits the 2 s asked for (within the 2.5 s export timeout), then the batch is dropped and counted",
+        error_type: "unavailable",
+        logged_cause: "gRPC unavailable",
+        timeout_ms: 2500,
+        grpc: true,
+    };
+    let outcome = outage(&case, Collector::Failing(receiver)).await;
+    let requests = assert_waited_two_seconds(&outcome.collector);
+    record(&case, &outcome, &format!("; {requests} requests, never 3 within 1.9 s"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,6 +274,7 @@ async fn collector_accepts_and_never_answers() {
         error_type: "timeout",
         logged_cause: "no answer within the export timeout",
         timeout_ms: 500,
+        grpc: false,
     };
     let outcome = outage(&case, Collector::Failing(receiver)).await;
     // Bounded by the timeout: 25 s of 500 ms exports is ~40 of them, not one stuck for ever.

@@ -41,16 +41,42 @@ pub enum Behaviour {
     Accept,
     /// This status, with `Retry-After` when given, and nothing kept.
     Status { status: u16, retry_after: Option<String> },
-    /// The request read and never answered, until the behaviour changes.
+    /// The request read and never answered, until the behaviour changes (HTTP and gRPC).
     Hang,
+    /// gRPC only: this code, with a `RetryInfo` detail asking for this delay when given.
+    Grpc { code: tonic::Code, retry_delay: Option<std::time::Duration> },
 }
 
 #[derive(Clone, Default)]
-pub struct Sink(pub Arc<Mutex<Received>>);
+pub struct Sink(pub Arc<Mutex<Received>>, Arc<Mutex<Behaviour>>);
 
 impl Sink {
     fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
         self.0.lock().expect("otlp sink lock")
+    }
+
+    fn behaviour(&self) -> Behaviour {
+        self.1.lock().expect("behaviour lock").clone()
+    }
+
+    /// A failing gRPC collector's answer to an export on `path`, or `None` to accept it.
+    async fn refusal(&self, path: &str) -> Option<tonic::Status> {
+        use tonic_types::{ErrorDetails, StatusExt};
+        match self.behaviour() {
+            Behaviour::Grpc { code, retry_delay } => {
+                self.lock().refused.push((path.to_string(), code as u16, std::time::Instant::now()));
+                let details = ErrorDetails::with_retry_info(retry_delay);
+                Some(tonic::Status::with_error_details(code, "the test collector refuses", details))
+            }
+            Behaviour::Hang => {
+                self.lock().refused.push((path.to_string(), 0, std::time::Instant::now()));
+                while self.behaviour() == Behaviour::Hang {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Some(tonic::Status::unavailable("the test collector hung"))
+            }
+            Behaviour::Accept | Behaviour::Status { .. } => None,
+        }
     }
 
     fn headers_of<T>(request: &tonic::Request<T>) -> Vec<(String, String)> {
@@ -73,6 +99,9 @@ impl MetricsService for Sink {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if let Some(status) = self.refusal("/v1/metrics").await {
+            return Err(status);
+        }
         let headers = Self::headers_of(&request);
         let mut received = self.lock();
         received.headers.push(headers);
@@ -87,6 +116,9 @@ impl TraceService for Sink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Some(status) = self.refusal("/v1/traces").await {
+            return Err(status);
+        }
         let headers = Self::headers_of(&request);
         let mut received = self.lock();
         received.headers.push(headers);
@@ -101,6 +133,9 @@ impl LogsService for Sink {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if let Some(status) = self.refusal("/v1/logs").await {
+            return Err(status);
+        }
         let headers = Self::headers_of(&request);
         let mut received = self.lock();
         received.headers.push(headers);
@@ -137,14 +172,14 @@ impl Receiver {
     /// OTLP/HTTP on a listener the caller bound; answering as [`Receiver::behave`] says.
     pub fn http_on(listener: tokio::net::TcpListener) -> Receiver {
         let sink = Sink::default();
-        let behaviour: Arc<Mutex<Behaviour>> = Arc::default();
+        let behaviour = sink.1.clone();
         let (shared, behaving) = (sink.clone(), behaviour.clone());
         let server = Server::start_on(listener, move |request: Request| {
             let (sink, behaviour) = (shared.clone(), behaving.clone());
             async move {
                 let now = || behaviour.lock().expect("behaviour lock").clone();
                 match now() {
-                    Behaviour::Accept => {}
+                    Behaviour::Accept | Behaviour::Grpc { .. } => {}
                     Behaviour::Status { status, retry_after } => {
                         sink.lock().refused.push((request.target.clone(), status, std::time::Instant::now()));
                         let headers = retry_after.into_iter().map(|r| ("Retry-After".to_string(), r)).collect();
@@ -186,7 +221,7 @@ impl Receiver {
         Receiver { sink, endpoint, behaviour, _http: Some(server), _grpc: None }
     }
 
-    /// How the HTTP receiver answers from now on.
+    /// How the receiver answers from now on.
     pub fn behave(&self, behaviour: Behaviour) {
         *self.behaviour.lock().expect("behaviour lock") = behaviour;
     }
@@ -222,9 +257,9 @@ impl Receiver {
             let _ = router.serve_with_incoming(incoming).await;
         });
         Receiver {
+            behaviour: sink.1.clone(),
             sink,
             endpoint: format!("{scheme}://{addr}"),
-            behaviour: Arc::default(),
             _http: None,
             _grpc: Some(task),
         }
