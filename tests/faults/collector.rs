@@ -23,6 +23,9 @@ const OUTAGE: Duration = Duration::from_secs(25);
 /// What a dev build of pullcheck watching one Deployment may reach: the deployment's request is
 /// 64 MiB; a queue that grew with the outage would pass it.
 const PEAK_BOUND_KIB: u64 = 64 * 1024;
+/// The collector's credential, sent with every export: never in what pullcheck writes.
+const COLLECTOR_TOKEN: &str = "collector-token-s3cr3t";
+const COLLECTOR_HEADERS: &str = "authorization=Bearer collector-token-s3cr3t";
 
 /// The registries with team/app:v1 and a cluster with one Deployment using it.
 async fn cluster() -> (Env, ApiServer) {
@@ -95,13 +98,16 @@ async fn outage(case: &Case, collector: Collector) -> Outcome {
     };
     let kubeconfig = api.kubeconfig(env.dir.path());
     let log = env.dir.path().join("run.log");
-    let args = ["--window", "2s", "--tick", "100ms", "--failure-retry", "500ms", "--health-addr", "off"];
+    // At trace, as the suite reads every log for credentials: the collector's token must not be in it.
+    let args =
+        ["--window", "2s", "--tick", "100ms", "--failure-retry", "500ms", "--health-addr", "off", "--log", "trace"];
     let timeout = case.timeout_ms.to_string();
     let protocol = if case.grpc { "grpc" } else { "http/protobuf" };
     let otel = [
         ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", timeout.as_str()),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol),
+        ("OTEL_EXPORTER_OTLP_HEADERS", COLLECTOR_HEADERS),
     ];
     let (mut child, _home) = super::support::process::spawn_run(&kubeconfig, &args, Some(&endpoint), &otel, &log);
     let pid = child.id().expect("running");
@@ -149,6 +155,11 @@ async fn outage(case: &Case, collector: Collector) -> Outcome {
     let _ = tokio::time::timeout(WAIT, child.wait()).await;
     let stderr = stderr();
     assert!(!stderr.contains("panicked at"), "{stderr}");
+    figures::assert_no_leak("stderr at --log trace", &stderr, &[(None, COLLECTOR_TOKEN)]);
+    let sent = receiver.received(|r| {
+        r.headers.iter().any(|h| h.iter().any(|(k, v)| k == "authorization" && v.contains(COLLECTOR_TOKEN)))
+    });
+    assert!(sent, "the exports carried the collector's credential (so its absence from the log means something)");
     let warnings = stderr.lines().filter(|l| l.contains(" WARN ") && l.contains(&warned)).count();
     assert_eq!(warnings, 1, "one WARN for the cause within the interval, the repeats counted:\n{stderr}");
     let recoveries = stderr.lines().filter(|l| l.contains("exporting metrics to") && l.contains("works again")).count();
