@@ -3,6 +3,7 @@
 //! never blocks probing and never grows memory without bound.
 
 pub mod attributes;
+pub mod export_health;
 pub mod logs;
 pub mod metrics;
 pub mod otlp;
@@ -17,7 +18,8 @@ use opentelemetry_sdk::metrics::SdkMeterProvider;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 
 use crate::error::Result;
-use otlp::Env;
+use export_health::{SignalHealth, Watched};
+use otlp::{Env, Signal};
 
 pub const SCOPE: &str = "pullcheck";
 
@@ -34,6 +36,8 @@ pub struct Telemetry {
     pub tracer_provider: SdkTracerProvider,
     pub logger_provider: SdkLoggerProvider,
     pub exporting: bool,
+    /// `pullcheck.telemetry.export.failures` and `.dropped`, observed while these live.
+    _export_health: Vec<opentelemetry::metrics::ObservableCounter<u64>>,
 }
 
 fn resource(env: &dyn Env, settings: &ResourceSettings) -> Resource {
@@ -67,34 +71,40 @@ impl Telemetry {
                 tracer_provider: SdkTracerProvider::builder().with_resource(resource.clone()).build(),
                 logger_provider: SdkLoggerProvider::builder().with_resource(resource).build(),
                 exporting: false,
+                _export_health: Vec::new(),
             });
         }
         let on_runtime_if_grpc = |signal| -> Result<Option<tokio::runtime::EnterGuard<'_>>> {
             Ok((otlp::protocol(env, signal)? == otlp::Protocol::Grpc).then(|| runtime.enter()))
         };
+        let health = |signal| SignalHealth::new(signal, otlp::endpoint_for_log(env, signal));
+        let (metrics_health, traces_health, logs_health) =
+            (health(Signal::Metrics), health(Signal::Traces), health(Signal::Logs));
         let metrics = {
-            let _guard = on_runtime_if_grpc(otlp::Signal::Metrics)?;
-            otlp::metric_exporter(env)?
+            let _guard = on_runtime_if_grpc(Signal::Metrics)?;
+            Watched::new(otlp::metric_exporter(env, &metrics_health)?, metrics_health.clone())
         };
         let spans = {
-            let _guard = on_runtime_if_grpc(otlp::Signal::Traces)?;
-            otlp::span_exporter(env)?
+            let _guard = on_runtime_if_grpc(Signal::Traces)?;
+            Watched::new(otlp::span_exporter(env, &traces_health)?, traces_health.clone())
         };
         let logs = {
-            let _guard = on_runtime_if_grpc(otlp::Signal::Logs)?;
-            otlp::log_exporter(env)?
+            let _guard = on_runtime_if_grpc(Signal::Logs)?;
+            Watched::new(otlp::log_exporter(env, &logs_health)?, logs_health.clone())
         };
+        let meter_provider =
+            SdkMeterProvider::builder().with_resource(resource.clone()).with_periodic_exporter(metrics).build();
+        let export_health =
+            export_health::instruments(&meter_provider.meter(SCOPE), &[metrics_health, traces_health, logs_health]);
         Ok(Self {
-            meter_provider: SdkMeterProvider::builder()
-                .with_resource(resource.clone())
-                .with_periodic_exporter(metrics)
-                .build(),
+            meter_provider,
             tracer_provider: SdkTracerProvider::builder()
                 .with_resource(resource.clone())
                 .with_batch_exporter(spans)
                 .build(),
             logger_provider: SdkLoggerProvider::builder().with_resource(resource).with_batch_exporter(logs).build(),
             exporting: true,
+            _export_health: export_health,
         })
     }
 

@@ -5,9 +5,12 @@
 
 use std::time::Duration;
 
-use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
+use std::sync::Arc;
+
+use opentelemetry_otlp::{RetryPolicy, WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::metrics::Temporality;
 
+use super::export_health::{ObservedHttpClient, SignalHealth};
 use crate::error::{Error, Result};
 
 /// A way of reading the environment, so the parsing is tested without touching the process's.
@@ -170,17 +173,46 @@ fn tonic_tls(env: &dyn Env, signal: Signal) -> Result<Option<tonic::transport::C
     Ok(Some(config))
 }
 
+/// Where `signal` is exported, for the log: the endpoint variable as the SDK reads it, or its
+/// default, without user info or query (neither belongs in a log line).
+pub fn endpoint_for_log(env: &dyn Env, signal: Signal) -> String {
+    let grpc = protocol(env, signal).is_ok_and(|p| p == Protocol::Grpc);
+    let specific = env.var(&format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", signal.env_name()));
+    let endpoint = match (specific, env.var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+        (Some(endpoint), _) => endpoint,
+        (None, Some(base)) if grpc => base,
+        (None, Some(base)) => format!("{}/v1/{}", base.trim_end_matches('/'), signal.name()),
+        (None, None) if grpc => "http://localhost:4317".into(),
+        (None, None) => format!("http://localhost:4318/v1/{}", signal.name()),
+    };
+    let endpoint = endpoint.split(['?', '#']).next().unwrap_or_default().to_string();
+    let Some((scheme, rest)) = endpoint.split_once("://") else { return endpoint };
+    let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    format!("{scheme}://{host}{path}")
+}
+
+/// The SDK's retry (built into opentelemetry-otlp 0.33, no feature to enable): 3 retries with
+/// exponential backoff from 100 ms to 1.6 s, a `Retry-After` (HTTP 429/503) or gRPC `RetryInfo`
+/// (UNAVAILABLE, RESOURCE_EXHAUSTED) raising the delay to what the collector asked (at most 30 s),
+/// all within OTEL_EXPORTER_OTLP_TIMEOUT. Explicit so a change of the SDK's default shows here.
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy::recommended()
+}
+
 macro_rules! build_exporter {
-    ($builder:expr, $env:expr, $signal:expr) => {{
+    ($builder:expr, $env:expr, $signal:expr, $health:expr) => {{
         let env: &dyn Env = $env;
+        let health: &Arc<SignalHealth> = $health;
         match protocol(env, $signal)? {
             Protocol::HttpProtobuf => $builder
                 .with_http()
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
-                .with_http_client(http_client(env, $signal)?)
+                .with_http_client(ObservedHttpClient::new(http_client(env, $signal)?, health.clone()))
+                .with_retry_policy(retry_policy())
                 .build(),
             Protocol::Grpc => {
-                let builder = $builder.with_tonic();
+                let builder = $builder.with_tonic().with_retry_policy(retry_policy());
                 match tonic_tls(env, $signal)? {
                     Some(tls) => builder.with_tls_config(tls).build(),
                     None => builder.build(),
@@ -191,17 +223,23 @@ macro_rules! build_exporter {
     }};
 }
 
-pub fn span_exporter(env: &dyn Env) -> Result<opentelemetry_otlp::SpanExporter> {
-    build_exporter!(opentelemetry_otlp::SpanExporter::builder(), env, Signal::Traces)
+/// The exporters below note their HTTP transport failures in `health` (see export_health.rs).
+pub fn span_exporter(env: &dyn Env, health: &Arc<SignalHealth>) -> Result<opentelemetry_otlp::SpanExporter> {
+    build_exporter!(opentelemetry_otlp::SpanExporter::builder(), env, Signal::Traces, health)
 }
 
-pub fn metric_exporter(env: &dyn Env) -> Result<opentelemetry_otlp::MetricExporter> {
+pub fn metric_exporter(env: &dyn Env, health: &Arc<SignalHealth>) -> Result<opentelemetry_otlp::MetricExporter> {
     let temporality = temporality(env)?;
-    build_exporter!(opentelemetry_otlp::MetricExporter::builder().with_temporality(temporality), env, Signal::Metrics)
+    build_exporter!(
+        opentelemetry_otlp::MetricExporter::builder().with_temporality(temporality),
+        env,
+        Signal::Metrics,
+        health
+    )
 }
 
-pub fn log_exporter(env: &dyn Env) -> Result<opentelemetry_otlp::LogExporter> {
-    build_exporter!(opentelemetry_otlp::LogExporter::builder(), env, Signal::Logs)
+pub fn log_exporter(env: &dyn Env, health: &Arc<SignalHealth>) -> Result<opentelemetry_otlp::LogExporter> {
+    build_exporter!(opentelemetry_otlp::LogExporter::builder(), env, Signal::Logs, health)
 }
 
 #[cfg(test)]
@@ -231,6 +269,21 @@ mod tests {
         assert!(!sdk_disabled(&HashMap::new()));
         let bad: HashMap<&str, &str> = [("OTEL_EXPORTER_OTLP_METRICS_TEMPORALITY_PREFERENCE", "sometimes")].into();
         assert!(temporality(&bad).is_err());
+    }
+
+    #[test]
+    fn the_logged_endpoint_is_the_sdks_without_credentials() {
+        let base: HashMap<&str, &str> = [("OTEL_EXPORTER_OTLP_ENDPOINT", "https://user:pw@otlp.example:4318/")].into();
+        assert_eq!(endpoint_for_log(&base, Signal::Metrics), "https://otlp.example:4318/v1/metrics");
+        let grpc: HashMap<&str, &str> = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_LOGS_ENDPOINT", "http://logs:4318/v1/logs?token=x"),
+        ]
+        .into();
+        assert_eq!(endpoint_for_log(&grpc, Signal::Traces), "http://collector:4317");
+        assert_eq!(endpoint_for_log(&grpc, Signal::Logs), "http://logs:4318/v1/logs");
+        assert_eq!(endpoint_for_log(&HashMap::new(), Signal::Logs), "http://localhost:4318/v1/logs");
     }
 
     #[test]

@@ -116,6 +116,15 @@ impl Server {
         Fut: Future<Output = Reply> + Send + 'static,
     {
         let listener = TcpListener::bind(bind).await.expect("bind test server");
+        Self::start_on(listener, handler)
+    }
+
+    /// Serves on a listener the caller bound (a port that refused connections until now).
+    pub fn start_on<F, Fut>(listener: TcpListener, handler: F) -> Server
+    where
+        F: Fn(Request) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Reply> + Send + 'static,
+    {
         let addr = listener.local_addr().expect("local addr");
         let handler = Arc::new(handler);
         let task = tokio::spawn(async move {

@@ -134,6 +134,11 @@ impl RefusedPort {
         let addr = socket.local_addr().expect("local addr");
         RefusedPort { addr, _socket: socket }
     }
+
+    /// The same port, listening from now on: a collector that comes back where it was.
+    pub fn listen(self) -> tokio::net::TcpListener {
+        self._socket.listen(128).expect("listen on the refused port")
+    }
 }
 
 /// A workload object for the API-server harness or a manifest file.

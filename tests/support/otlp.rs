@@ -29,14 +29,54 @@ pub struct Received {
     pub headers: Vec<Vec<(String, String)>>,
     /// Body bytes as sent (compressed if it was) of every HTTP export: (path, bytes).
     pub http_bytes: Vec<(String, usize)>,
+    /// Exports answered with a [`Behaviour::Status`] or left hanging, not kept: (path, status;
+    /// 0 for a hang, when it came), oldest first.
+    pub refused: Vec<(String, u16, std::time::Instant)>,
+}
+
+/// How the HTTP receiver answers: as a collector should, or as a failing one does.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub enum Behaviour {
+    #[default]
+    Accept,
+    /// This status, with `Retry-After` when given, and nothing kept.
+    Status { status: u16, retry_after: Option<String> },
+    /// The request read and never answered, until the behaviour changes (HTTP and gRPC).
+    Hang,
+    /// gRPC only: this code, with a `RetryInfo` detail asking for this delay when given.
+    Grpc { code: tonic::Code, retry_delay: Option<std::time::Duration> },
 }
 
 #[derive(Clone, Default)]
-pub struct Sink(pub Arc<Mutex<Received>>);
+pub struct Sink(pub Arc<Mutex<Received>>, Arc<Mutex<Behaviour>>);
 
 impl Sink {
     fn lock(&self) -> std::sync::MutexGuard<'_, Received> {
         self.0.lock().expect("otlp sink lock")
+    }
+
+    fn behaviour(&self) -> Behaviour {
+        self.1.lock().expect("behaviour lock").clone()
+    }
+
+    /// A failing gRPC collector's answer to an export on `path`, or `None` to accept it.
+    async fn refusal(&self, path: &str) -> Option<tonic::Status> {
+        use tonic_types::{ErrorDetails, StatusExt};
+        match self.behaviour() {
+            Behaviour::Grpc { code, retry_delay } => {
+                self.lock().refused.push((path.to_string(), code as u16, std::time::Instant::now()));
+                let details = ErrorDetails::with_retry_info(retry_delay);
+                Some(tonic::Status::with_error_details(code, "the test collector refuses", details))
+            }
+            Behaviour::Hang => {
+                self.lock().refused.push((path.to_string(), 0, std::time::Instant::now()));
+                while self.behaviour() == Behaviour::Hang {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+                Some(tonic::Status::unavailable("the test collector hung"))
+            }
+            Behaviour::Accept | Behaviour::Status { .. } => None,
+        }
     }
 
     fn headers_of<T>(request: &tonic::Request<T>) -> Vec<(String, String)> {
@@ -59,6 +99,9 @@ impl MetricsService for Sink {
         &self,
         request: tonic::Request<ExportMetricsServiceRequest>,
     ) -> Result<tonic::Response<ExportMetricsServiceResponse>, tonic::Status> {
+        if let Some(status) = self.refusal("/v1/metrics").await {
+            return Err(status);
+        }
         let headers = Self::headers_of(&request);
         let mut received = self.lock();
         received.headers.push(headers);
@@ -73,6 +116,9 @@ impl TraceService for Sink {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        if let Some(status) = self.refusal("/v1/traces").await {
+            return Err(status);
+        }
         let headers = Self::headers_of(&request);
         let mut received = self.lock();
         received.headers.push(headers);
@@ -87,6 +133,9 @@ impl LogsService for Sink {
         &self,
         request: tonic::Request<ExportLogsServiceRequest>,
     ) -> Result<tonic::Response<ExportLogsServiceResponse>, tonic::Status> {
+        if let Some(status) = self.refusal("/v1/logs").await {
+            return Err(status);
+        }
         let headers = Self::headers_of(&request);
         let mut received = self.lock();
         received.headers.push(headers);
@@ -98,6 +147,7 @@ impl LogsService for Sink {
 pub struct Receiver {
     pub sink: Sink,
     pub endpoint: String,
+    behaviour: Arc<Mutex<Behaviour>>,
     _http: Option<Server>,
     _grpc: Option<tokio::task::JoinHandle<()>>,
 }
@@ -115,11 +165,34 @@ fn gunzip_if(request: &Request) -> Vec<u8> {
 impl Receiver {
     /// OTLP/HTTP on `http://127.0.0.1:<port>` (paths /v1/metrics, /v1/traces, /v1/logs).
     pub async fn http() -> Receiver {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the OTLP/HTTP receiver");
+        Self::http_on(listener)
+    }
+
+    /// OTLP/HTTP on a listener the caller bound; answering as [`Receiver::behave`] says.
+    pub fn http_on(listener: tokio::net::TcpListener) -> Receiver {
         let sink = Sink::default();
-        let shared = sink.clone();
-        let server = Server::start("127.0.0.1:0", move |request: Request| {
-            let sink = shared.clone();
+        let behaviour = sink.1.clone();
+        let (shared, behaving) = (sink.clone(), behaviour.clone());
+        let server = Server::start_on(listener, move |request: Request| {
+            let (sink, behaviour) = (shared.clone(), behaving.clone());
             async move {
+                let now = || behaviour.lock().expect("behaviour lock").clone();
+                match now() {
+                    Behaviour::Accept | Behaviour::Grpc { .. } => {}
+                    Behaviour::Status { status, retry_after } => {
+                        sink.lock().refused.push((request.target.clone(), status, std::time::Instant::now()));
+                        let headers = retry_after.into_iter().map(|r| ("Retry-After".to_string(), r)).collect();
+                        return Reply::Full { status, headers, body: vec![] };
+                    }
+                    Behaviour::Hang => {
+                        sink.lock().refused.push((request.target.clone(), 0, std::time::Instant::now()));
+                        while now() == Behaviour::Hang {
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        }
+                        return Reply::Reset;
+                    }
+                }
                 let body = gunzip_if(&request);
                 let mut received = sink.lock();
                 received.http_bytes.push((request.target.clone(), request.body.len()));
@@ -143,10 +216,14 @@ impl Receiver {
                     body: vec![],
                 }
             }
-        })
-        .await;
+        });
         let endpoint = server.url();
-        Receiver { sink, endpoint, _http: Some(server), _grpc: None }
+        Receiver { sink, endpoint, behaviour, _http: Some(server), _grpc: None }
+    }
+
+    /// How the receiver answers from now on.
+    pub fn behave(&self, behaviour: Behaviour) {
+        *self.behaviour.lock().expect("behaviour lock") = behaviour;
     }
 
     /// OTLP/gRPC on `http://127.0.0.1:<port>`, accepting gzip.
@@ -179,7 +256,13 @@ impl Receiver {
         let task = tokio::spawn(async move {
             let _ = router.serve_with_incoming(incoming).await;
         });
-        Receiver { sink, endpoint: format!("{scheme}://{addr}"), _http: None, _grpc: Some(task) }
+        Receiver {
+            behaviour: sink.1.clone(),
+            sink,
+            endpoint: format!("{scheme}://{addr}"),
+            _http: None,
+            _grpc: Some(task),
+        }
     }
 
     pub fn received<T>(&self, f: impl FnOnce(&Received) -> T) -> T {
