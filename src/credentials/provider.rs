@@ -327,7 +327,7 @@ fn parse_config(text: &str, file: &Path) -> Result<Vec<ProviderSpec>, ProviderCo
     let raw: RawConfig = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?
     } else {
-        serde_saphyr::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        crate::yaml::from_str(text).map_err(|e| parse_error(crate::yaml::describe(&e).to_string()))?
     };
     let invalid =
         |field: String, reason: String| ProviderConfigError::Invalid { file: file.to_path_buf(), field, reason };

@@ -13,6 +13,7 @@ use crate::inventory::record::{RecordError, record_from_object};
 use crate::inventory::slim::SlimObject;
 use crate::inventory::{WorkloadKind, WorkloadRecord};
 use crate::name::Interner;
+use crate::yaml;
 
 /// Larger inputs are refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -247,18 +248,12 @@ impl YamlSplitter {
     }
 }
 
-/// Parses one document with limits that make a refusal cheap: an alias bomb stops after a few
-/// thousand replayed events, not after building millions of values.
+/// Parses one document with limits that make a refusal cheap (`crate::yaml`).
 fn parse_yaml_document(document: &YamlDocument, file: &str, inventory: &mut FileInventory) {
     if document.text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
         return;
     }
-    let options = serde_saphyr::options! {
-        // The snippet quotes the lines around an error: a Secret's values (docs/check.md).
-        with_snippet: false,
-        alias_limits: serde_saphyr::alias_limits! { max_total_replayed_events: MAX_REPLAYED_EVENTS },
-    };
-    match serde_saphyr::from_str_with_options::<Value>(&document.text, options) {
+    match yaml::from_str::<Value>(&document.text) {
         Ok(value) => add_document(&value, file, document.index, inventory),
         Err(e) => inventory.errors.push(InputError {
             file: file.into(),
@@ -268,55 +263,16 @@ fn parse_yaml_document(document: &YamlDocument, file: &str, inventory: &mut File
     }
 }
 
-/// Events aliases may replay in one document. A manifest reusing an anchored env list or
-/// resources block a few times replays hundreds; billion laughs needs millions.
-const MAX_REPLAYED_EVENTS: usize = 10_000;
-
 /// `line L column C: <problem>` in file coordinates; never the text around it.
 fn yaml_error(error: &serde_saphyr::Error, document: &YamlDocument) -> String {
-    let problem = yaml_problem(error);
-    match error.location() {
-        Some(at) if at.line() > 0 => {
-            let line = at.line() as usize + document.first_line;
-            let column = at.column() as usize + if at.line() == 1 { document.first_column } else { 0 };
-            format!("line {line} column {column}: {problem}")
+    let mut described = yaml::describe(error);
+    if let Some((line, column)) = &mut described.at {
+        if *line == 1 {
+            *column += document.first_column;
         }
-        _ => problem.into(),
+        *line += document.first_line;
     }
-}
-
-/// What went wrong, in words that never carry the input: serde-saphyr's messages may quote a
-/// scalar (a duplicate key, a number out of range, a character), and its Display quotes up to
-/// three source lines, which in a Secret hold its values (docs/check.md, "Inputs").
-fn yaml_problem(error: &serde_saphyr::Error) -> std::borrow::Cow<'static, str> {
-    use serde_saphyr::granit_parser::ErrorKind as Scan;
-    use serde_saphyr::{Error as E, ExternalMessageSource};
-    let fixed = match error.without_snippet() {
-        E::AliasError { error, .. } => return yaml_problem(error),
-        E::ExternalMessage { source, .. } => match &**source {
-            ExternalMessageSource::Parser(scan) => match scan.kind() {
-                // The kinds that carry text or a character of the input.
-                Scan::Custom(_)
-                | Scan::InputIo { .. }
-                | Scan::InputDecoding { .. }
-                | Scan::UnexpectedCharacter { .. } => "YAML syntax error",
-                kind => return kind.to_string().into(),
-            },
-            _ => "YAML syntax error",
-        },
-        E::Eof { .. } => "unexpected end of the document",
-        E::Budget { .. } => "larger or deeper than pullcheck reads in one document",
-        E::AliasReplayLimitExceeded { .. }
-        | E::AliasExpansionLimitExceeded { .. }
-        | E::AliasReplayStackDepthExceeded { .. }
-        | E::AliasReplayCounterOverflow { .. } => "aliases expand past pullcheck's limit",
-        E::UnknownAnchor { .. } => "an alias to an unknown anchor",
-        E::DuplicateMappingKey { .. } => "a duplicate mapping key",
-        E::NonFiniteFloat { .. } => "a number out of range",
-        E::InvalidUtf8Input => "not UTF-8 text",
-        _ => "malformed YAML",
-    };
-    fixed.into()
+    described.to_string()
 }
 
 fn add_document(value: &Value, file: &str, index: usize, inventory: &mut FileInventory) {

@@ -381,3 +381,42 @@ async fn a_ten_kilobyte_image_reference() {
         millis: run.elapsed.as_millis(),
     });
 }
+
+#[tokio::test]
+async fn a_broken_registry_config_is_located_and_never_quoted() {
+    let registry = RefusedPort::bind();
+    let dir = tempfile::tempdir().expect("tempdir");
+    const CONFIG_PASSWORD: &str = "config-hunter2-0b7d";
+    let config = write(
+        dir.path(),
+        "registries.yaml",
+        &format!(
+            "registries:\n  {}:\n    auth:\n      username: robot\n      password: {CONFIG_PASSWORD}: broken\n",
+            registry.addr
+        ),
+    );
+    let pod = format!(
+        "kind: Pod\nmetadata: {{name: p}}\nspec: {{containers: [{{name: c, image: \"{}/app:v1\"}}]}}\n",
+        registry.addr
+    );
+    let file = write(dir.path(), "pod.yaml", &pod);
+    let config_arg = config.display().to_string();
+
+    let run = check(&file, &["--registry-config", &config_arg]).await;
+    figures::assert_no_panic("broken registry config", &run);
+    let (stdout, stderr) = (run.stdout(), run.stderr());
+    figures::assert_no_leak("stdout", &stdout, &[(Some("robot"), CONFIG_PASSWORD)]);
+    figures::assert_no_leak("stderr", &stderr, &[(Some("robot"), CONFIG_PASSWORD)]);
+    assert_eq!(run.output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("registries.yaml") && stderr.contains("line 5 column "), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+
+    figures::record(Row {
+        group: "input",
+        fault: "a broken registry config (a password line)".into(),
+        expected: "exit 2, file, line and column named, the password never quoted".into(),
+        got: stderr.trim().replace(&config_arg, "registries.yaml"),
+        peak_rss_kib: run.peak_rss_kib,
+        millis: run.elapsed.as_millis(),
+    });
+}
