@@ -319,7 +319,8 @@ impl fmt::Debug for ProviderSpec {
 
 /// Parses and validates one config file's text, JSON or YAML, as kubelet does.
 fn parse_config(text: &str, file: &Path) -> Result<Vec<ProviderSpec>, ProviderConfigError> {
-    // The first line only: serde_saphyr quotes the lines around an error, which may hold `env` secrets.
+    // Never the lines around an error (`crate::yaml`): they may hold `env` secrets. The first
+    // line only, should a message ever span more.
     let parse_error = |reason: String| ProviderConfigError::Parse {
         file: file.to_path_buf(),
         reason: reason.lines().next().unwrap_or_default().to_string(),
