@@ -24,5 +24,6 @@ pub mod report;
 pub mod schedule;
 pub mod sources;
 pub mod telemetry;
+pub mod yaml;
 
 pub use error::{Error, Result, Warning, WarningKind};

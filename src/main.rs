@@ -29,6 +29,7 @@ use pullcheck::inventory::selection::{DisabledKind, ImageFilter, IncludeDisabled
 use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::platform::Platform;
 use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
+use pullcheck::report::visible;
 use pullcheck::schedule::ScheduleSettings;
 use pullcheck::sources::cluster::{Connection, DEFAULT_PAGE_SIZE, connect};
 use pullcheck::telemetry::logs::TransitionLog;
@@ -395,7 +396,7 @@ fn main() -> ExitCode {
     match outcome {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("pullcheck: {e:#}");
+            eprintln!("pullcheck: {}", visible(&format!("{e:#}")));
             ExitCode::from(2)
         }
     }
@@ -442,14 +443,15 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
     } else {
         check_files(&args.filenames, &selection, &client, &settings).await
     };
+    // Input errors, errors and notes carry names and references from the inputs.
     for error in &report.input_errors {
-        eprintln!("pullcheck: {error}");
+        eprintln!("pullcheck: {}", visible(&error.to_string()));
     }
     for error in &report.errors {
-        eprintln!("pullcheck: {error}");
+        eprintln!("pullcheck: {}", visible(error));
     }
     for note in &report.notes {
-        eprintln!("pullcheck: warning: {note}");
+        eprintln!("pullcheck: warning: {}", visible(note));
     }
     match args.output {
         Output::Json => println!("{}", report.to_json()),

@@ -2,7 +2,9 @@
 //! the containers using it, as a table for people or JSON for scripts (docs/check.md), and the
 //! exit code.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
+use std::fmt::Write;
 
 use serde::Serialize;
 
@@ -167,7 +169,13 @@ impl Report {
                     let note = format!("DRIFT: {drifted} of its containers run another digest than the tag's");
                     detail = if detail.is_empty() { note } else { format!("{note}; {detail}") };
                 }
-                [i.state.to_string(), i.canonical.clone().unwrap_or_else(|| i.image.clone()), first + &more, detail]
+                let image = i.canonical.as_deref().unwrap_or(&i.image);
+                [
+                    i.state.to_string(),
+                    visible(image).into_owned(),
+                    visible(&first).into_owned() + &more,
+                    visible(&detail).into_owned(),
+                ]
             })
             .collect();
         let header = ["STATE", "IMAGE", "USED BY", "DETAIL"].map(String::from);
@@ -195,14 +203,84 @@ impl Report {
             ));
         }
         for e in &self.input_errors {
-            out.push_str(&format!("input error: {e}\n"));
+            out.push_str(&format!("input error: {}\n", visible(&e.to_string())));
         }
         for e in &self.errors {
-            out.push_str(&format!("error: {e}\n"));
+            out.push_str(&format!("error: {}\n", visible(e)));
         }
         for note in &self.notes {
-            out.push_str(&format!("warning: {note}\n"));
+            out.push_str(&format!("warning: {}\n", visible(note)));
         }
         out
+    }
+}
+
+/// Text from the inputs as a terminal may show it: every control character (C0, DEL, C1)
+/// and every character that reorders or hides text (bidirectional overrides, line and
+/// paragraph separators) written as a visible escape (`\x1b`, `\n`, `\u{202e}`), so that a
+/// manifest can neither drive the reader's terminal nor add lines to the table.
+pub fn visible(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(needs_escape) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_ascii_control() => {
+                let _ = write!(out, "\\x{:02x}", c as u32);
+            }
+            c if needs_escape(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+fn needs_escape(c: char) -> bool {
+    c.is_control()
+        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn control_characters_are_shown_escaped() {
+        assert_eq!(visible("docker.io/library/nginx:1.27"), "docker.io/library/nginx:1.27");
+        assert!(matches!(visible("plain"), Cow::Borrowed(_)), "nothing copied when nothing to escape");
+        assert_eq!(visible("a\u{1b}[2Jb"), "a\\x1b[2Jb");
+        assert_eq!(visible("bell\u{7}nul\0del\u{7f}"), "bell\\x07nul\\x00del\\x7f");
+        assert_eq!(visible("row\r\nnext\ttab"), "row\\r\\nnext\\ttab");
+        assert_eq!(visible("csi\u{9b}31m"), "csi\\u{9b}31m");
+        assert_eq!(visible("evil\u{202e}gnp.exe\u{2028}"), "evil\\u{202e}gnp.exe\\u{2028}");
+        assert_eq!(visible("日本語 é"), "日本語 é", "printable text is kept");
+    }
+
+    #[test]
+    fn a_table_row_stays_one_line() {
+        let image = ImageReport {
+            image: "app:v1\r\navailable  x".into(),
+            canonical: None,
+            state: State::BadImageFormat,
+            digest: None,
+            registry: None,
+            duration_ms: 0,
+            error: Some("bad \u{1b}[31m".into()),
+            credential: None,
+            workloads: Vec::new(),
+            replacement: None,
+        };
+        let mut report = Report::new(vec![image]);
+        report.errors.push("cannot list\n\u{7}".into());
+        let table = report.to_table();
+        assert_eq!(table.lines().count(), 5, "{table}");
+        assert!(!table.chars().any(|c| c != '\n' && c.is_control()), "{table:?}");
+        assert!(table.contains("app:v1\\r\\navailable  x") && table.contains("bad \\x1b[31m"), "{table}");
     }
 }

@@ -169,7 +169,8 @@ impl RegistryConfig {
         let root: FileRoot = if text.trim().is_empty() {
             FileRoot::default()
         } else {
-            serde_saphyr::from_str(text).map_err(|e| err("(document)", e.to_string()))?
+            // Said without the lines around the error: they hold the registries' passwords.
+            crate::yaml::from_str(text).map_err(|e| err("(document)", crate::yaml::describe(&e).to_string()))?
         };
         let resolve = |p: &Path| if p.is_absolute() { p.to_path_buf() } else { base_dir.join(p) };
         let load_docker_config = |key: &str, p: &Path| -> Result<DockerCredentials, ConfigError> {

@@ -319,7 +319,8 @@ impl fmt::Debug for ProviderSpec {
 
 /// Parses and validates one config file's text, JSON or YAML, as kubelet does.
 fn parse_config(text: &str, file: &Path) -> Result<Vec<ProviderSpec>, ProviderConfigError> {
-    // The first line only: serde_saphyr quotes the lines around an error, which may hold `env` secrets.
+    // Never the lines around an error (`crate::yaml`): they may hold `env` secrets. The first
+    // line only, should a message ever span more.
     let parse_error = |reason: String| ProviderConfigError::Parse {
         file: file.to_path_buf(),
         reason: reason.lines().next().unwrap_or_default().to_string(),
@@ -327,7 +328,7 @@ fn parse_config(text: &str, file: &Path) -> Result<Vec<ProviderSpec>, ProviderCo
     let raw: RawConfig = if text.trim_start().starts_with('{') {
         serde_json::from_str(text).map_err(|e| parse_error(e.to_string()))?
     } else {
-        serde_saphyr::from_str(text).map_err(|e| parse_error(e.to_string()))?
+        crate::yaml::from_str(text).map_err(|e| parse_error(crate::yaml::describe(&e).to_string()))?
     };
     let invalid =
         |field: String, reason: String| ProviderConfigError::Invalid { file: file.to_path_buf(), field, reason };

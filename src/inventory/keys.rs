@@ -2,7 +2,7 @@
 //! resolved to image keys: the one place where `check` and `run` decide what is probed, with
 //! which credential, on behalf of which containers.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -266,6 +266,7 @@ pub fn resolve<'a>(
     platforms: &Arc<[Platform]>,
 ) -> Vec<ImageUse> {
     let mut uses = Vec::new();
+    let mut anonymous: HashMap<(Name, Arc<[Platform]>), AnonymousKey> = HashMap::new();
     for record in records {
         let own = credentials(record);
         let schedulable = match &record.platforms {
@@ -281,6 +282,16 @@ pub fn resolve<'a>(
                     continue;
                 }
             }
+            // Without credentials of its own, a use's key is its reference's and platforms'
+            // alone: a chart's thousands of containers share a few keys, not one copy each.
+            let shared = own.is_none().then(|| (container.image.clone(), schedulable.clone()));
+            if let Some((key, replacement)) = shared.as_ref().and_then(|s| anonymous.get(s)) {
+                let (key, replacement) = (key.clone(), replacement.clone());
+                let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
+                let written = container.image.clone();
+                uses.push(ImageUse { user, spec, written, key, sources: Vec::new(), replacement });
+                continue;
+            }
             let (key, sources, replacement) = match parsed {
                 Ok(image) => {
                     let replacement = config.replacement(&image).map(|image| {
@@ -293,12 +304,18 @@ pub fn resolve<'a>(
                 }
                 Err(e) => (Err(e), Vec::new(), None),
             };
+            if let Some(shared) = shared {
+                anonymous.insert(shared, (key.clone(), replacement.clone()));
+            }
             let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
             uses.push(ImageUse { user, spec, written: container.image.clone(), key, sources, replacement });
         }
     }
     uses
 }
+
+/// The key of a use without credentials of its own, and of its replacement.
+type AnonymousKey = (Result<ImageKey, ImageRefError>, Option<Box<Replacement>>);
 
 /// The keys to probe, each with the uses it answers for, in key order.
 pub fn by_key(uses: &[ImageUse]) -> BTreeMap<&ImageKey, Vec<&ImageUse>> {

@@ -2,7 +2,7 @@
 //! `List` kinds and Helm-rendered output. A malformed document is reported with its file and
 //! index and never stops the others.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
@@ -12,6 +12,8 @@ use serde::Deserialize;
 use crate::inventory::record::{RecordError, record_from_object};
 use crate::inventory::slim::SlimObject;
 use crate::inventory::{WorkloadKind, WorkloadRecord};
+use crate::name::Interner;
+use crate::yaml;
 
 /// Larger inputs are refused rather than read into memory.
 const MAX_FILE_BYTES: u64 = 64 << 20;
@@ -43,6 +45,8 @@ pub struct FileInventory {
     pub documents: usize,
     /// Documents that are valid but not workloads (Services, ConfigMaps, ...).
     pub skipped: usize,
+    /// A chart's thousands of workloads share a few namespaces and images: one allocation each.
+    names: Interner,
 }
 
 /// Reads every path; `-` is stdin. Directories are walked recursively for .yaml, .yml, .json.
@@ -50,23 +54,15 @@ pub fn load_paths(paths: &[PathBuf]) -> FileInventory {
     let mut inventory = FileInventory::default();
     for path in paths {
         if path.as_os_str() == "-" {
-            let mut text = String::new();
-            let read = std::io::stdin().take(MAX_FILE_BYTES + 1).read_to_string(&mut text);
-            match read {
-                Ok(n) if n as u64 > MAX_FILE_BYTES => inventory.errors.push(too_large("<stdin>")),
-                Ok(_) => parse_stream(&text, "<stdin>", &mut inventory),
-                Err(e) => {
-                    inventory.errors.push(InputError { file: "<stdin>".into(), document: None, error: e.to_string() })
-                }
-            }
+            parse_reader(std::io::stdin().lock(), "<stdin>", &mut inventory);
             continue;
         }
-        load_path(path, true, &mut inventory);
+        load_path(path, &mut inventory);
     }
     inventory
 }
 
-fn load_path(path: &Path, named: bool, inventory: &mut FileInventory) {
+fn load_path(path: &Path, inventory: &mut FileInventory) {
     let file = path.display().to_string();
     let io_error = |e: std::io::Error| InputError { file: file.clone(), document: None, error: e.to_string() };
     let meta = match std::fs::metadata(path) {
@@ -88,20 +84,17 @@ fn load_path(path: &Path, named: bool, inventory: &mut FileInventory) {
                 .and_then(|e| e.to_str())
                 .is_some_and(|e| MANIFEST_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
             if (entry.is_dir() && !is_link_dir) || (entry.is_file() && is_manifest) {
-                load_path(&entry, false, inventory);
+                load_path(&entry, inventory);
             }
         }
         return;
     }
+    // Refused before a byte is parsed; a file that grows while read stops at the cap too.
     if meta.len() > MAX_FILE_BYTES {
         return inventory.errors.push(too_large(&file));
     }
-    match std::fs::read(path) {
-        Ok(bytes) => match String::from_utf8(bytes) {
-            Ok(text) => parse_stream(&text, &file, inventory),
-            Err(_) => inventory.errors.push(InputError { file, document: None, error: "not UTF-8 text".into() }),
-        },
-        Err(e) if named => inventory.errors.push(io_error(e)),
+    match std::fs::File::open(path) {
+        Ok(opened) => parse_reader(BufReader::new(opened), &file, inventory),
         Err(e) => inventory.errors.push(io_error(e)),
     }
 }
@@ -112,67 +105,186 @@ fn too_large(file: &str) -> InputError {
 
 /// Parses one file's text: a JSON value stream or YAML documents.
 pub fn parse_stream(text: &str, file: &str, inventory: &mut FileInventory) {
+    parse_reader(text.as_bytes(), file, inventory);
+}
+
+/// Reads one file, a line at a time, and parses each YAML document as soon as its end is read
+/// (or the JSON stream value by value): what is held is the document being read and the
+/// records found, never the whole text, and no more than [`MAX_FILE_BYTES`] is read.
+pub fn parse_reader(reader: impl BufRead, file: &str, inventory: &mut FileInventory) {
     inventory.files += 1;
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if text.trim_start().starts_with(['{', '[']) {
-        let mut stream = serde_json::Deserializer::from_str(text).into_iter::<Value>();
-        let mut index = 0;
-        loop {
-            index += 1;
-            match stream.next() {
-                None => break,
-                Some(Ok(value)) => add_document(&value, file, index, inventory),
-                Some(Err(e)) => {
-                    // A JSON syntax error leaves no reliable place to resume.
-                    inventory.errors.push(InputError {
-                        file: file.into(),
-                        document: Some(index),
-                        error: e.to_string(),
-                    });
-                    break;
+    let mut reader = reader.take(MAX_FILE_BYTES + 1);
+    let input_error = |document: Option<usize>, error: String| InputError { file: file.into(), document, error };
+    let mut splitter = YamlSplitter::default();
+    let mut line = Vec::new();
+    let mut seen_content = false;
+    loop {
+        line.clear();
+        match reader.read_until(b'\n', &mut line) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => return inventory.errors.push(input_error(None, e.to_string())),
+        }
+        if reader.limit() == 0 {
+            return inventory.errors.push(too_large(file));
+        }
+        let Ok(mut text) = std::str::from_utf8(&line) else {
+            let at = splitter.lines_read() + 1;
+            return inventory.errors.push(input_error(None, format!("line {at}: not UTF-8 text")));
+        };
+        if splitter.lines_read() == 0 {
+            text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        }
+        if !seen_content && !text.trim().is_empty() {
+            seen_content = true;
+            if text.trim_start().starts_with(['{', '[']) {
+                let head = format!("{}{text}", splitter.into_text());
+                parse_json(head.as_bytes().chain(&mut reader), file, inventory);
+                if reader.limit() == 0 {
+                    inventory.errors.push(too_large(file));
                 }
+                return;
             }
         }
-        return;
-    }
-    for (i, doc) in split_yaml_documents(text).into_iter().enumerate() {
-        let index = i + 1;
-        if doc.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
-            continue;
+        if let Some(document) = splitter.push_line(text) {
+            parse_yaml_document(&document, file, inventory);
         }
-        match serde_saphyr::from_str::<Value>(doc) {
+    }
+    parse_yaml_document(&splitter.finish(), file, inventory);
+}
+
+/// A JSON value stream, parsed one value at a time.
+fn parse_json(reader: impl Read, file: &str, inventory: &mut FileInventory) {
+    let stream = serde_json::Deserializer::from_reader(reader).into_iter::<Value>();
+    let mut index = 0;
+    for next in stream {
+        index += 1;
+        match next {
             Ok(value) => add_document(&value, file, index, inventory),
             Err(e) => {
-                inventory.errors.push(InputError { file: file.into(), document: Some(index), error: e.to_string() })
+                // A JSON syntax error leaves no reliable place to resume.
+                let error = json_problem(&e);
+                return inventory.errors.push(InputError { file: file.into(), document: Some(index), error });
             }
         }
     }
 }
 
-/// Splits at `---` document markers (and `...` ends) at the start of a line, so that one
-/// broken document cannot take the rest of the stream with it.
-fn split_yaml_documents(text: &str) -> Vec<&str> {
-    let mut docs = Vec::new();
-    let mut start = 0;
-    let mut offset = 0;
-    for line in text.split_inclusive('\n') {
+/// What went wrong in a JSON stream and where, in serde_json's words for its syntax errors
+/// (fixed texts: none quotes the input); anything else is said without its message.
+fn json_problem(error: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    let message = error.to_string();
+    let problem = match error.classify() {
+        // serde_json writes "<problem> at line L column C".
+        Category::Syntax | Category::Eof => message.rsplit_once(" at line ").map_or(message.as_str(), |(p, _)| p),
+        Category::Data => "not a value pullcheck can read",
+        Category::Io => "the input could not be read",
+    };
+    format!("line {} column {}: {problem}", error.line(), error.column())
+}
+
+/// One YAML document's text, and where it starts in its file.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct YamlDocument {
+    /// 1-based, within the file: blank documents (before a leading `---`) count, as kubectl's.
+    index: usize,
+    text: String,
+    /// The file's line the text starts on, 0-based.
+    first_line: usize,
+    /// Bytes of that line before the text (content on a `---` line).
+    first_column: usize,
+}
+
+/// Splits a YAML stream at `---` document markers (and `...` ends) at the start of a line as
+/// its lines are read, so that one document at a time is held and one broken document cannot
+/// take the rest of the stream with it.
+#[derive(Debug, Default)]
+struct YamlSplitter {
+    current: YamlDocument,
+    lines: usize,
+}
+
+impl YamlSplitter {
+    /// Lines read so far.
+    fn lines_read(&self) -> usize {
+        self.lines
+    }
+
+    /// Takes one line (with its line break); a marker line ends the document before it.
+    fn push_line(&mut self, line: &str) -> Option<YamlDocument> {
+        self.lines += 1;
         let bare = line.trim_end_matches(['\n', '\r']);
         let is_marker = bare == "---" || bare.starts_with("--- ") || bare.starts_with("---\t") || bare == "...";
-        if is_marker {
-            docs.push(&text[start..offset]);
-            start = offset + line.len();
-            if bare.starts_with("--- ") || bare.starts_with("---\t") {
-                // Content on the marker line (`--- !tag`, `--- {a: 1}`) belongs to the next document.
-                start = offset + 3;
-            }
+        if !is_marker {
+            self.current.text.push_str(line);
+            return None;
         }
-        offset += line.len();
+        let next = YamlDocument { index: self.current.index + 1, first_line: self.lines, ..YamlDocument::default() };
+        let mut done = std::mem::replace(&mut self.current, next);
+        if done.index == 0 {
+            done.index = 1;
+            self.current.index = 2;
+        }
+        if bare.starts_with("--- ") || bare.starts_with("---\t") {
+            // Content on the marker line (`--- !tag`, `--- {a: 1}`) belongs to the next document.
+            self.current.text.push_str(&line[3..]);
+            self.current.first_line = self.lines - 1;
+            self.current.first_column = 3;
+        }
+        Some(done)
     }
-    docs.push(&text[start..]);
-    docs
+
+    /// The last document.
+    fn finish(self) -> YamlDocument {
+        let mut last = self.current;
+        last.index = last.index.max(1);
+        last
+    }
+
+    /// What was read, when it turns out not to be YAML.
+    fn into_text(self) -> String {
+        self.current.text
+    }
+}
+
+/// Parses one document with limits that make a refusal cheap (`crate::yaml`).
+fn parse_yaml_document(document: &YamlDocument, file: &str, inventory: &mut FileInventory) {
+    if document.text.lines().all(|l| l.trim().is_empty() || l.trim_start().starts_with('#')) {
+        return;
+    }
+    match yaml::from_str::<Value>(&document.text) {
+        Ok(value) => add_document(&value, file, document.index, inventory),
+        Err(e) => inventory.errors.push(InputError {
+            file: file.into(),
+            document: Some(document.index),
+            error: yaml_error(&e, document),
+        }),
+    }
+}
+
+/// `line L column C: <problem>` in file coordinates; never the text around it.
+fn yaml_error(error: &serde_saphyr::Error, document: &YamlDocument) -> String {
+    let mut described = yaml::describe(error);
+    if let Some((line, column)) = &mut described.at {
+        if *line == 1 {
+            *column += document.first_column;
+        }
+        *line += document.first_line;
+    }
+    described.to_string()
 }
 
 fn add_document(value: &Value, file: &str, index: usize, inventory: &mut FileInventory) {
+    let found = inventory.records.len();
+    add_records(value, file, index, inventory);
+    for record in inventory.records.split_off(found) {
+        let record = record.interned(&mut inventory.names);
+        inventory.records.push(record);
+    }
+}
+
+fn add_records(value: &Value, file: &str, index: usize, inventory: &mut FileInventory) {
     inventory.documents += 1;
     let mut error = |e: DocumentError| {
         inventory.errors.push(InputError { file: file.into(), document: Some(index), error: e.to_string() })
@@ -365,9 +477,60 @@ template: {spec: {containers: [{name: c, image: redis}]}}
     }
 
     #[test]
+    fn errors_say_where_never_what() {
+        let inv = parse(
+            "kind: Pod\nmetadata: {name: a}\nspec: {containers: [{name: c, image: one}]}\n---\nkind: Secret\nstringData:\n  user: admin-s3cr3t\n  password: pw-s3cr3t: broken\n  host: db-s3cr3t\n",
+        );
+        assert_eq!(images(&inv), vec!["Pod/a/c:one"]);
+        let error = &inv.errors[0];
+        assert_eq!(error.document, Some(2));
+        assert!(error.error.starts_with("line 8 column "), "the file's line: {error}");
+        let quoting = parse(
+            "kind: Secret\nstringData:\n  key-s3cr3t: a\n  key-s3cr3t: b\n---\nkind: Secret\ndata: {n: 1e999}\n---\nkind: Secret\ndata: {n: *s3cr3t}\n---\n--- {kind: Secret, data: {a: \"s3cr3t\\q\"}}\n",
+        );
+        assert_eq!(quoting.errors.len(), 4, "{:?}", quoting.errors);
+        for error in &quoting.errors {
+            assert!(!error.error.contains("s3cr3t") && !error.error.contains("1e999"), "{error}");
+            assert!(error.error.starts_with("line "), "{error}");
+        }
+        assert!(quoting.errors[3].error.starts_with("line 12 column 30:"), "on the marker line: {}", quoting.errors[3]);
+
+        let mut json = FileInventory::default();
+        parse_stream("{\"kind\": \"Secret\",\n \"data\": {\"a\": \"s3cr3t\" \"b\": 1}}", "s.json", &mut json);
+        assert_eq!(json.errors[0].error, "line 2 column 25: expected `,` or `}`");
+    }
+
+    #[test]
+    fn an_alias_bomb_is_refused() {
+        let mut bomb = String::from("a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]\n");
+        for (from, to) in ["a", "b", "c", "d", "e", "f", "g", "h"].iter().zip(["b", "c", "d", "e", "f", "g", "h", "i"])
+        {
+            bomb.push_str(&format!("{to}: &{to} [{}]\n", vec![format!("*{from}"); 9].join(", ")));
+        }
+        let inv = parse(&bomb);
+        assert!(inv.errors[0].error.ends_with("aliases expand past pullcheck's limit"), "{}", inv.errors[0]);
+        let reused = parse(
+            "kind: Pod\nmetadata: {name: p}\nx: &env [{name: A, value: b}]\ny: [*env, *env, *env]\nspec: {containers: [{name: c, image: i}]}\n",
+        );
+        assert!(reused.errors.is_empty(), "a few aliases are fine: {:?}", reused.errors);
+    }
+
+    fn split(text: &str) -> Vec<(usize, String, usize, usize)> {
+        let mut splitter = YamlSplitter::default();
+        let mut documents: Vec<YamlDocument> =
+            text.split_inclusive('\n').filter_map(|line| splitter.push_line(line)).collect();
+        documents.push(splitter.finish());
+        documents.into_iter().map(|d| (d.index, d.text, d.first_line, d.first_column)).collect()
+    }
+
+    #[test]
     fn document_markers() {
-        assert_eq!(split_yaml_documents("a: 1\n---\nb: 2\n"), vec!["a: 1\n", "b: 2\n"]);
-        assert_eq!(split_yaml_documents("--- {a: 1}\n"), vec!["", " {a: 1}\n"]);
-        assert_eq!(split_yaml_documents("x: |\n  ---\n"), vec!["x: |\n  ---\n"]);
+        assert_eq!(split("a: 1\n---\nb: 2\n"), [(1, "a: 1\n".into(), 0, 0), (2, "b: 2\n".into(), 2, 0)]);
+        assert_eq!(split("--- {a: 1}\n"), [(1, String::new(), 0, 0), (2, " {a: 1}\n".into(), 0, 3)]);
+        assert_eq!(split("x: |\n  ---\n"), [(1, "x: |\n  ---\n".into(), 0, 0)]);
+        assert_eq!(
+            split("a: 1\n...\n---\nb: 2"),
+            [(1, "a: 1\n".into(), 0, 0), (2, String::new(), 2, 0), (3, "b: 2".into(), 3, 0)]
+        );
     }
 }
