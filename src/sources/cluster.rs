@@ -3,9 +3,10 @@
 //! pullcheck reads, `managedFields` and `status` skipped while parsing) and reduced by the
 //! same code as manifests on disk, so a cluster and its manifests give the same answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, ListParams};
@@ -101,13 +102,7 @@ pub(crate) fn is_forbidden(error: &kube::Error) -> bool {
 }
 
 fn watcher_forbidden(error: &watcher::Error) -> bool {
-    match error {
-        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
-            is_forbidden(e)
-        }
-        watcher::Error::WatchError(status) => status.is_forbidden(),
-        _ => false,
-    }
+    WatchTrouble::of(error) == WatchTrouble::Forbidden
 }
 
 /// One pass over the cluster.
@@ -328,30 +323,166 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
 
 /// How the watchers list: in pages of `page_size`, one initial list at a time (a watcher lists
 /// only while it holds the turn). Each page is held whole while it is decoded, so the size of a
-/// page and the number of lists at once set the process's peak at sync.
+/// page and the number of lists at once set the process's peak at sync. The watchers also share
+/// what they said of their failures, so that a cause is said once, not once per retry and kind.
 #[derive(Clone)]
 pub struct Lists {
     turns: Arc<Semaphore>,
     page_size: u32,
+    outages: Arc<Mutex<Outages>>,
 }
 
 impl Lists {
     pub fn new(page_size: u32) -> Lists {
-        Lists { turns: Arc::new(Semaphore::new(1)), page_size }
+        Lists { turns: Arc::new(Semaphore::new(1)), page_size, outages: Arc::default() }
+    }
+
+    fn outages(&self) -> std::sync::MutexGuard<'_, Outages> {
+        self.outages.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Keeps the store current for one scope until the stream ends. A 403 is reported once and the
-/// scope given up; other errors are retried with kube-runtime's default backoff. The initial
-/// list waits for its turn; a failing one gives its turn up before retrying.
+/// Why a watcher could not go on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WatchTrouble {
+    /// 403: the scope is given up and its workloads withdrawn.
+    Forbidden,
+    /// 410 Gone: the version the watch resumed from was compacted away; kube-runtime lists again.
+    Expired,
+    /// The version the watch resumed from is ahead of the API server's history ("Too large
+    /// resource version"): the API server came back with another history (etcd restored or
+    /// replaced). Resuming can never succeed; only a new list does.
+    HistoryRestarted,
+    /// Anything else (unreachable, 401, 429 past the client's retries, 5xx): retried with
+    /// kube-runtime's backoff.
+    Api(ApiFailure),
+}
+
+impl WatchTrouble {
+    pub fn of(error: &watcher::Error) -> WatchTrouble {
+        match error {
+            watcher::Error::InitialListFailed(e)
+            | watcher::Error::WatchStartFailed(e)
+            | watcher::Error::WatchFailed(e) => match e {
+                kube::Error::Api(status) => WatchTrouble::of_status(status),
+                other => WatchTrouble::Api(ApiFailure::of(other)),
+            },
+            watcher::Error::WatchError(status) => WatchTrouble::of_status(status),
+            other => WatchTrouble::Api(ApiFailure::Other(other.to_string())),
+        }
+    }
+
+    fn of_status(status: &kube::core::Status) -> WatchTrouble {
+        let too_large = status.message.contains("Too large resource version")
+            || status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "ResourceVersionTooLarge"));
+        match status.code {
+            403 => WatchTrouble::Forbidden,
+            410 => WatchTrouble::Expired,
+            504 if too_large => WatchTrouble::HistoryRestarted,
+            _ => WatchTrouble::Api(ApiFailure::of(&kube::Error::Api(Box::new(status.clone())))),
+        }
+    }
+}
+
+impl fmt::Display for WatchTrouble {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WatchTrouble::Forbidden => f.write_str("forbidden by RBAC"),
+            WatchTrouble::Expired => f.write_str("the watch expired (410 Gone); listing again"),
+            WatchTrouble::HistoryRestarted => f.write_str(
+                "the API server no longer knows the version watched from (its history restarted); listing again",
+            ),
+            WatchTrouble::Api(failure) => write!(f, "{failure}; retrying"),
+        }
+    }
+}
+
+/// A cause is said again after this long at the soonest, however often it recurs.
+pub const SAY_AGAIN: Duration = Duration::from_secs(300);
+
+/// What the watchers said of their failures: each cause once per [`SAY_AGAIN`], whatever the
+/// number of kinds and retries, and one line when every watch works again.
+#[derive(Debug, Default)]
+pub struct Outages {
+    said: HashMap<WatchTrouble, Instant>,
+    failing: HashSet<WatchScope>,
+    /// A warning was said since the watches last all worked.
+    unresolved: bool,
+}
+
+impl Outages {
+    /// The warning to log for `scope` failing with `trouble`, unless it was said lately.
+    pub fn failed(&mut self, scope: &WatchScope, trouble: &WatchTrouble, now: Instant) -> Option<String> {
+        self.failing.insert(scope.clone());
+        if self.said.get(trouble).is_some_and(|at| now.saturating_duration_since(*at) < SAY_AGAIN) {
+            return None;
+        }
+        self.said.insert(trouble.clone(), now);
+        self.unresolved = true;
+        let place = place(scope.namespace.as_deref());
+        Some(format!(
+            "watching {}s {place}: {trouble} (said once for every kind, again in {} at the soonest)",
+            scope.kind,
+            humantime::format_duration(SAY_AGAIN)
+        ))
+    }
+
+    /// The line to log when `scope` works again and with it every watch that failed.
+    pub fn worked(&mut self, scope: &WatchScope) -> Option<String> {
+        if !self.failing.remove(scope) || !self.failing.is_empty() || !self.unresolved {
+            return None;
+        }
+        self.unresolved = false;
+        Some("the API server answers every watch again".to_string())
+    }
+}
+
+/// How one watcher ended.
+enum Ended {
+    Forbidden,
+    /// A new list is needed: the watcher is started afresh.
+    Relist,
+    /// The stream ended (it does not, short of the process ending).
+    Closed,
+}
+
+/// Keeps the store current for one scope. A 403 is reported once, the scope given up and its
+/// workloads withdrawn; a version the API server no longer has history for starts a new list;
+/// other errors are retried with kube-runtime's default backoff, each cause said once
+/// ([`Outages`]). The initial list waits for its turn; a failing one gives its turn up before
+/// retrying.
 pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore, lists: Lists) {
+    loop {
+        match watch_once(&client, &scope, &store, &lists).await {
+            Ended::Relist => continue,
+            Ended::Closed => return,
+            Ended::Forbidden => {
+                let place = place(scope.namespace.as_deref());
+                tracing::warn!(
+                    kind = %scope.kind,
+                    "cannot watch {}s {place}: forbidden by RBAC; they are skipped and no longer reported",
+                    scope.kind
+                );
+                write(&store).apply(Update::GaveUp(scope.clone()));
+                return;
+            }
+        }
+    }
+}
+
+async fn watch_once(client: &kube::Client, scope: &WatchScope, store: &SharedStore, lists: &Lists) -> Ended {
     let mut turn = lists.turns.clone().acquire_owned().await.ok();
     let config = watcher::Config::default().page_size(lists.page_size);
-    let mut events = watcher::watcher(api(&client, &scope), config).default_backoff().boxed();
-    let apply = |update: Update| write(&store).apply(update);
+    let mut events = watcher::watcher(api(client, scope), config).default_backoff().boxed();
+    let apply = |update: Update| write(store).apply(update);
     while let Some(event) = events.next().await {
         if matches!(event, Ok(Event::InitDone) | Err(_)) {
             drop(turn.take());
+        }
+        if matches!(event, Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))) {
+            if let Some(line) = lists.outages().worked(scope) {
+                tracing::info!("{line}");
+            }
         }
         match event {
             Ok(Event::Init) => apply(Update::Init(scope.clone())),
@@ -385,15 +516,22 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
                     Running::Nothing => {}
                 }
             }
-            Err(e) if watcher_forbidden(&e) => {
-                let place = place(scope.namespace.as_deref());
-                tracing::warn!(kind = %scope.kind, "cannot watch {}s {place}: forbidden by RBAC; they are skipped", scope.kind);
-                apply(Update::GaveUp(scope.clone()));
-                return;
+            Err(e) => {
+                let trouble = WatchTrouble::of(&e);
+                tracing::debug!(kind = %scope.kind, error = %e, "watch failed");
+                if trouble == WatchTrouble::Forbidden {
+                    return Ended::Forbidden;
+                }
+                if let Some(line) = lists.outages().failed(scope, &trouble, Instant::now()) {
+                    tracing::warn!(kind = %scope.kind, "{line}");
+                }
+                if trouble == WatchTrouble::HistoryRestarted {
+                    return Ended::Relist;
+                }
             }
-            Err(e) => tracing::warn!(kind = %scope.kind, error = %e, "watch failed; retrying"),
         }
     }
+    Ended::Closed
 }
 
 /// What an object says of what runs: a Pod's digests, a ReplicaSet's or Job's owner.
@@ -458,13 +596,25 @@ pub struct Connection {
     pub page_size: u32,
 }
 
+/// No answer for this long on a connection is a dead API server: the request fails and is
+/// retried. kube sets no read timeout, so a list that never answered held `check` and every
+/// watcher's list turn for good. Longer than the watches' own server-side timeout (290 s, after
+/// which the API server ends them) and than any list worth waiting for (docs/operations.md,
+/// "API server faults").
+pub const READ_TIMEOUT: Duration = Duration::from_secs(330);
+
 /// A client for the cluster of a kubeconfig (`kubeconfig`, else $KUBECONFIG or ~/.kube/config,
 /// else the in-cluster service account) and context, with that context's namespace and the API
-/// server's URL.
-pub async fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> crate::Result<Connection> {
+/// server's URL. A kubeconfig `exec` credential plugin runs while the client is built and gets
+/// `exec_timeout` to print its credential.
+pub async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    exec_timeout: Duration,
+) -> crate::Result<Connection> {
     use crate::Error;
     let options = kube::config::KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
@@ -477,9 +627,54 @@ pub async fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>
         }
         None => kube::Config::infer().await.map_err(|e| Error::Kubeconfig(e.to_string()))?,
     };
+    config.read_timeout = Some(READ_TIMEOUT);
+    // From when a request is sent, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
     let namespace = config.default_namespace.clone();
     let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
-    Ok(Connection { client: kube::Client::try_from(config)?, namespace, server, page_size: DEFAULT_PAGE_SIZE })
+    let client = build_client(config, exec_timeout).await?;
+    Ok(Connection { client, namespace, server, page_size: DEFAULT_PAGE_SIZE })
+}
+
+/// The client, built off the runtime: building it runs an `exec` credential plugin and waits
+/// for it with no bound of its own, so a plugin that hangs would hang pullcheck (and, on the
+/// runtime's blocking pool, keep it from ever shutting down). On a thread of its own it is left
+/// behind when `exec_timeout` passes.
+async fn build_client(config: kube::Config, exec_timeout: Duration) -> crate::Result<kube::Client> {
+    use crate::Error;
+    let plugin = config.auth_info.exec.as_ref().and_then(|e| e.command.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // The client's buffer task is spawned on this runtime.
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("kube-client".into())
+        .spawn(move || {
+            let _entered = runtime.enter();
+            let _ = tx.send(kube::Client::try_from(config));
+        })
+        .map_err(|e| Error::Kubeconfig(format!("cannot start building the client: {e}")))?;
+    let built = tokio::time::timeout(exec_timeout, rx).await;
+    let plugin_name = || plugin.clone().unwrap_or_default();
+    match built {
+        Ok(Ok(Ok(client))) => Ok(client),
+        Ok(Ok(Err(e))) if plugin.is_some() => {
+            // The parser's first line says where the output went wrong; the lines after quote the
+            // output, which may hold a credential.
+            let error = e.to_string();
+            let first = error.lines().next().unwrap_or_default();
+            Err(Error::Kubeconfig(format!(
+                "the exec credential plugin `{}` gave no credential: {first}",
+                plugin_name()
+            )))
+        }
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(_)) => Err(Error::Kubeconfig("building the client failed".into())),
+        Err(_) => Err(Error::Kubeconfig(format!(
+            "the exec credential plugin `{}` printed no credential within {} (--kube-exec-timeout)",
+            plugin_name(),
+            humantime::format_duration(exec_timeout)
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -553,6 +748,65 @@ mod tests {
             ]
         );
         assert!(failure_lines(&[], server).is_empty());
+    }
+
+    fn status_value(value: serde_json::Value) -> kube::core::Status {
+        serde_json::from_value(value).expect("a Status")
+    }
+
+    #[test]
+    fn watch_troubles_by_what_the_api_server_said() {
+        let gone =
+            status_value(serde_json::json!({"code": 410, "reason": "Expired", "message": "too old resource version"}));
+        assert_eq!(WatchTrouble::of(&watcher::Error::WatchError(Box::new(gone))), WatchTrouble::Expired);
+        let too_large = status_value(serde_json::json!({"code": 504, "reason": "Timeout",
+            "message": "Too large resource version: 40, current: 12",
+            "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]}}));
+        assert_eq!(WatchTrouble::of(&watcher::Error::WatchError(Box::new(too_large))), WatchTrouble::HistoryRestarted);
+        let timeout =
+            status_value(serde_json::json!({"code": 504, "reason": "Timeout", "message": "request timed out"}));
+        assert!(matches!(WatchTrouble::of(&watcher::Error::WatchError(Box::new(timeout))), WatchTrouble::Api(_)));
+        assert_eq!(
+            WatchTrouble::of(&watcher::Error::WatchStartFailed(status(403, "Forbidden", "no"))),
+            WatchTrouble::Forbidden
+        );
+        assert_eq!(
+            WatchTrouble::of(&watcher::Error::InitialListFailed(status(500, "InternalError", "etcd"))),
+            WatchTrouble::Api(ApiFailure::Other("the API server answered 500 InternalError: etcd".into()))
+        );
+    }
+
+    #[test]
+    fn a_cause_is_said_once_per_while_whatever_the_kinds_and_retries() {
+        let scope = |kind| WatchScope { kind, namespace: None };
+        let refused = WatchTrouble::Api(ApiFailure::Unreachable("connection refused".into()));
+        let start = Instant::now();
+        let mut outages = Outages::default();
+        let first = outages.failed(&scope(WorkloadKind::Deployment), &refused, start);
+        assert_eq!(
+            first.as_deref(),
+            Some(
+                "watching Deployments cluster-wide: cannot reach the API server: connection refused; retrying \
+                 (said once for every kind, again in 5m at the soonest)"
+            )
+        );
+        for kind in CLUSTER_KINDS {
+            assert_eq!(outages.failed(&scope(*kind), &refused, start + Duration::from_secs(10)), None);
+        }
+        assert!(outages.failed(&scope(WorkloadKind::Pod), &WatchTrouble::Expired, start).is_some(), "another cause");
+        // Works again only when every failing scope does, and says so once.
+        for kind in &CLUSTER_KINDS[..CLUSTER_KINDS.len() - 1] {
+            assert_eq!(outages.worked(&scope(*kind)), None);
+        }
+        assert_eq!(
+            outages.worked(&scope(WorkloadKind::Pod)).as_deref(),
+            Some("the API server answers every watch again")
+        );
+        assert_eq!(outages.worked(&scope(WorkloadKind::Pod)), None);
+        // The same cause within the while: said no more, and nothing to recover from.
+        assert_eq!(outages.failed(&scope(WorkloadKind::Job), &refused, start + Duration::from_secs(60)), None);
+        assert_eq!(outages.worked(&scope(WorkloadKind::Job)), None);
+        assert!(outages.failed(&scope(WorkloadKind::Job), &refused, start + SAY_AGAIN).is_some(), "said again");
     }
 
     #[test]
