@@ -119,6 +119,19 @@ pub struct ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
+    /// How much is held, to go back to with [`ClusterSnapshot::truncate`].
+    fn lengths(&self) -> [usize; 4] {
+        [self.records.len(), self.warnings.len(), self.pods.len(), self.owners.len()]
+    }
+
+    /// Drops what came after `lengths`: a list started again.
+    fn truncate(&mut self, [records, warnings, pods, owners]: [usize; 4]) {
+        self.records.truncate(records);
+        self.warnings.truncate(warnings);
+        self.pods.truncate(pods);
+        self.owners.truncate(owners);
+    }
+
     /// Whether the API server answered and accepted the credentials: when not, every other
     /// request (nodes, namespaces, secrets) would fail the same way and say it again.
     pub fn reached(&self) -> bool {
@@ -275,7 +288,8 @@ fn listed(places: BTreeMap<Option<&str>, Vec<WorkloadKind>>) -> impl Iterator<It
 /// Lists every kind in pages. A kind that fails (403 included) is recorded and skipped; once the
 /// API server has not been reached or has refused the credentials, the kinds left are recorded
 /// with that cause without asking again (a server that drops packets would cost a connect
-/// timeout per kind).
+/// timeout per kind). A kind whose `continue` token expired mid-list (410) is listed again from
+/// the start, its pages read so far dropped.
 pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>, page_size: u32) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::default();
     for scope in scopes(namespaces) {
@@ -283,21 +297,34 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
             snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
             continue;
         }
-        let listed = list_each(&api(client, &scope), page_size, |object| {
-            match running_of(scope.kind, &object) {
-                Running::Pod(_, Some(running)) => snapshot.pods.push(running),
-                Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
-                _ => {}
+        let held = snapshot.lengths();
+        let mut attempts = 0;
+        let listed = loop {
+            attempts += 1;
+            let listed = list_each(&api(client, &scope), page_size, |object| {
+                match running_of(scope.kind, &object) {
+                    Running::Pod(_, Some(running)) => snapshot.pods.push(running),
+                    Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
+                    _ => {}
+                }
+                match record_from_object(scope.kind, &object) {
+                    Ok(Some(record)) => snapshot.records.push(record),
+                    Ok(None) => {}
+                    Err(e) => snapshot
+                        .warnings
+                        .push(Warning::new(WarningKind::InvalidObject, describe(&identity(scope.kind, &object), &e))),
+                }
+            })
+            .await;
+            match listed {
+                // The snapshot the pages came from was compacted away mid-list: the pages read
+                // are dropped and the kind listed again from the start, as client-go's pager does.
+                Err(kube::Error::Api(status)) if status.code == 410 && attempts < LIST_ATTEMPTS => {
+                    snapshot.truncate(held);
+                }
+                other => break other,
             }
-            match record_from_object(scope.kind, &object) {
-                Ok(Some(record)) => snapshot.records.push(record),
-                Ok(None) => {}
-                Err(e) => snapshot
-                    .warnings
-                    .push(Warning::new(WarningKind::InvalidObject, describe(&identity(scope.kind, &object), &e))),
-            }
-        })
-        .await;
+        };
         if let Err(e) = listed {
             let cause = ApiFailure::of(&e);
             snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
@@ -305,6 +332,9 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
     }
     snapshot
 }
+
+/// Lists of one kind started when the last one's `continue` token expired (410).
+const LIST_ATTEMPTS: usize = 3;
 
 /// Labels of every namespace (for `--namespace-selector`).
 pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, BTreeMap<String, String>>, kube::Error> {

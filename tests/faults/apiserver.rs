@@ -402,6 +402,50 @@ async fn a_list_that_takes_twenty_seconds() {
     });
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_continue_token_expiring_mid_list() {
+    let mut rig = Rig::start(&[]).await;
+    for name in ["a", "b", "c", "d"] {
+        rig.add("Deployment", "shop", name);
+    }
+    rig.add("StatefulSet", "db", "pg");
+    rig.expected.insert("Pod ops/moved-on".into());
+    rig.api.page_size(1);
+    rig.api.slow_lists("Deployment", Some(Duration::from_millis(500)));
+    let kubeconfig = rig.api.kubeconfig(rig.dir.path());
+    let pages = |api: &ApiServer| {
+        api.requests()
+            .iter()
+            .filter(|r| r.starts_with("GET /apis/apps/v1/deployments?") && r.contains("continue="))
+            .count()
+    };
+    // Compacted once the list is two pages in: its next page is answered 410 Expired.
+    let compact = async {
+        assert!(eventually(WAIT, || pages(&rig.api) >= 1).await, "the list is paged");
+        rig.api.compact();
+        // The cluster moves on (the harness expires the version it compacted at itself).
+        rig.api.apply(workload("Pod", "ops", "moved-on", &rig.image));
+    };
+    let (checked_run, ()) = tokio::join!(check(&kubeconfig, &[]), compact);
+    assert_eq!(checked_run.output.status.code(), Some(0), "{}", checked_run.stderr());
+    assert_eq!(checked(&checked_run), (rig.expected.clone(), rig.expected.len()), "every workload once");
+    assert!(checked_run.stderr().is_empty(), "{}", checked_run.stderr());
+    let starts = lists_of(&rig.api, "deployments") - pages(&rig.api);
+    assert_eq!(starts, 2, "listed again from the start: {:?}", rig.api.requests());
+    figures::record(Row {
+        group: GROUP,
+        fault: "the continue token of a paged list expired mid-list (410 after compaction; check -A)".into(),
+        expected: "the kind listed again from the start; every workload once; exit 0".into(),
+        got: format!(
+            "listed twice, {} workloads exact, exit 0 in {:.1} s, nothing on stderr",
+            rig.expected.len(),
+            checked_run.elapsed.as_secs_f64()
+        ),
+        peak_rss_kib: checked_run.peak_rss_kib,
+        millis: checked_run.elapsed.as_millis(),
+    });
+}
+
 /// A kubeconfig whose user's credential comes from `plugin` (an executable script).
 fn exec_kubeconfig(dir: &std::path::Path, server: &str, name: &str, plugin: &str) -> std::path::PathBuf {
     use std::os::unix::fs::PermissionsExt;
