@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use super::figures::{self, Row};
-use super::support::apiserver::ApiServer;
+use super::support::apiserver::{ApiServer, TOKEN};
 use super::support::otlp::{Receiver, latest_points};
 use super::support::registry::{Auth, Pusher, Registry};
 use super::support::{eventually, process, workload};
@@ -128,6 +128,7 @@ impl Run {
         let status = tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await;
         let log = self.log();
         assert!(!log.contains("panicked at"), "pullcheck panicked:\n{log}");
+        figures::assert_no_leak("run's log", &log, &[(None, TOKEN)]);
         assert!(status.is_ok_and(|s| s.is_ok_and(|s| s.success())), "run exits cleanly on SIGTERM:\n{log}");
         (peak, millis)
     }
@@ -142,6 +143,8 @@ async fn check(kubeconfig: &std::path::Path, extra: &[&str]) -> figures::Measure
         .args(extra);
     let measured = figures::measure(command).await;
     figures::assert_no_panic("check -A", &measured);
+    let written = format!("{}{}", measured.stdout(), measured.stderr());
+    figures::assert_no_leak("check -A", &written, &[(None, TOKEN)]);
     measured
 }
 
@@ -468,7 +471,9 @@ async fn an_exec_credential_plugin_that_hangs_or_prints_garbage() {
     let pids = dir.join("hung-pids");
     let hangs =
         exec_kubeconfig(dir, &rig.api.url(), "hangs", &format!("echo $$ >> {}\nexec sleep 300", pids.display()));
-    let garbage = exec_kubeconfig(dir, &rig.api.url(), "garbage", "echo '<html>not a credential: {{{'");
+    // Garbage around a token: the error must not quote it.
+    let secret = "exec-token-s3cr3t";
+    let garbage = exec_kubeconfig(dir, &rig.api.url(), "garbage", &format!("echo '<html>token: {secret} {{{{{{'"));
     let timeout = ["--kube-exec-timeout", "3s"];
     let run_with = |kubeconfig: std::path::PathBuf| async move {
         let (mut command, _home) = process::pullcheck();
@@ -505,6 +510,7 @@ async fn an_exec_credential_plugin_that_hangs_or_prints_garbage() {
         assert_eq!(measured.output.status.code(), Some(2), "{what}: {stderr}");
         assert!(stderr.contains("exec credential plugin") && stderr.contains(says), "{what}: {stderr}");
         assert!(stderr.lines().count() <= 2, "{what}: a clear error, not a dump: {stderr}");
+        figures::assert_no_leak(what, &format!("{}{stderr}", measured.stdout()), &[(None, secret)]);
     }
     let said = |m: &figures::Measured| m.stderr().lines().next().unwrap_or_default().to_string();
     figures::record(Row {
