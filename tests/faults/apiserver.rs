@@ -473,7 +473,8 @@ async fn an_exec_credential_plugin_that_hangs_or_prints_garbage() {
         exec_kubeconfig(dir, &rig.api.url(), "hangs", &format!("echo $$ >> {}\nexec sleep 300", pids.display()));
     // Garbage around a token: the error must not quote it.
     let secret = "exec-token-s3cr3t";
-    let garbage = exec_kubeconfig(dir, &rig.api.url(), "garbage", &format!("echo '<html>token: {secret} {{{{{{'"));
+    let garbage =
+        exec_kubeconfig(dir, &rig.api.url(), "garbage", &format!("echo '{{\"status\": {{\"token\": \"{secret}\"'"));
     let timeout = ["--kube-exec-timeout", "3s"];
     let run_with = |kubeconfig: std::path::PathBuf| async move {
         let (mut command, _home) = process::pullcheck();
