@@ -126,6 +126,9 @@ struct RunArgs {
     /// Probes in flight per registry; a slow registry holds no more.
     #[arg(long, env = "PULLCHECK_MAX_IN_FLIGHT_PER_REGISTRY", default_value_t = 16)]
     max_in_flight_per_registry: usize,
+    /// A kind RBAC forbids is tried again this often: granting it back needs no restart.
+    #[arg(long, env = "PULLCHECK_RBAC_RECHECK", default_value = "5m", value_parser = humantime::parse_duration)]
+    rbac_recheck: Duration,
     /// Address of /healthz and /readyz (`off` for none).
     #[arg(long, env = "PULLCHECK_HEALTH_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
@@ -506,6 +509,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
         health_addr: args.health_addr.0,
         secret_ttl: args.cluster.secret_ttl,
         list_page_size: page_size,
+        rbac_recheck: args.rbac_recheck,
         platforms: args.selection.platforms(),
         leader_election,
     };

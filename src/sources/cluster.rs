@@ -360,11 +360,20 @@ pub struct Lists {
     turns: Arc<Semaphore>,
     page_size: u32,
     outages: Arc<Mutex<Outages>>,
+    /// How long a forbidden scope waits before it is tried again.
+    rbac_recheck: Duration,
 }
+
+/// `--rbac-recheck`'s default.
+pub const RBAC_RECHECK: Duration = Duration::from_secs(300);
 
 impl Lists {
     pub fn new(page_size: u32) -> Lists {
-        Lists { turns: Arc::new(Semaphore::new(1)), page_size, outages: Arc::default() }
+        Lists { turns: Arc::new(Semaphore::new(1)), page_size, outages: Arc::default(), rbac_recheck: RBAC_RECHECK }
+    }
+
+    pub fn with_rbac_recheck(self, rbac_recheck: Duration) -> Lists {
+        Lists { rbac_recheck, ..self }
     }
 
     fn outages(&self) -> std::sync::MutexGuard<'_, Outages> {
@@ -477,30 +486,44 @@ enum Ended {
 }
 
 /// Keeps the store current for one scope. A 403 is reported once, the scope given up and its
-/// workloads withdrawn; a version the API server no longer has history for starts a new list;
+/// workloads withdrawn, and tried again every `--rbac-recheck` (a grant given back shows without
+/// a restart, and is said); a version the API server no longer has history for starts a new list;
 /// other errors are retried with kube-runtime's default backoff, each cause said once
 /// ([`Outages`]). The initial list waits for its turn; a failing one gives its turn up before
 /// retrying.
 pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore, lists: Lists) {
+    let place = place(scope.namespace.as_deref());
+    // Said when it was forbidden, until a list works again.
+    let mut forbidden = false;
     loop {
-        match watch_once(&client, &scope, &store, &lists).await {
+        match watch_once(&client, &scope, &store, &lists, &mut forbidden).await {
             Ended::Relist => continue,
             Ended::Closed => return,
             Ended::Forbidden => {
-                let place = place(scope.namespace.as_deref());
-                tracing::warn!(
-                    kind = %scope.kind,
-                    "cannot watch {}s {place}: forbidden by RBAC; they are skipped and no longer reported",
-                    scope.kind
-                );
+                if !forbidden {
+                    forbidden = true;
+                    tracing::warn!(
+                        kind = %scope.kind,
+                        "cannot watch {}s {place}: forbidden by RBAC; they are skipped and no longer reported \
+                         (tried again every {})",
+                        scope.kind,
+                        humantime::format_duration(lists.rbac_recheck)
+                    );
+                }
                 write(&store).apply(Update::GaveUp(scope.clone()));
-                return;
+                tokio::time::sleep(lists.rbac_recheck).await;
             }
         }
     }
 }
 
-async fn watch_once(client: &kube::Client, scope: &WatchScope, store: &SharedStore, lists: &Lists) -> Ended {
+async fn watch_once(
+    client: &kube::Client,
+    scope: &WatchScope,
+    store: &SharedStore,
+    lists: &Lists,
+    forbidden: &mut bool,
+) -> Ended {
     let mut turn = lists.turns.clone().acquire_owned().await.ok();
     let config = watcher::Config::default().page_size(lists.page_size);
     let mut events = watcher::watcher(api(client, scope), config).default_backoff().boxed();
@@ -526,7 +549,13 @@ async fn watch_once(client: &kube::Client, scope: &WatchScope, store: &SharedSto
                     _ => {}
                 }
             }
-            Ok(Event::InitDone) => apply(Update::InitDone(scope.clone())),
+            Ok(Event::InitDone) => {
+                apply(Update::InitDone(scope.clone()));
+                if std::mem::take(forbidden) {
+                    let place = place(scope.namespace.as_deref());
+                    tracing::info!(kind = %scope.kind, "{}s {place} may be watched again: reported again", scope.kind);
+                }
+            }
             Ok(Event::Apply(object)) => {
                 match read(scope.kind, &object) {
                     Some(record) => apply(Update::Upsert(record)),

@@ -57,8 +57,13 @@ impl Rig {
 
     /// `pullcheck run` exporting to the receiver, probing fast.
     fn run(&self, kubeconfig: &std::path::Path) -> Run {
+        self.run_with(kubeconfig, &[])
+    }
+
+    fn run_with(&self, kubeconfig: &std::path::Path, extra: &[&str]) -> Run {
         let log = self.dir.path().join(format!("run-{}.log", super::support::rand_suffix()));
-        let args = ["--window", "4s", "--tick", "200ms", "--health-addr", "off", "--platform", "linux/amd64"];
+        let mut args = vec!["--window", "4s", "--tick", "200ms", "--health-addr", "off", "--platform", "linux/amd64"];
+        args.extend_from_slice(extra);
         let (child, home) = process::spawn_run(kubeconfig, &args, Some(&self.receiver.endpoint), &[], &log);
         Run { child, log, _home: home, started: Instant::now() }
     }
@@ -298,8 +303,9 @@ async fn priority_and_fairness_429_with_retry_after_is_waited_out() {
 async fn rbac_revoked_on_one_kind_while_running_withdraws_its_workloads() {
     let mut rig =
         Rig::start(&[("Deployment", "shop", "web"), ("StatefulSet", "db", "pg"), ("StatefulSet", "db", "cache")]).await;
-    let run = rig.run(&rig.api.kubeconfig(rig.dir.path()));
+    let run = rig.run_with(&rig.api.kubeconfig(rig.dir.path()), &["--rbac-recheck", "2s"]);
     rig.converges(&run, "before the fault").await;
+    let granted = rig.expected.clone();
     // RBAC is checked per request: the watches open carry on until they end.
     rig.api.forbid("StatefulSet");
     rig.api.disconnect_watches();
@@ -307,15 +313,26 @@ async fn rbac_revoked_on_one_kind_while_running_withdraws_its_workloads() {
     rig.converges(&run, "the forbidden kind's workloads withdrawn").await;
     rig.add("Deployment", "shop", "after");
     rig.converges(&run, "the other kinds unaffected").await;
+    // Rechecked every 2 s: still forbidden a few times over, said once.
+    let statefulset_lists = || lists_of(&rig.api, "statefulsets");
+    let before = statefulset_lists();
+    assert!(eventually(WAIT, || statefulset_lists() >= before + 2).await, "rechecked: {:?}", rig.api.requests());
+    assert!(rig.exports_exactly(&rig.expected), "still withdrawn: {:?}", rig.exported());
     let said = run.lines_with("forbidden by RBAC");
     assert_eq!(said.len(), 1, "said once: {said:?}\n{}", run.log());
     assert!(said[0].contains("WARN") && said[0].contains("StatefulSets cluster-wide"), "{said:?}");
+    // Granted again: back without a restart.
+    rig.api.allow("StatefulSet");
+    rig.expected.extend(granted);
+    rig.converges(&run, "granted again").await;
+    let back = run.lines_with("may be watched again");
+    assert_eq!(back.len(), 1, "{back:?}\n{}", run.log());
     let (peak_rss_kib, millis) = run.finish().await;
     figures::record(Row {
         group: GROUP,
-        fault: "403 on StatefulSets from some point on (RBAC revoked while running)".into(),
-        expected: "one warning; the kind's workloads withdrawn from the export; other kinds unaffected".into(),
-        got: "1 warning line; 2 StatefulSets withdrawn, Deployments exact and a new one exported".into(),
+        fault: "403 on StatefulSets from some point on (RBAC revoked while running), then granted again".into(),
+        expected: "one warning; the kind's workloads withdrawn from the export; other kinds unaffected; back when granted".into(),
+        got: "1 warning line; 2 StatefulSets withdrawn, Deployments exact and a new one exported; rechecked every 2 s (--rbac-recheck), back within one recheck of the grant, 1 info line".into(),
         peak_rss_kib,
         millis,
     });

@@ -345,6 +345,13 @@ impl ApiServer {
         self.lock().denials.push(Denial { verb: None, resource: format!("{api_version}/{plural}"), namespace: None });
     }
 
+    /// Every denial on `kind` lifted: RBAC granted again.
+    pub fn allow(&self, kind: &str) {
+        let (api_version, plural) = resource_of(kind);
+        let resource = format!("{api_version}/{plural}");
+        self.lock().denials.retain(|d| d.resource != resource);
+    }
+
     /// `verb` (get, list, watch, create, update, delete) on `kind` answers 403 from now on, in
     /// `namespace` and at the cluster scope, or everywhere when `None`.
     pub fn forbid_verb(&self, verb: &str, kind: &str, namespace: Option<&str>) {
