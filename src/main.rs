@@ -127,6 +127,9 @@ struct RunArgs {
     /// Probes in flight per registry; a slow registry holds no more.
     #[arg(long, env = "PULLCHECK_MAX_IN_FLIGHT_PER_REGISTRY", default_value_t = 16)]
     max_in_flight_per_registry: usize,
+    /// A kind RBAC forbids is tried again this often: granting it back needs no restart.
+    #[arg(long, env = "PULLCHECK_RBAC_RECHECK", default_value = "5m", value_parser = humantime::parse_duration)]
+    rbac_recheck: Duration,
     /// Address of /healthz and /readyz (`off` for none).
     #[arg(long, env = "PULLCHECK_HEALTH_ADDR", default_value = "0.0.0.0:8080", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
@@ -255,12 +258,16 @@ struct ClusterArgs {
     /// pages lower the memory peak at start-up, larger ones need fewer requests.
     #[arg(long, env = "PULLCHECK_LIST_PAGE_SIZE", default_value_t = DEFAULT_PAGE_SIZE, value_parser = clap::value_parser!(u32).range(1..))]
     list_page_size: u32,
+    /// How long a kubeconfig `exec` credential plugin may take to print its credential before
+    /// pullcheck gives up with an error.
+    #[arg(long, env = "PULLCHECK_KUBE_EXEC_TIMEOUT", default_value = "30s", value_parser = humantime::parse_duration)]
+    kube_exec_timeout: Duration,
 }
 
 impl ClusterArgs {
     /// The client with the API server's URL, for `check` to name it.
     async fn connection(&self) -> anyhow::Result<Connection> {
-        let connection = connect(self.kubeconfig.as_deref(), self.context.as_deref()).await?;
+        let connection = connect(self.kubeconfig.as_deref(), self.context.as_deref(), self.kube_exec_timeout).await?;
         Ok(Connection { page_size: self.list_page_size, ..connection })
     }
 }
@@ -391,7 +398,7 @@ fn main() -> ExitCode {
             tracing_subscriber::registry().with(stderr_layer(LogFormat::Text).with_filter(filter)).init();
             runtime.block_on(check(*args))
         }
-        Command::Run(args) => run(*args, log_filter(cli.log.as_deref(), "info"), &runtime).map(|()| 0),
+        Command::Run(args) => run(*args, log_filter(cli.log.as_deref(), RUN_LOG_DEFAULT), &runtime).map(|()| 0),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -405,6 +412,11 @@ fn main() -> ExitCode {
 /// `check`'s stderr by default: warnings, but not kube's own line for each failed request —
 /// `check` says what went wrong once per cause (`cannot reach …`), and `--log` brings it back.
 const CHECK_LOG_DEFAULT: &str = "warn,kube_client::client::builder=off";
+
+/// `run`'s stderr by default: the watchers say each cause once (docs/operations.md, "API server
+/// faults"); kube's line per failed request and kube-runtime's dump of each 403 would repeat it
+/// on every retry. `--log` brings them back.
+const RUN_LOG_DEFAULT: &str = "info,kube_client::client::builder=off,kube_runtime::watcher=error";
 
 fn log_filter(given: Option<&str>, default: &str) -> EnvFilter {
     EnvFilter::try_new(given.unwrap_or(default)).unwrap_or_else(|_| EnvFilter::new(default))
@@ -501,6 +513,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
         health_addr: args.health_addr.0,
         secret_ttl: args.cluster.secret_ttl,
         list_page_size: page_size,
+        rbac_recheck: args.rbac_recheck,
         platforms: args.selection.platforms(),
         leader_election,
     };
@@ -550,9 +563,14 @@ mod tests {
     #[test]
     fn an_explicit_log_level_is_honoured() {
         let cli = parse(&["run", "--log", "warn"]).expect("valid");
-        assert_eq!(log_filter(cli.log.as_deref(), "info").to_string(), "warn");
+        assert_eq!(log_filter(cli.log.as_deref(), RUN_LOG_DEFAULT).to_string(), "warn");
         let cli = parse(&["run"]).expect("valid");
-        assert_eq!(log_filter(cli.log.as_deref(), "info").to_string(), "info", "run's default");
+        assert_eq!(
+            log_filter(cli.log.as_deref(), RUN_LOG_DEFAULT).to_string(),
+            EnvFilter::new(RUN_LOG_DEFAULT).to_string(),
+            "run's default"
+        );
+        assert!(RUN_LOG_DEFAULT.starts_with("info,"), "run logs at info");
         assert!(parse(&["check", "-f", "x", "--log", "pullcheck=loud"]).is_err(), "a bad filter is an error");
     }
 

@@ -42,6 +42,8 @@ pub struct ControllerSettings {
     pub secret_ttl: Duration,
     /// Objects per list page of the watchers' initial lists.
     pub list_page_size: u32,
+    /// How often a kind RBAC forbids is tried again.
+    pub rbac_recheck: Duration,
     /// Platforms every index must cover; `None`: those of the cluster's nodes, read again
     /// with the pull secrets.
     pub platforms: Option<Vec<Platform>>,
@@ -76,7 +78,7 @@ pub async fn run(
     let store: SharedStore = Arc::new(RwLock::new(Store::default()));
     let watch_scopes = scopes(settings.namespaces.as_deref());
     let mut background = JoinSet::new();
-    let lists = Lists::new(settings.list_page_size);
+    let lists = Lists::new(settings.list_page_size).with_rbac_recheck(settings.rbac_recheck);
     for scope in watch_scopes.iter().cloned() {
         background.spawn(watch_scope(kube_client.clone(), scope, store.clone(), lists.clone()));
     }

@@ -39,7 +39,9 @@ pub enum Update {
     /// relist, as `InitOwner`.
     Owner(WatchScope, ObjectKey, Option<OwnedBy>),
     InitOwner(WatchScope, ObjectKey, OwnedBy),
-    /// The scope will never sync (403): readiness must not wait for it.
+    /// The scope can no longer be read (403): readiness must not wait for it, and what it held is
+    /// withdrawn — a workload nobody can see any more is not reported as current
+    /// (docs/operations.md, "API server faults").
     GaveUp(WatchScope),
     /// A namespace's labels (`None`: deleted).
     Namespace(String, Option<BTreeMap<String, String>>),
@@ -156,6 +158,7 @@ impl Store {
                 }
             }
             Update::GaveUp(scope) => {
+                self.withdraw(&scope);
                 if self.synced.insert(scope) {
                     self.generation += 1;
                 }
@@ -178,6 +181,22 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Forgets everything `scope` brought: its records, its pods and owners, a relist under way.
+    fn withdraw(&mut self, scope: &WatchScope) {
+        self.buffers.remove(scope);
+        self.pod_buffers.remove(scope);
+        self.owner_buffers.remove(scope);
+        let gone: Vec<WorkloadRef> =
+            self.records.iter().map(|r| &r.0.workload).filter(|w| scope.covers(w)).cloned().collect();
+        for workload in gone {
+            self.records.remove(&workload);
+            self.mark(workload);
+        }
+        let running = self.pods.remove(scope).is_some_and(|t| !t.is_empty())
+            | self.owners.remove(scope).is_some_and(|t| !t.is_empty());
+        self.running_generation += u64::from(running);
     }
 
     /// A relist's pods or owners replace the scope's, changing the running generation only
@@ -319,6 +338,20 @@ mod tests {
 
     fn names(store: &Store) -> Vec<String> {
         store.selected(&Selection::default()).iter().map(|r| r.workload.name.to_string()).collect()
+    }
+
+    #[test]
+    fn a_scope_given_up_withdraws_its_records_and_no_other() {
+        let daemonsets = WatchScope { kind: WorkloadKind::DaemonSet, namespace: None };
+        let mut store = Store::default();
+        store.apply(Update::Upsert(record(WorkloadKind::DaemonSet, "a", "agent", "x")));
+        store.apply(Update::Upsert(record(WorkloadKind::Deployment, "a", "web", "y")));
+        store.take_changes();
+        store.apply(Update::GaveUp(daemonsets.clone()));
+        assert_eq!(names(&store), ["web"].map(String::from).to_vec());
+        let agent = WorkloadRef { kind: WorkloadKind::DaemonSet, namespace: "a".into(), name: "agent".into() };
+        assert_eq!(store.take_changes().workloads, vec![agent], "the withdrawn workload is a change");
+        assert!(store.is_synced(&[daemonsets], false), "readiness does not wait for it");
     }
 
     #[test]

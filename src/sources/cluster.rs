@@ -3,9 +3,10 @@
 //! pullcheck reads, `managedFields` and `status` skipped while parsing) and reduced by the
 //! same code as manifests on disk, so a cluster and its manifests give the same answer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, ListParams};
@@ -101,13 +102,7 @@ pub(crate) fn is_forbidden(error: &kube::Error) -> bool {
 }
 
 fn watcher_forbidden(error: &watcher::Error) -> bool {
-    match error {
-        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) | watcher::Error::WatchFailed(e) => {
-            is_forbidden(e)
-        }
-        watcher::Error::WatchError(status) => status.is_forbidden(),
-        _ => false,
-    }
+    WatchTrouble::of(error) == WatchTrouble::Forbidden
 }
 
 /// One pass over the cluster.
@@ -124,6 +119,19 @@ pub struct ClusterSnapshot {
 }
 
 impl ClusterSnapshot {
+    /// How much is held, to go back to with [`ClusterSnapshot::truncate`].
+    fn lengths(&self) -> [usize; 4] {
+        [self.records.len(), self.warnings.len(), self.pods.len(), self.owners.len()]
+    }
+
+    /// Drops what came after `lengths`: a list started again.
+    fn truncate(&mut self, [records, warnings, pods, owners]: [usize; 4]) {
+        self.records.truncate(records);
+        self.warnings.truncate(warnings);
+        self.pods.truncate(pods);
+        self.owners.truncate(owners);
+    }
+
     /// Whether the API server answered and accepted the credentials: when not, every other
     /// request (nodes, namespaces, secrets) would fail the same way and say it again.
     pub fn reached(&self) -> bool {
@@ -280,7 +288,8 @@ fn listed(places: BTreeMap<Option<&str>, Vec<WorkloadKind>>) -> impl Iterator<It
 /// Lists every kind in pages. A kind that fails (403 included) is recorded and skipped; once the
 /// API server has not been reached or has refused the credentials, the kinds left are recorded
 /// with that cause without asking again (a server that drops packets would cost a connect
-/// timeout per kind).
+/// timeout per kind). A kind whose `continue` token expired mid-list (410) is listed again from
+/// the start, its pages read so far dropped.
 pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>, page_size: u32) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::default();
     for scope in scopes(namespaces) {
@@ -288,21 +297,34 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
             snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
             continue;
         }
-        let listed = list_each(&api(client, &scope), page_size, |object| {
-            match running_of(scope.kind, &object) {
-                Running::Pod(_, Some(running)) => snapshot.pods.push(running),
-                Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
-                _ => {}
+        let held = snapshot.lengths();
+        let mut attempts = 0;
+        let listed = loop {
+            attempts += 1;
+            let listed = list_each(&api(client, &scope), page_size, |object| {
+                match running_of(scope.kind, &object) {
+                    Running::Pod(_, Some(running)) => snapshot.pods.push(running),
+                    Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
+                    _ => {}
+                }
+                match record_from_object(scope.kind, &object) {
+                    Ok(Some(record)) => snapshot.records.push(record),
+                    Ok(None) => {}
+                    Err(e) => snapshot
+                        .warnings
+                        .push(Warning::new(WarningKind::InvalidObject, describe(&identity(scope.kind, &object), &e))),
+                }
+            })
+            .await;
+            match listed {
+                // The snapshot the pages came from was compacted away mid-list: the pages read
+                // are dropped and the kind listed again from the start, as client-go's pager does.
+                Err(kube::Error::Api(status)) if status.code == 410 && attempts < LIST_ATTEMPTS => {
+                    snapshot.truncate(held);
+                }
+                other => break other,
             }
-            match record_from_object(scope.kind, &object) {
-                Ok(Some(record)) => snapshot.records.push(record),
-                Ok(None) => {}
-                Err(e) => snapshot
-                    .warnings
-                    .push(Warning::new(WarningKind::InvalidObject, describe(&identity(scope.kind, &object), &e))),
-            }
-        })
-        .await;
+        };
         if let Err(e) = listed {
             let cause = ApiFailure::of(&e);
             snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
@@ -310,6 +332,9 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
     }
     snapshot
 }
+
+/// Lists of one kind started when the last one's `continue` token expired (410).
+const LIST_ATTEMPTS: usize = 3;
 
 /// Labels of every namespace (for `--namespace-selector`).
 pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, BTreeMap<String, String>>, kube::Error> {
@@ -328,30 +353,189 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
 
 /// How the watchers list: in pages of `page_size`, one initial list at a time (a watcher lists
 /// only while it holds the turn). Each page is held whole while it is decoded, so the size of a
-/// page and the number of lists at once set the process's peak at sync.
+/// page and the number of lists at once set the process's peak at sync. The watchers also share
+/// what they said of their failures, so that a cause is said once, not once per retry and kind.
 #[derive(Clone)]
 pub struct Lists {
     turns: Arc<Semaphore>,
     page_size: u32,
+    outages: Arc<Mutex<Outages>>,
+    /// How long a forbidden scope waits before it is tried again.
+    rbac_recheck: Duration,
 }
+
+/// `--rbac-recheck`'s default.
+pub const RBAC_RECHECK: Duration = Duration::from_secs(300);
 
 impl Lists {
     pub fn new(page_size: u32) -> Lists {
-        Lists { turns: Arc::new(Semaphore::new(1)), page_size }
+        Lists { turns: Arc::new(Semaphore::new(1)), page_size, outages: Arc::default(), rbac_recheck: RBAC_RECHECK }
+    }
+
+    pub fn with_rbac_recheck(self, rbac_recheck: Duration) -> Lists {
+        Lists { rbac_recheck, ..self }
+    }
+
+    fn outages(&self) -> std::sync::MutexGuard<'_, Outages> {
+        self.outages.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
 
-/// Keeps the store current for one scope until the stream ends. A 403 is reported once and the
-/// scope given up; other errors are retried with kube-runtime's default backoff. The initial
-/// list waits for its turn; a failing one gives its turn up before retrying.
+/// Why a watcher could not go on.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WatchTrouble {
+    /// 403: the scope is given up and its workloads withdrawn.
+    Forbidden,
+    /// 410 Gone: the version the watch resumed from was compacted away; kube-runtime lists again.
+    Expired,
+    /// The version the watch resumed from is ahead of the API server's history ("Too large
+    /// resource version"): the API server came back with another history (etcd restored or
+    /// replaced). Resuming can never succeed; only a new list does.
+    HistoryRestarted,
+    /// Anything else (unreachable, 401, 429 past the client's retries, 5xx): retried with
+    /// kube-runtime's backoff.
+    Api(ApiFailure),
+}
+
+impl WatchTrouble {
+    pub fn of(error: &watcher::Error) -> WatchTrouble {
+        match error {
+            watcher::Error::InitialListFailed(e)
+            | watcher::Error::WatchStartFailed(e)
+            | watcher::Error::WatchFailed(e) => match e {
+                kube::Error::Api(status) => WatchTrouble::of_status(status),
+                other => WatchTrouble::Api(ApiFailure::of(other)),
+            },
+            watcher::Error::WatchError(status) => WatchTrouble::of_status(status),
+            other => WatchTrouble::Api(ApiFailure::Other(other.to_string())),
+        }
+    }
+
+    fn of_status(status: &kube::core::Status) -> WatchTrouble {
+        let too_large = status.message.contains("Too large resource version")
+            || status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "ResourceVersionTooLarge"));
+        match status.code {
+            403 => WatchTrouble::Forbidden,
+            410 => WatchTrouble::Expired,
+            504 if too_large => WatchTrouble::HistoryRestarted,
+            _ => WatchTrouble::Api(ApiFailure::of(&kube::Error::Api(Box::new(status.clone())))),
+        }
+    }
+}
+
+impl fmt::Display for WatchTrouble {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WatchTrouble::Forbidden => f.write_str("forbidden by RBAC"),
+            WatchTrouble::Expired => f.write_str("the watch expired (410 Gone); listing again"),
+            WatchTrouble::HistoryRestarted => f.write_str(
+                "the API server no longer knows the version watched from (its history restarted); listing again",
+            ),
+            WatchTrouble::Api(failure) => write!(f, "{failure}; retrying"),
+        }
+    }
+}
+
+/// A cause is said again after this long at the soonest, however often it recurs.
+pub const SAY_AGAIN: Duration = Duration::from_secs(300);
+
+/// What the watchers said of their failures: each cause once per [`SAY_AGAIN`], whatever the
+/// number of kinds and retries, and one line when every watch works again.
+#[derive(Debug, Default)]
+pub struct Outages {
+    said: HashMap<WatchTrouble, Instant>,
+    failing: HashSet<WatchScope>,
+    /// A warning was said since the watches last all worked.
+    unresolved: bool,
+}
+
+impl Outages {
+    /// The warning to log for `scope` failing with `trouble`, unless it was said lately.
+    pub fn failed(&mut self, scope: &WatchScope, trouble: &WatchTrouble, now: Instant) -> Option<String> {
+        self.failing.insert(scope.clone());
+        if self.said.get(trouble).is_some_and(|at| now.saturating_duration_since(*at) < SAY_AGAIN) {
+            return None;
+        }
+        self.said.insert(trouble.clone(), now);
+        self.unresolved = true;
+        let place = place(scope.namespace.as_deref());
+        Some(format!(
+            "watching {}s {place}: {trouble} (said once for every kind, again in {} at the soonest)",
+            scope.kind,
+            humantime::format_duration(SAY_AGAIN)
+        ))
+    }
+
+    /// The line to log when `scope` works again and with it every watch that failed.
+    pub fn worked(&mut self, scope: &WatchScope) -> Option<String> {
+        if !self.failing.remove(scope) || !self.failing.is_empty() || !self.unresolved {
+            return None;
+        }
+        self.unresolved = false;
+        Some("the API server answers every watch again".to_string())
+    }
+}
+
+/// How one watcher ended.
+enum Ended {
+    Forbidden,
+    /// A new list is needed: the watcher is started afresh.
+    Relist,
+    /// The stream ended (it does not, short of the process ending).
+    Closed,
+}
+
+/// Keeps the store current for one scope. A 403 is reported once, the scope given up and its
+/// workloads withdrawn, and tried again every `--rbac-recheck` (a grant given back shows without
+/// a restart, and is said); a version the API server no longer has history for starts a new list;
+/// other errors are retried with kube-runtime's default backoff, each cause said once
+/// ([`Outages`]). The initial list waits for its turn; a failing one gives its turn up before
+/// retrying.
 pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedStore, lists: Lists) {
+    let place = place(scope.namespace.as_deref());
+    // Said when it was forbidden, until a list works again.
+    let mut forbidden = false;
+    loop {
+        match watch_once(&client, &scope, &store, &lists, &mut forbidden).await {
+            Ended::Relist => continue,
+            Ended::Closed => return,
+            Ended::Forbidden => {
+                if !forbidden {
+                    forbidden = true;
+                    tracing::warn!(
+                        kind = %scope.kind,
+                        "cannot watch {}s {place}: forbidden by RBAC; they are skipped and no longer reported \
+                         (tried again every {})",
+                        scope.kind,
+                        humantime::format_duration(lists.rbac_recheck)
+                    );
+                }
+                write(&store).apply(Update::GaveUp(scope.clone()));
+                tokio::time::sleep(lists.rbac_recheck).await;
+            }
+        }
+    }
+}
+
+async fn watch_once(
+    client: &kube::Client,
+    scope: &WatchScope,
+    store: &SharedStore,
+    lists: &Lists,
+    forbidden: &mut bool,
+) -> Ended {
     let mut turn = lists.turns.clone().acquire_owned().await.ok();
     let config = watcher::Config::default().page_size(lists.page_size);
-    let mut events = watcher::watcher(api(&client, &scope), config).default_backoff().boxed();
-    let apply = |update: Update| write(&store).apply(update);
+    let mut events = watcher::watcher(api(client, scope), config).default_backoff().boxed();
+    let apply = |update: Update| write(store).apply(update);
     while let Some(event) = events.next().await {
         if matches!(event, Ok(Event::InitDone) | Err(_)) {
             drop(turn.take());
+        }
+        if matches!(event, Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))) {
+            if let Some(line) = lists.outages().worked(scope) {
+                tracing::info!("{line}");
+            }
         }
         match event {
             Ok(Event::Init) => apply(Update::Init(scope.clone())),
@@ -365,7 +549,13 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
                     _ => {}
                 }
             }
-            Ok(Event::InitDone) => apply(Update::InitDone(scope.clone())),
+            Ok(Event::InitDone) => {
+                apply(Update::InitDone(scope.clone()));
+                if std::mem::take(forbidden) {
+                    let place = place(scope.namespace.as_deref());
+                    tracing::info!(kind = %scope.kind, "{}s {place} may be watched again: reported again", scope.kind);
+                }
+            }
             Ok(Event::Apply(object)) => {
                 match read(scope.kind, &object) {
                     Some(record) => apply(Update::Upsert(record)),
@@ -385,15 +575,22 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
                     Running::Nothing => {}
                 }
             }
-            Err(e) if watcher_forbidden(&e) => {
-                let place = place(scope.namespace.as_deref());
-                tracing::warn!(kind = %scope.kind, "cannot watch {}s {place}: forbidden by RBAC; they are skipped", scope.kind);
-                apply(Update::GaveUp(scope.clone()));
-                return;
+            Err(e) => {
+                let trouble = WatchTrouble::of(&e);
+                tracing::debug!(kind = %scope.kind, error = %e, "watch failed");
+                if trouble == WatchTrouble::Forbidden {
+                    return Ended::Forbidden;
+                }
+                if let Some(line) = lists.outages().failed(scope, &trouble, Instant::now()) {
+                    tracing::warn!(kind = %scope.kind, "{line}");
+                }
+                if trouble == WatchTrouble::HistoryRestarted {
+                    return Ended::Relist;
+                }
             }
-            Err(e) => tracing::warn!(kind = %scope.kind, error = %e, "watch failed; retrying"),
         }
     }
+    Ended::Closed
 }
 
 /// What an object says of what runs: a Pod's digests, a ReplicaSet's or Job's owner.
@@ -458,13 +655,25 @@ pub struct Connection {
     pub page_size: u32,
 }
 
+/// No answer for this long on a connection is a dead API server: the request fails and is
+/// retried. kube sets no read timeout, so a list that never answered held `check` and every
+/// watcher's list turn for good. Longer than the watches' own server-side timeout (290 s, after
+/// which the API server ends them) and than any list worth waiting for (docs/operations.md,
+/// "API server faults").
+pub const READ_TIMEOUT: Duration = Duration::from_secs(330);
+
 /// A client for the cluster of a kubeconfig (`kubeconfig`, else $KUBECONFIG or ~/.kube/config,
 /// else the in-cluster service account) and context, with that context's namespace and the API
-/// server's URL.
-pub async fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>) -> crate::Result<Connection> {
+/// server's URL. A kubeconfig `exec` credential plugin runs while the client is built and gets
+/// `exec_timeout` to print its credential.
+pub async fn connect(
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    exec_timeout: Duration,
+) -> crate::Result<Connection> {
     use crate::Error;
     let options = kube::config::KubeConfigOptions { context: context.map(str::to_string), ..Default::default() };
-    let config = match kubeconfig {
+    let mut config = match kubeconfig {
         Some(path) => {
             let kubeconfig = kube::config::Kubeconfig::read_from(path)
                 .map_err(|e| Error::Kubeconfig(format!("{}: {e}", path.display())))?;
@@ -477,9 +686,54 @@ pub async fn connect(kubeconfig: Option<&std::path::Path>, context: Option<&str>
         }
         None => kube::Config::infer().await.map_err(|e| Error::Kubeconfig(e.to_string()))?,
     };
+    config.read_timeout = Some(READ_TIMEOUT);
+    // From when a request is sent, not from when its pooled connection went idle.
+    config.reset_reader_on_write = true;
     let namespace = config.default_namespace.clone();
     let server = config.cluster_url.to_string().trim_end_matches('/').to_string();
-    Ok(Connection { client: kube::Client::try_from(config)?, namespace, server, page_size: DEFAULT_PAGE_SIZE })
+    let client = build_client(config, exec_timeout).await?;
+    Ok(Connection { client, namespace, server, page_size: DEFAULT_PAGE_SIZE })
+}
+
+/// The client, built off the runtime: building it runs an `exec` credential plugin and waits
+/// for it with no bound of its own, so a plugin that hangs would hang pullcheck (and, on the
+/// runtime's blocking pool, keep it from ever shutting down). On a thread of its own it is left
+/// behind when `exec_timeout` passes.
+async fn build_client(config: kube::Config, exec_timeout: Duration) -> crate::Result<kube::Client> {
+    use crate::Error;
+    let plugin = config.auth_info.exec.as_ref().and_then(|e| e.command.clone());
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // The client's buffer task is spawned on this runtime.
+    let runtime = tokio::runtime::Handle::current();
+    std::thread::Builder::new()
+        .name("kube-client".into())
+        .spawn(move || {
+            let _entered = runtime.enter();
+            let _ = tx.send(kube::Client::try_from(config));
+        })
+        .map_err(|e| Error::Kubeconfig(format!("cannot start building the client: {e}")))?;
+    let built = tokio::time::timeout(exec_timeout, rx).await;
+    let plugin_name = || plugin.clone().unwrap_or_default();
+    match built {
+        Ok(Ok(Ok(client))) => Ok(client),
+        Ok(Ok(Err(e))) if plugin.is_some() => {
+            // The parser's first line says where the output went wrong; the lines after quote the
+            // output, which may hold a credential.
+            let error = e.to_string();
+            let first = error.lines().next().unwrap_or_default();
+            Err(Error::Kubeconfig(format!(
+                "the exec credential plugin `{}` gave no credential: {first}",
+                plugin_name()
+            )))
+        }
+        Ok(Ok(Err(e))) => Err(e.into()),
+        Ok(Err(_)) => Err(Error::Kubeconfig("building the client failed".into())),
+        Err(_) => Err(Error::Kubeconfig(format!(
+            "the exec credential plugin `{}` printed no credential within {} (--kube-exec-timeout)",
+            plugin_name(),
+            humantime::format_duration(exec_timeout)
+        ))),
+    }
 }
 
 #[cfg(test)]
@@ -553,6 +807,65 @@ mod tests {
             ]
         );
         assert!(failure_lines(&[], server).is_empty());
+    }
+
+    fn status_value(value: serde_json::Value) -> kube::core::Status {
+        serde_json::from_value(value).expect("a Status")
+    }
+
+    #[test]
+    fn watch_troubles_by_what_the_api_server_said() {
+        let gone =
+            status_value(serde_json::json!({"code": 410, "reason": "Expired", "message": "too old resource version"}));
+        assert_eq!(WatchTrouble::of(&watcher::Error::WatchError(Box::new(gone))), WatchTrouble::Expired);
+        let too_large = status_value(serde_json::json!({"code": 504, "reason": "Timeout",
+            "message": "Too large resource version: 40, current: 12",
+            "details": {"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}]}}));
+        assert_eq!(WatchTrouble::of(&watcher::Error::WatchError(Box::new(too_large))), WatchTrouble::HistoryRestarted);
+        let timeout =
+            status_value(serde_json::json!({"code": 504, "reason": "Timeout", "message": "request timed out"}));
+        assert!(matches!(WatchTrouble::of(&watcher::Error::WatchError(Box::new(timeout))), WatchTrouble::Api(_)));
+        assert_eq!(
+            WatchTrouble::of(&watcher::Error::WatchStartFailed(status(403, "Forbidden", "no"))),
+            WatchTrouble::Forbidden
+        );
+        assert_eq!(
+            WatchTrouble::of(&watcher::Error::InitialListFailed(status(500, "InternalError", "etcd"))),
+            WatchTrouble::Api(ApiFailure::Other("the API server answered 500 InternalError: etcd".into()))
+        );
+    }
+
+    #[test]
+    fn a_cause_is_said_once_per_while_whatever_the_kinds_and_retries() {
+        let scope = |kind| WatchScope { kind, namespace: None };
+        let refused = WatchTrouble::Api(ApiFailure::Unreachable("connection refused".into()));
+        let start = Instant::now();
+        let mut outages = Outages::default();
+        let first = outages.failed(&scope(WorkloadKind::Deployment), &refused, start);
+        assert_eq!(
+            first.as_deref(),
+            Some(
+                "watching Deployments cluster-wide: cannot reach the API server: connection refused; retrying \
+                 (said once for every kind, again in 5m at the soonest)"
+            )
+        );
+        for kind in CLUSTER_KINDS {
+            assert_eq!(outages.failed(&scope(*kind), &refused, start + Duration::from_secs(10)), None);
+        }
+        assert!(outages.failed(&scope(WorkloadKind::Pod), &WatchTrouble::Expired, start).is_some(), "another cause");
+        // Works again only when every failing scope does, and says so once.
+        for kind in &CLUSTER_KINDS[..CLUSTER_KINDS.len() - 1] {
+            assert_eq!(outages.worked(&scope(*kind)), None);
+        }
+        assert_eq!(
+            outages.worked(&scope(WorkloadKind::Pod)).as_deref(),
+            Some("the API server answers every watch again")
+        );
+        assert_eq!(outages.worked(&scope(WorkloadKind::Pod)), None);
+        // The same cause within the while: said no more, and nothing to recover from.
+        assert_eq!(outages.failed(&scope(WorkloadKind::Job), &refused, start + Duration::from_secs(60)), None);
+        assert_eq!(outages.worked(&scope(WorkloadKind::Job)), None);
+        assert!(outages.failed(&scope(WorkloadKind::Job), &refused, start + SAY_AGAIN).is_some(), "said again");
     }
 
     #[test]

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -165,7 +165,18 @@ struct Cluster {
     /// costs its own items, not the whole resource again, as etcd's range reads do.
     listing: Vec<Listing>,
     requests: Vec<String>,
+    /// When each request in `requests` came.
+    request_times: Vec<Instant>,
     uids: u64,
+    /// Until then, every watch is answered 410 Gone (a 410 storm).
+    gone_until: Option<Instant>,
+    /// So many lists and watches to come are answered 429 with this Retry-After, in seconds,
+    /// as API Priority and Fairness rejects a request its queues have no room for.
+    throttle: (usize, u64),
+    /// The requests answered 429, with when.
+    throttled: Vec<(Instant, String)>,
+    /// Lists of this resource (`apps/v1/deployments`) are answered this late.
+    slow_lists: Option<(String, Duration)>,
 }
 
 /// Lists whose pages are still being read; the oldest is dropped past this many (a client that
@@ -251,8 +262,13 @@ impl ApiServer {
         let cluster: Arc<Mutex<Cluster>> = Arc::default();
         let shared = cluster.clone();
         let server = Server::start("127.0.0.1:0", move |req: Request| {
-            let reply = handle(&shared, &req);
-            async move { reply }
+            let (reply, delay) = handle(&shared, &req);
+            async move {
+                if let Some(delay) = delay {
+                    tokio::time::sleep(delay).await;
+                }
+                reply
+            }
         })
         .await;
         ApiServer { server, cluster }
@@ -329,6 +345,13 @@ impl ApiServer {
         self.lock().denials.push(Denial { verb: None, resource: format!("{api_version}/{plural}"), namespace: None });
     }
 
+    /// Every denial on `kind` lifted: RBAC granted again.
+    pub fn allow(&self, kind: &str) {
+        let (api_version, plural) = resource_of(kind);
+        let resource = format!("{api_version}/{plural}");
+        self.lock().denials.retain(|d| d.resource != resource);
+    }
+
     /// `verb` (get, list, watch, create, update, delete) on `kind` answers 403 from now on, in
     /// `namespace` and at the cluster scope, or everywhere when `None`.
     pub fn forbid_verb(&self, verb: &str, kind: &str, namespace: Option<&str>) {
@@ -397,6 +420,71 @@ impl ApiServer {
     /// Requests seen, as `METHOD path?query`.
     pub fn requests(&self) -> Vec<String> {
         self.lock().requests.clone()
+    }
+
+    /// Requests seen, each with when it came.
+    pub fn timed_requests(&self) -> Vec<(Instant, String)> {
+        let cluster = self.lock();
+        cluster.request_times.iter().copied().zip(cluster.requests.iter().cloned()).collect()
+    }
+
+    /// A 410 storm for `stretch`: open watches get 410 Gone now, and every watch started before
+    /// it ends is answered 410 Gone at once, however often the client lists again.
+    pub fn gone_storm(&self, stretch: Duration) {
+        self.lock().gone_until = Some(Instant::now() + stretch);
+        self.compact();
+    }
+
+    /// The next `requests` lists and watches are answered as API Priority and Fairness answers
+    /// a request it has no room for: 429 TooManyRequests with `Retry-After: retry_after` (seconds).
+    pub fn throttle(&self, requests: usize, retry_after: u64) {
+        self.lock().throttle = (requests, retry_after);
+    }
+
+    /// The requests answered 429 so far, each with when.
+    pub fn throttled(&self) -> Vec<(Instant, String)> {
+        self.lock().throttled.clone()
+    }
+
+    /// Every list of `kind` (each page) is answered `delay` late from now on; `None` ends that.
+    pub fn slow_lists(&self, kind: &str, delay: Option<Duration>) {
+        let (api_version, plural) = resource_of(kind);
+        self.lock().slow_lists = delay.map(|d| (format!("{api_version}/{plural}"), d));
+    }
+
+    /// The API server goes away as a process that exited: connections are refused and open
+    /// watches cut until [`ApiServer::start_again`].
+    pub async fn stop(&self) {
+        self.server.stop().await;
+        self.disconnect_watches();
+    }
+
+    /// Serves again on the same address. With `new_history`, the store comes back with a history
+    /// of its own, as after etcd is restored from a backup or replaced: every object is there,
+    /// stored anew from resourceVersion 1 (uids kept), the changes before forgotten; a watch from
+    /// a version of the old history the new one has not reached is answered "Too large resource
+    /// version", as the API server's watch cache does.
+    pub async fn start_again(&self, new_history: bool) {
+        if new_history {
+            let mut cluster = self.lock();
+            let objects = std::mem::take(&mut cluster.objects);
+            cluster.history.clear();
+            cluster.listing.clear();
+            cluster.watches.clear();
+            cluster.rv = 0;
+            cluster.compacted_below = 0;
+            for (key, object) in objects {
+                let mut object = Value::clone(&object);
+                object["metadata"].as_object_mut().expect("metadata").remove("resourceVersion");
+                cluster.store(key, object);
+            }
+        }
+        self.server.resume().await;
+    }
+
+    /// The current resourceVersion.
+    pub fn resource_version(&self) -> u64 {
+        self.lock().rv
     }
 }
 
@@ -613,9 +701,19 @@ impl<'a> Op<'a> {
     }
 }
 
-fn handle(cluster: &Mutex<Cluster>, req: &Request) -> Reply {
+/// The reply, and how long to hold it back.
+fn handle(cluster: &Mutex<Cluster>, req: &Request) -> (Reply, Option<Duration>) {
     let mut cluster = cluster.lock().expect("harness lock");
     cluster.requests.push(format!("{} {}", req.method, req.target));
+    cluster.request_times.push(Instant::now());
+    let reply = answer(&mut cluster, req);
+    let path = req.target.split('?').next().unwrap_or_default();
+    let is_list = req.method == "GET" && req.query("watch").is_none();
+    let delay = cluster.slow_lists.as_ref().filter(|(resource, _)| is_list && path.ends_with(resource.as_str()));
+    (reply, delay.map(|(_, d)| *d))
+}
+
+fn answer(cluster: &mut Cluster, req: &Request) -> Reply {
     if req.header("authorization").and_then(|a| a.strip_prefix("Bearer ")).is_some_and(|token| token != TOKEN) {
         return failure(401, "Unauthorized", "Unauthorized");
     }
@@ -630,6 +728,22 @@ fn handle(cluster: &Mutex<Cluster>, req: &Request) -> Reply {
     if cluster.denials.iter().any(|d| d.applies(op.verb(), &resource, target.namespace)) {
         return target.forbidden(op.verb());
     }
+    if let (left @ 1.., retry_after) = cluster.throttle
+        && matches!(op, Op::List | Op::Watch)
+    {
+        cluster.throttle.0 = left - 1;
+        cluster.throttled.push((Instant::now(), format!("{} {}", req.method, req.target)));
+        let mut body = status(429, "TooManyRequests", "Too many requests, please try again later.");
+        body["details"] = json!({"retryAfterSeconds": retry_after});
+        return Reply::Full {
+            status: 429,
+            headers: vec![
+                ("Content-Type".into(), "application/json".into()),
+                ("Retry-After".into(), retry_after.to_string()),
+            ],
+            body: body.to_string().into_bytes(),
+        };
+    }
     match op {
         Op::Get(name) => match cluster.objects.get(&target.key(name)) {
             Some(object) => Reply::Full {
@@ -639,11 +753,11 @@ fn handle(cluster: &Mutex<Cluster>, req: &Request) -> Reply {
             },
             None => target.not_found(name),
         },
-        Op::Watch => watch_from(&mut cluster, &target, req),
-        Op::List => list(&mut cluster, &target, req),
-        Op::Create => create(&mut cluster, &target, req),
-        Op::Update(name) => update(&mut cluster, &target, name, req),
-        Op::Delete(name) => delete(&mut cluster, &target, name, req),
+        Op::Watch => watch_from(cluster, &target, req),
+        Op::List => list(cluster, &target, req),
+        Op::Create => create(cluster, &target, req),
+        Op::Update(name) => update(cluster, &target, name, req),
+        Op::Delete(name) => delete(cluster, &target, name, req),
     }
 }
 
@@ -651,8 +765,16 @@ fn watch_from(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
     let resource = target.resource();
     let from: u64 = req.query("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
     let (tx, rx) = mpsc::channel(1024);
-    if from < cluster.compacted_below {
+    let storm = cluster.gone_until.is_some_and(|until| Instant::now() < until);
+    if from < cluster.compacted_below || storm {
         let _ = tx.try_send(line("ERROR", &status(410, "Expired", "too old resource version")));
+    } else if from > cluster.rv {
+        // The watch cache's answer to a version it has not reached (after waiting for it).
+        let message = format!("Too large resource version: {from}, current: {}", cluster.rv);
+        let mut error = status(504, "Timeout", &message);
+        error["details"] = json!({"causes": [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}],
+                                  "retryAfterSeconds": 1});
+        let _ = tx.try_send(line("ERROR", &error));
     } else {
         for change in cluster.history.iter().filter(|c| c.rv > from && c.key.within(&resource, target.namespace)) {
             let _ = tx.try_send(line(change.kind, &change.object));
@@ -669,7 +791,7 @@ fn list(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
         None => (cluster.rv, None),
         Some(token) => match decode_continue(&token) {
             Err(e) => return failure(400, "BadRequest", &format!("continue key is not valid: {e}")),
-            Ok((rv, _)) if rv < cluster.compacted_below => {
+            Ok((rv, _)) if rv < cluster.compacted_below || rv > cluster.rv => {
                 return failure(
                     410,
                     "Expired",

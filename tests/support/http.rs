@@ -100,12 +100,14 @@ impl Reply {
 
 pub struct Server {
     pub addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
+    task: std::sync::Mutex<tokio::task::JoinHandle<()>>,
+    /// Serves a listener with the handler: to listen again after [`Server::stop`].
+    serve: Arc<dyn Fn(TcpListener) -> tokio::task::JoinHandle<()> + Send + Sync>,
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        self.task.abort();
+        self.task.lock().unwrap_or_else(|p| p.into_inner()).abort();
     }
 }
 
@@ -127,19 +129,42 @@ impl Server {
     {
         let addr = listener.local_addr().expect("local addr");
         let handler = Arc::new(handler);
-        let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                let handler = handler.clone();
-                tokio::spawn(async move {
-                    let _ = serve_one(stream, &*handler).await;
-                });
-            }
+        let serve = Arc::new(move |listener: TcpListener| {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                while let Ok((stream, _)) = listener.accept().await {
+                    let handler = handler.clone();
+                    tokio::spawn(async move {
+                        let _ = serve_one(stream, &*handler).await;
+                    });
+                }
+            })
         });
-        Server { addr, task }
+        let task = std::sync::Mutex::new(serve(listener));
+        Server { addr, task, serve }
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Stops listening, as a process that exited: connections are refused from now on (those
+    /// being served carry on until their handler ends them).
+    pub async fn stop(&self) {
+        let task = std::mem::replace(
+            &mut *self.task.lock().unwrap_or_else(|p| p.into_inner()),
+            tokio::spawn(std::future::pending()),
+        );
+        task.abort();
+        // The listener is closed once the aborted task is dropped.
+        let _ = task.await;
+    }
+
+    /// Listens again on the same address after [`Server::stop`].
+    pub async fn resume(&self) {
+        let listener = TcpListener::bind(self.addr).await.expect("listen again on the same address");
+        let task = (self.serve)(listener);
+        std::mem::replace(&mut *self.task.lock().unwrap_or_else(|p| p.into_inner()), task).abort();
     }
 }
 
