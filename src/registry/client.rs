@@ -360,6 +360,8 @@ impl RegistryClient {
             // policy and the resolver refuse link-local destinations before connecting.
             .redirect(redirect_policy(self.inner.destinations.clone()))
             .dns_resolver(Arc::new(GuardedResolver { destinations: self.inner.destinations.clone() }))
+            .connector_layer(super::phases::TimedConnect)
+            .tls_info(true)
             .pool_idle_timeout(Duration::from_secs(90))
             .tls_danger_accept_invalid_certs(spec.skip_verify);
         for pem in &spec.ca_pems {

@@ -123,7 +123,9 @@ impl Resolve for GuardedResolver {
         let destinations = self.destinations.clone();
         let name = name.as_str().to_string();
         Box::pin(async move {
+            let started = std::time::Instant::now();
             let resolved: Vec<SocketAddr> = tokio::net::lookup_host((name.as_str(), 0)).await?.collect();
+            super::phases::record_lookup(started.elapsed(), &resolved);
             let allowed = destinations.filter(&name, resolved)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })

@@ -192,6 +192,13 @@ impl Exchange<'_> {
             error.type = field::Empty,
             otel.status_code = field::Empty,
             otel.status_description = field::Empty,
+            network.protocol.version = field::Empty,
+            tls.protocol.version = field::Empty,
+            pullcheck.http.connection.reused = field::Empty,
+            pullcheck.dns.duration = field::Empty,
+            pullcheck.dns.addresses = field::Empty,
+            pullcheck.http.connect.duration = field::Empty,
+            pullcheck.http.response.wait = field::Empty,
         );
         let _permit = host.limits.acquire().instrument(span.clone()).await;
         self.requests += 1;
@@ -205,7 +212,8 @@ impl Exchange<'_> {
         }
         let started = std::time::Instant::now();
         let result = async {
-            let sent = request.send().await;
+            let (sent, phases) = super::phases::measured(request.send()).await;
+            record_phases(&phases, sent.as_ref().ok(), started.elapsed());
             let mut response = sent.map_err(|e| {
                 let plain_http_peer = answered_in_plain_http(&e);
                 Failed {
@@ -280,6 +288,48 @@ impl Exchange<'_> {
             Ok(_) => {}
         }
         result
+    }
+}
+
+/// The request's phases on its span (docs/telemetry.md, "Where a slow request spent its time"):
+/// what was measured, nothing guessed — a reused connection has no lookup and no connect.
+fn record_phases(
+    phases: &super::phases::Phases,
+    response: Option<&reqwest::Response>,
+    to_headers: std::time::Duration,
+) {
+    let span = tracing::Span::current();
+    if let Some(dns) = phases.dns {
+        span.record("pullcheck.dns.duration", dns.as_secs_f64());
+        let addresses: Vec<String> = phases.addresses.iter().map(|a| a.ip().to_string()).collect();
+        span.record("pullcheck.dns.addresses", addresses.join(","));
+    }
+    if let Some(connect) = phases.connect {
+        span.record("pullcheck.http.connect.duration", connect.as_secs_f64());
+    }
+    let Some(response) = response else { return };
+    span.record("pullcheck.http.connection.reused", phases.connect.is_none());
+    span.record("pullcheck.http.response.wait", phases.server_wait(to_headers).as_secs_f64());
+    let http = match response.version() {
+        reqwest::Version::HTTP_09 => "0.9",
+        reqwest::Version::HTTP_10 => "1.0",
+        reqwest::Version::HTTP_11 => "1.1",
+        reqwest::Version::HTTP_2 => "2",
+        reqwest::Version::HTTP_3 => "3",
+        _ => "",
+    };
+    if !http.is_empty() {
+        span.record("network.protocol.version", http);
+    }
+    let tls = response.extensions().get::<reqwest::tls::TlsInfo>().and_then(|info| info.version());
+    let tls = match tls {
+        Some(reqwest::tls::Version::TLS_1_3) => "1.3",
+        Some(reqwest::tls::Version::TLS_1_2) => "1.2",
+        Some(_) => "other",
+        None => "",
+    };
+    if !tls.is_empty() {
+        span.record("tls.protocol.version", tls);
     }
 }
 

@@ -20,6 +20,7 @@ mod http;
 mod limits;
 mod manifest;
 mod outcome;
+mod phases;
 mod probe;
 mod rate_limit;
 mod resolve;

@@ -40,6 +40,8 @@ pub enum Fault {
     Body(Vec<u8>),
     /// This whole answer instead of the registry's.
     Reply { status: u16, headers: Vec<(String, String)>, body: Vec<u8> },
+    /// The registry's answer, held back this long before its headers: a slow backend.
+    Delay(Duration),
     /// The registry's answer with these headers set to these values.
     Headers(Vec<(String, String)>),
     /// The request forwarded without its `Authorization`: the registry keeps refusing a token
@@ -245,6 +247,9 @@ async fn apply(fault: Fault, req: Request, http: &reqwest::Client, upstream: &st
             return Reply::Full { status: 200, headers, body };
         }
         _ => {}
+    }
+    if let Fault::Delay(delay) = &fault {
+        tokio::time::sleep(*delay).await;
     }
     let method = reqwest::Method::from_bytes(req.method.as_bytes()).unwrap_or(reqwest::Method::GET);
     let upstream = match &fault {
