@@ -267,6 +267,17 @@ impl HostsDir {
         hosts
     }
 
+    /// A hosts directory holding one registry directory, `registry`'s, whose `hosts.toml` is
+    /// `text`; files it names are resolved against `root/<registry>`, as [`Self::load`] would.
+    /// The entry point of the fuzz target `hosts_toml` (docs/reliability.md, Fuzzing); not an API.
+    #[doc(hidden)]
+    pub fn from_hosts_toml(root: &Path, registry: &str, text: &str) -> Result<Self, HostsError> {
+        let name = host_directory(registry);
+        let dir = root.join(&name);
+        let host_dir = parse_hosts_file(text, &dir.join(HOSTS_TOML), &dir)?;
+        Ok(Self { root: root.to_path_buf(), dirs: HashMap::from([(name, host_dir)]) })
+    }
+
     /// The directory given to [`Self::load`].
     pub fn root(&self) -> &Path {
         &self.root
@@ -903,6 +914,21 @@ mod tests {
 
     fn urls(endpoints: &[Endpoint]) -> Vec<String> {
         endpoints.iter().map(|e| e.url.to_string()).collect()
+    }
+
+    #[test]
+    fn one_hosts_toml_text_is_read_as_its_directory_would_be() {
+        let f = Fixture::new();
+        let text = "server = \"https://r.example:5000\"\n\n[host.\"mirror.example\"]\n  ca = \"ca.pem\"\n";
+        f.hosts("r.example_5000_", text);
+        f.file("r.example_5000_/ca.pem", CERT);
+        let from_text = HostsDir::from_hosts_toml(f.root(), "r.example:5000", text).expect("parses");
+        assert_eq!(from_text.endpoints("r.example:5000"), Some(f.endpoints("r.example:5000")));
+        assert_eq!(from_text.host_directory("r.example:5000"), Some(f.root().join("r.example_5000_").as_path()));
+
+        let missing = HostsDir::from_hosts_toml(f.root(), "r.example:5000", "[host.\"m.example\"]\nca = \"no.pem\"\n");
+        let problem = missing.map(|_| ()).expect_err("names a missing file").to_string();
+        assert!(problem.contains("r.example_5000_/hosts.toml: host.\"m.example\": ca:"), "{problem}");
     }
 
     #[test]

@@ -593,6 +593,18 @@ fn parse_response(stdout: &[u8], api_version: &str) -> Result<Response, Response
     Ok(Response { auth: Arc::new(AuthSet(entries)), cache_key_type, cache_duration })
 }
 
+/// The credentials a plugin's stdout gives `target` (`registry/repository`) for a request made
+/// with `api_version`: the response parsed, then matched as kubelet matches it. The entry point of
+/// the fuzz target `provider_response` (docs/reliability.md, Fuzzing); not an API.
+#[doc(hidden)]
+pub fn response_credentials(
+    stdout: &[u8],
+    api_version: &str,
+    target: &str,
+) -> Result<Vec<Credential>, ResponseProblem> {
+    parse_response(stdout, api_version).map(|response| response.auth.for_image(target))
+}
+
 // ---- providers ----
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -974,6 +986,23 @@ mod tests {
             response.auth.for_image("reg.example.com/team/app").iter().map(|c| user(c).to_string()).collect();
         assert_eq!(users, ["narrow", "wide"]);
         assert!(response.auth.for_image("quay.io/x/y").is_empty());
+    }
+
+    #[test]
+    fn response_credentials_are_the_parsed_response_matched_to_the_target() {
+        let json = br#"{"kind":"CredentialProviderResponse","apiVersion":"credentialprovider.kubelet.k8s.io/v1",
+            "cacheKeyType":"Image","auth":{"*.example.com":{"username":"wide","password":"p"},
+                    "reg.example.com/team":{"username":"narrow","password":"p"}}}"#;
+        let users = |target| -> Vec<String> {
+            let credentials = response_credentials(json, V1, target).expect("parses");
+            credentials.iter().map(|c| user(c).to_string()).collect()
+        };
+        assert_eq!(users("reg.example.com/team/app"), ["narrow", "wide"]);
+        assert!(users("quay.io/x/y").is_empty());
+        assert_eq!(
+            response_credentials(b"hunter2", V1, "quay.io/x/y"),
+            Err(ResponseProblem::NotJson { line: 1, column: 1 })
+        );
     }
 
     #[test]
