@@ -624,17 +624,7 @@ async fn a_mirror_never_gets_the_registrys_credential() {
 /// The signed header of every token the issuer gives (its first, constant segment): found in
 /// any output, some issued token leaked.
 async fn issued_token_header(env: &Env) -> String {
-    let answer: Value = reqwest::Client::new()
-        .get(env.issuer.realm())
-        .query(&[("service", super::support::token::SERVICE), ("scope", "repository:private/app:pull")])
-        .basic_auth(USER, Some(PASSWORD))
-        .send()
-        .await
-        .expect("token")
-        .json()
-        .await
-        .expect("token JSON");
-    let token = answer["token"].as_str().expect("a token");
+    let token = env.issuer_token("private/app").await;
     token.split('.').next().expect("a JWT").to_string()
 }
 

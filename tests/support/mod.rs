@@ -69,20 +69,9 @@ impl Env {
         Env { dir, pki, anon, basic, token, issuer, pusher }
     }
 
-    /// A pull token the issuer really grants alice for `repository`: what the suite looks for
-    /// in everything pullcheck writes.
+    /// A pull token the issuer really grants alice for `repository`.
     pub async fn issuer_token(&self, repository: &str) -> String {
-        let url = format!("{}?service={}&scope=repository:{repository}:pull", self.issuer.realm(), token::SERVICE);
-        let answer: serde_json::Value = reqwest::Client::new()
-            .get(url)
-            .basic_auth(USER, Some(PASSWORD))
-            .send()
-            .await
-            .expect("token request")
-            .json()
-            .await
-            .expect("token JSON");
-        answer["token"].as_str().expect("a token").to_string()
+        token::granted(&self.issuer.realm(), repository).await
     }
 
     /// A registry config trusting the test CA for the TLS registries, plus `extra` lines under

@@ -111,3 +111,19 @@ fn rand_id() -> u64 {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes).expect("random");
     u64::from_le_bytes(bytes)
 }
+
+/// A pull token the issuer at `realm` really grants alice for `repository`: what the suites
+/// look for in everything pullcheck writes.
+pub async fn granted(realm: &str, repository: &str) -> String {
+    let answer: serde_json::Value = reqwest::Client::new()
+        .get(realm)
+        .query(&[("service", SERVICE), ("scope", &format!("repository:{repository}:pull"))])
+        .basic_auth(super::USER, Some(super::PASSWORD))
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token JSON");
+    answer["token"].as_str().expect("a token").to_string()
+}
