@@ -181,6 +181,55 @@ fn registry_cases() -> Vec<Case> {
     ]
 }
 
+/// Faults of the connection and the body (tests/faults/transport.rs has each on a host of its
+/// own): on a shared host, beside the status faults, each must still give its own answer.
+fn body_cases() -> Vec<Case> {
+    let case = |fault, repository, inject, state, error_has, max_requests| Case {
+        fault,
+        repository,
+        inject,
+        state,
+        error_has,
+        max_requests,
+    };
+    vec![
+        case(
+            "connection reset after the headers",
+            "faults/reset-after-headers",
+            Fault::ResetAfterHeaders,
+            "registry_unavailable",
+            "connection reset",
+            3,
+        ),
+        case(
+            "a stall in the middle of the body",
+            "faults/stall",
+            Fault::StallMidBody,
+            "registry_unavailable",
+            "timed out",
+            3,
+        ),
+        case(
+            "a slow trickle (one byte every 200 ms)",
+            "faults/trickle",
+            Fault::Drip(Duration::from_millis(200)),
+            "registry_unavailable",
+            "timed out",
+            3,
+        ),
+        case("a body 1 MiB longer than announced", "faults/overlong", Fault::Overlong(1 << 20), "available", "", 2),
+        case("an endless body", "faults/endless", Fault::Endless, "unknown_error", "larger than", 1),
+        case(
+            "a gzip bomb (Content-Encoding: gzip)",
+            "faults/gzip",
+            Fault::Gzip(super::transport::gzip_bomb()),
+            "unknown_error",
+            "not JSON",
+            1,
+        ),
+    ]
+}
+
 /// Pushes an image for every case.
 async fn push_all(registries: &Registries, cases: &[Case]) {
     for case in cases {
@@ -261,13 +310,13 @@ async fn a_503_then_200_is_available_after_one_retry() {
     });
 }
 
-/// Every registry fault on one host, in one run, beside a healthy repository: each image gets
-/// the state it got alone. Before the per-repository pause, the 429's `Retry-After: 3600`
+/// Every registry fault, and the connection and body faults, on one host, in one run, beside a
+/// healthy repository: each image gets the state it got alone. Before the per-repository pause, the 429's `Retry-After: 3600`
 /// paused the whole host and every other repository read `rate_limited`.
 #[tokio::test]
 async fn registry_faults_all_on_one_host() {
     let registries = Registries::start().await;
-    let cases = registry_cases();
+    let cases: Vec<Case> = registry_cases().into_iter().chain(body_cases()).collect();
     push_all(&registries, &cases).await;
     registries.pusher.image("faults/healthy", "v1", "amd64").await;
     let proxy = FaultProxy::start(format!("http://{}", registries.anon.addr)).await;

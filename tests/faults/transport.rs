@@ -502,7 +502,7 @@ async fn endless_body() {
 }
 
 /// 1 GiB of zeros as 1024 gzip members of 1 MiB each: about 1 MiB on the wire.
-fn gzip_bomb() -> Vec<u8> {
+pub(super) fn gzip_bomb() -> Vec<u8> {
     use std::io::Write;
     let mut member = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
     member.write_all(&vec![0u8; 1 << 20]).expect("compress");
