@@ -338,10 +338,17 @@ struct RegistryArgs {
     /// A node runs containerd or CRI-O: not with --hosts-dir.
     #[arg(long, env = "PULLCHECK_REGISTRIES_CONF", value_name = "FILE", conflicts_with = "hosts_dir")]
     registries_conf: Option<PathBuf>,
-    /// CRI-O's per-host certificates (e.g. /etc/containers/certs.d): `<host[:port]>/*.crt` CAs,
-    /// `*.cert` + `*.key` client certificates.
-    #[arg(long, env = "PULLCHECK_CONTAINERS_CERTS_DIR", value_name = "DIR", requires = "registries_conf")]
-    containers_certs_dir: Option<PathBuf>,
+    /// CRI-O's per-host certificates (/etc/containers/certs.d, /etc/docker/certs.d):
+    /// `<host[:port]>/*.crt` CAs, `*.cert` + `*.key` client certificates. Repeatable (env:
+    /// comma-separated); for a host, the first directory that has it is used.
+    #[arg(
+        long,
+        env = "PULLCHECK_CONTAINERS_CERTS_DIR",
+        value_name = "DIR",
+        value_delimiter = ',',
+        requires = "registries_conf"
+    )]
+    containers_certs_dir: Vec<PathBuf>,
     /// kubelet's CredentialProviderConfig file: node credentials from plugins (ECR, GAR, ACR).
     #[arg(
         long,
@@ -371,7 +378,7 @@ impl RegistryArgs {
             config = config.with_hosts_dir(HostsDir::load(dir)?);
         }
         if let Some(file) = &self.registries_conf {
-            config = config.with_registries_conf(RegistriesConf::load(file, self.containers_certs_dir.as_deref())?);
+            config = config.with_registries_conf(RegistriesConf::load(file, &self.containers_certs_dir)?);
         }
         if let (Some(file), Some(bin_dir)) =
             (&self.image_credential_provider_config, &self.image_credential_provider_bin_dir)

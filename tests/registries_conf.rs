@@ -45,8 +45,8 @@ impl Node {
     }
 
     fn client(&self, with_certs: bool) -> RegistryClient {
-        let certs = with_certs.then_some(self.certs.as_path());
-        let conf = RegistriesConf::load(&self.conf, certs).expect("valid registries.conf");
+        let certs: Vec<PathBuf> = with_certs.then(|| self.certs.clone()).into_iter().collect();
+        let conf = RegistriesConf::load(&self.conf, &certs).expect("valid registries.conf");
         let settings =
             ClientSettings { request_timeout: Duration::from_secs(2), retries: 0, ..ClientSettings::default() };
         RegistryClient::new(Arc::new(RegistryConfig::default().with_registries_conf(conf)), settings)

@@ -150,8 +150,10 @@ pub struct RegistriesConf {
 
 impl RegistriesConf {
     /// Reads `file`, then `registries.conf.d/*.conf` beside it in name order, and every
-    /// directory under `certs_dir`.
-    pub fn load(file: &Path, certs_dir: Option<&Path>) -> Result<Self, RegistriesConfError> {
+    /// directory under each of `certs_dirs`: for a host, the first of them that has a directory
+    /// for it is used (containers/image tries `/etc/containers/certs.d`, then
+    /// `/etc/docker/certs.d`).
+    pub fn load(file: &Path, certs_dirs: &[PathBuf]) -> Result<Self, RegistriesConfError> {
         let mut files = vec![file.to_path_buf()];
         let drop_ins = file.parent().unwrap_or(Path::new(".")).join(DROP_IN_DIR);
         if drop_ins.is_dir() {
@@ -175,8 +177,11 @@ impl RegistriesConf {
             documents.push((path, text));
         }
         let mut conf = Self::parse(&documents)?;
-        if let Some(dir) = certs_dir {
-            conf.certs = load_certs_dir(dir)?;
+        // A certs directory that does not exist holds no certificates, as for containers/image.
+        for dir in certs_dirs.iter().filter(|d| d.exists()) {
+            for (host, certs) in load_certs_dir(dir)? {
+                conf.certs.entry(host).or_insert(certs);
+            }
         }
         Ok(conf)
     }
@@ -651,6 +656,15 @@ mod tests {
         assert_eq!(sources[0].endpoint.ca_pems, [CERT.as_bytes().to_vec()]);
         assert!(format!("{:?}", sources[0]).find("MIIE").is_none(), "no key material in Debug");
         assert!(c.sources(&image("other.example/app:1")).is_none());
+
+        // The first directory that has the host wins; a missing one is skipped.
+        let other = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(other.path().join("r.example:5000")).expect("mkdir");
+        let file = other.path().join("registries.conf");
+        std::fs::write(&file, "").expect("write");
+        let dirs = [other.path().join("missing"), other.path().to_path_buf(), root.path().to_path_buf()];
+        let loaded = RegistriesConf::load(&file, &dirs).expect("valid");
+        assert!(loaded.certs.get("r.example:5000").is_some_and(|c| c.ca_pems.is_empty()), "the first wins");
 
         std::fs::remove_file(host.join("client.key")).expect("rm");
         let e = load_certs_dir(root.path()).map(|_| ()).expect_err("cert without key").to_string();
