@@ -103,11 +103,11 @@ impl RegistryClient {
     }
 
     /// A registries.conf pull source: no `?ns=` (CRI-O sends none), the reference rewritten to
-    /// the source's location; a mirror gets its registry-config credential only, as with
-    /// containerd (docs/registry-config.md, "CRI-O: registries.conf").
+    /// the source's location; a mirror gets only the node's credential for the rewritten
+    /// reference, never the workload's (docs/registry-config.md, "CRI-O: registries.conf").
     fn pull_source_route(&self, endpoint: &Endpoint, asked: &ImageRef) -> Result<Route> {
         let host = self.endpoint_host(endpoint)?;
-        let credential = endpoint.is_mirror.then(|| self.config().host(asked.registry()).credential).flatten();
+        let credential = endpoint.is_mirror.then(|| self.config().credential_for(asked)).flatten();
         Ok(Route {
             host,
             mirror: endpoint.is_mirror,
