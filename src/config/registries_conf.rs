@@ -585,6 +585,17 @@ mod tests {
     }
 
     #[test]
+    fn configured_hosts_are_prefix_location_and_mirror_hosts() {
+        let c = conf(&["[[registry]]\nprefix = \"a.example/team\"\nlocation = \"b.example:5000/t\"\n\
+             [[registry.mirror]]\nlocation = \"169.254.10.5:5000/m\"\n\
+             [[registry]]\nprefix = \"*.corp.example\"\n"])
+        .expect("valid");
+        let mut hosts = c.configured_hosts();
+        hosts.sort();
+        assert_eq!(hosts, ["169.254.10.5:5000", "a.example", "b.example:5000"]);
+    }
+
+    #[test]
     fn docker_hub_is_reached_at_its_api_host() {
         let c = conf(&["[[registry]]\nlocation = \"docker.io\"\n[[registry.mirror]]\nlocation = \"mirror.gcr.io\"\n"])
             .expect("valid");
