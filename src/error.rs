@@ -21,6 +21,9 @@ pub enum Error {
     /// An endpoint that cannot be addressed (a token realm or hosts.toml URL).
     #[error("endpoint {name}: {problem}")]
     Endpoint { name: String, problem: String },
+    /// An image a `blocked = true` table of registries.conf matches: CRI-O refuses to pull it.
+    #[error("blocked by registries.conf (prefix {prefix})")]
+    Blocked { prefix: String },
     #[error("kubeconfig: {0}")]
     Kubeconfig(String),
     #[error(transparent)]

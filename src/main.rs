@@ -22,6 +22,7 @@ use tracing_subscriber::{EnvFilter, Layer, fmt};
 use pullcheck::check::{CheckSettings, check_cluster, check_files};
 use pullcheck::config::RegistryConfig;
 use pullcheck::config::hosts::HostsDir;
+use pullcheck::config::registries_conf::RegistriesConf;
 use pullcheck::controller::leader::LeaderSettings;
 use pullcheck::controller::{self, ControllerSettings};
 use pullcheck::credentials::CredentialProviders;
@@ -332,6 +333,22 @@ struct RegistryArgs {
     /// `<host>/hosts.toml` mirrors, CAs and headers, as the nodes use them.
     #[arg(long, env = "PULLCHECK_HOSTS_DIR", value_name = "DIR")]
     hosts_dir: Option<PathBuf>,
+    /// CRI-O's containers-registries.conf(5) (e.g. /etc/containers/registries.conf), with the
+    /// `registries.conf.d/*.conf` beside it: prefixes, mirrors, insecure and blocked registries.
+    /// A node runs containerd or CRI-O: not with --hosts-dir.
+    #[arg(long, env = "PULLCHECK_REGISTRIES_CONF", value_name = "FILE", conflicts_with = "hosts_dir")]
+    registries_conf: Option<PathBuf>,
+    /// CRI-O's per-host certificates (/etc/containers/certs.d, /etc/docker/certs.d):
+    /// `<host[:port]>/*.crt` CAs, `*.cert` + `*.key` client certificates. Repeatable (env:
+    /// comma-separated); for a host, the first directory that has it is used.
+    #[arg(
+        long,
+        env = "PULLCHECK_CONTAINERS_CERTS_DIR",
+        value_name = "DIR",
+        value_delimiter = ',',
+        requires = "registries_conf"
+    )]
+    containers_certs_dir: Vec<PathBuf>,
     /// kubelet's CredentialProviderConfig file: node credentials from plugins (ECR, GAR, ACR).
     #[arg(
         long,
@@ -359,6 +376,9 @@ impl RegistryArgs {
         };
         if let Some(dir) = &self.hosts_dir {
             config = config.with_hosts_dir(HostsDir::load(dir)?);
+        }
+        if let Some(file) = &self.registries_conf {
+            config = config.with_registries_conf(RegistriesConf::load(file, &self.containers_certs_dir)?);
         }
         if let (Some(file), Some(bin_dir)) =
             (&self.image_credential_provider_config, &self.image_credential_provider_bin_dir)

@@ -25,7 +25,7 @@ use super::read_bounded;
 /// Largest `hosts.toml` read.
 const MAX_HOSTS_TOML_BYTES: u64 = 1 << 20;
 /// Largest CA, certificate or key file read.
-const MAX_PEM_BYTES: u64 = 4 << 20;
+pub(super) const MAX_PEM_BYTES: u64 = 4 << 20;
 const HOSTS_TOML: &str = "hosts.toml";
 /// The directory used for a registry that has none of its own.
 pub const DEFAULT_HOST_DIR: &str = "_default";
@@ -786,12 +786,12 @@ fn make_abs_path(p: &str, base: &Path) -> PathBuf {
     out
 }
 
-fn is_cert_pem(pem: &[u8]) -> bool {
+pub(super) fn is_cert_pem(pem: &[u8]) -> bool {
     contains(pem, b"-----BEGIN CERTIFICATE-----")
 }
 
 /// What Go's `tls.X509KeyPair` needs first: a certificate block, and a private key block.
-fn check_identity(cert: &[u8], key: &[u8]) -> Result<(), String> {
+pub(super) fn check_identity(cert: &[u8], key: &[u8]) -> Result<(), String> {
     if !is_cert_pem(cert) {
         return Err("no PEM certificate in it".into());
     }
@@ -847,7 +847,7 @@ fn parse_go_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// `line L, column C: message` from a toml error.
-fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+pub(super) fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
     let message = e.message().trim();
     match e.span() {
         Some(span) => {

@@ -4,6 +4,7 @@
 
 pub mod deprecated;
 pub mod hosts;
+pub mod registries_conf;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use crate::credentials::{Credential, CredentialProviders, DockerCredentials};
 use crate::image::{DOCKER_HUB, ImageRef};
 use deprecated::DeprecatedRegistries;
 use hosts::HostsDir;
+use registries_conf::RegistriesConf;
 
 /// Default limit of requests in flight to one registry host.
 pub const DEFAULT_MAX_CONCURRENT: usize = 16;
@@ -117,6 +119,9 @@ pub struct RegistryConfig {
     /// containerd hosts directories (`--hosts-dir`): a registry found there takes its
     /// endpoints, TLS and headers from it.
     hosts_dir: Option<Arc<HostsDir>>,
+    /// CRI-O's registries.conf and certs.d (`--registries-conf`): an image one of its tables
+    /// matches, or whose host has certificates there, is pulled as CRI-O would.
+    registries_conf: Option<Arc<RegistriesConf>>,
     /// kubelet credential-provider plugins: node credentials after the registry config's.
     providers: Option<Arc<CredentialProviders>>,
     /// Registries that moved: the built-in table with `deprecatedRegistries` applied.
@@ -130,6 +135,7 @@ impl Default for RegistryConfig {
             hosts: HashMap::new(),
             docker_credentials: Default::default(),
             hosts_dir: None,
+            registries_conf: None,
             providers: None,
             deprecated: DeprecatedRegistries::built_in(),
         }
@@ -141,6 +147,17 @@ impl RegistryConfig {
     pub fn with_hosts_dir(mut self, dir: HostsDir) -> Self {
         self.hosts_dir = Some(Arc::new(dir));
         self
+    }
+
+    /// Images are pulled as CRI-O pulls them with `conf` (docs/registry-config.md, "CRI-O:
+    /// registries.conf").
+    pub fn with_registries_conf(mut self, conf: RegistriesConf) -> Self {
+        self.registries_conf = Some(Arc::new(conf));
+        self
+    }
+
+    pub fn registries_conf(&self) -> Option<&RegistriesConf> {
+        self.registries_conf.as_deref()
     }
 
     pub fn with_providers(mut self, providers: CredentialProviders) -> Self {
@@ -259,7 +276,15 @@ impl RegistryConfig {
         let deprecated = DeprecatedRegistries::built_in()
             .with_overrides(&root.deprecated_registries)
             .map_err(|e| err(&format!("deprecatedRegistries.{}", e.key), e.problem))?;
-        Ok(Self { default_registry, hosts, docker_credentials, hosts_dir: None, providers: None, deprecated })
+        Ok(Self {
+            default_registry,
+            hosts,
+            docker_credentials,
+            hosts_dir: None,
+            registries_conf: None,
+            providers: None,
+            deprecated,
+        })
     }
 
     pub fn deprecated_registries(&self) -> &DeprecatedRegistries {
@@ -291,6 +316,9 @@ impl RegistryConfig {
             self.hosts.iter().flat_map(|(name, host)| std::iter::once(name).chain(&host.mirrors)).cloned().collect();
         if let Some(dir) = &self.hosts_dir {
             hosts.extend(dir.configured_hosts());
+        }
+        if let Some(conf) = &self.registries_conf {
+            hosts.extend(conf.configured_hosts());
         }
         hosts
     }

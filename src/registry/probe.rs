@@ -67,11 +67,13 @@ impl ProbeResult {
 
 impl RegistryClient {
     /// The node's own credentials for an image, after the workload's: the registry config's,
-    /// then each matching credential-provider plugin's; and why a plugin gave none.
-    async fn node_credentials(&self, image: &ImageRef) -> (Vec<SourcedCredential>, Vec<String>) {
+    /// then each matching credential-provider plugin's; and why a plugin gave none. The registry
+    /// config's is looked up for `asked`, the reference the endpoint is asked for (CRI-O looks a
+    /// node credential up by the rewritten reference); kubelet's plugins match the pod's `image`.
+    async fn node_credentials(&self, image: &ImageRef, asked: &ImageRef) -> (Vec<SourcedCredential>, Vec<String>) {
         let config = self.config();
         let mut chain: Vec<SourcedCredential> = config
-            .credential_for(image)
+            .credential_for(asked)
             .map(|credential| SourcedCredential { source: CredentialSource::RegistryConfig, credential })
             .into_iter()
             .collect();
@@ -156,15 +158,16 @@ impl RegistryClient {
         }
         let mut exchange = Exchange { client: self, requests: 0, platforms, rate_limit: None };
         let (registry, decided) = async {
-            let routes = match self.routes(image.registry()) {
+            let routes = match self.routes(image) {
                 Ok(routes) => routes,
                 Err(e) => return (image.registry().to_string(), Decided::failed(State::UnknownError, e.to_string())),
             };
             let by_digest = image.digest().is_some();
             let mut last_mirror = None;
             for route in routes.iter().filter(|r| r.serves(by_digest)) {
+                let asked = route.asked(image);
                 if route.mirror {
-                    let attempt = exchange.with_retries(route, image, route.credential.as_ref()).await;
+                    let attempt = exchange.with_retries(route, asked, route.credential.as_ref()).await;
                     let mirror = route.host.name.clone();
                     if attempt.state == State::Available {
                         return (mirror, Decided { attempt, credential: None, index: None });
@@ -173,14 +176,14 @@ impl RegistryClient {
                     last_mirror = Some((mirror, Decided { attempt, credential: None, index: None }));
                     continue;
                 }
-                let (node, problems) = self.node_credentials(image).await;
+                let (node, problems) = self.node_credentials(image, asked).await;
                 let chain: Vec<SourcedCredential> = credentials.iter().cloned().chain(node).collect();
-                let mut decided = exchange.with_credentials(route, image, &chain).await;
+                let mut decided = exchange.with_credentials(route, asked, &chain).await;
                 if decided.attempt.state != State::Available && !problems.is_empty() {
                     let error = decided.attempt.error.take().unwrap_or_else(|| decided.attempt.state.to_string());
                     decided.attempt.error = Some(format!("{error}; {}", problems.join("; ")));
                 }
-                return (image.registry().to_string(), decided);
+                return (asked.registry().to_string(), decided);
             }
             last_mirror.unwrap_or_else(|| {
                 let error = format!(
