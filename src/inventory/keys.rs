@@ -397,6 +397,12 @@ mod tests {
     }
 
     #[test]
+    fn a_container_series_stays_three_words_with_its_replacement_condition() {
+        // One per container of the cluster (docs/architecture.md, "Footprint").
+        assert_eq!(std::mem::size_of::<ContainerSeries>(), 3 * std::mem::size_of::<usize>());
+    }
+
+    #[test]
     fn a_deprecated_registry_gets_its_replacement_with_the_replacements_credentials() {
         let records = [record("a", "web", &["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9"])];
         let mut both = secret("k8s.gcr.io", "old");
