@@ -379,6 +379,33 @@ mod tests {
     }
 
     #[test]
+    fn a_moved_repositorys_replacement_is_wanted_only_while_an_image_it_replaces_is_absent() {
+        let mut tracked = Tracked::default();
+        let key = |tracked: &Tracked, image: &str| {
+            tracked.keys().keys().find(|k| k.to_string() == image).cloned().unwrap_or_else(|| panic!("{image}"))
+        };
+        let web = record("web", &["bitnami/redis:7.2.4", "k8s.gcr.io/pause:3.9"]);
+        let api = record("api", &["bitnami/redis:7.2.4"]);
+        let changes = tracked.apply(InventoryChange::whole(vec![uses(&web), uses(&api)]));
+        assert_eq!(changes.added.len(), 4, "both replacements are held: {changes:?}");
+        let (redis, legacy) =
+            (key(&tracked, "docker.io/bitnami/redis:7.2.4"), key(&tracked, "docker.io/bitnamilegacy/redis:7.2.4"));
+        assert!(tracked.wanted(&redis));
+        assert!(tracked.wanted(&key(&tracked, "registry.k8s.io/pause:3.9")), "a deprecated registry's: always");
+        assert!(!tracked.wanted(&legacy), "nothing known of the image yet");
+        let answer = |tracked: &mut Tracked, state| {
+            tracked.users_mut(&redis).expect("tracked").known = Some(Known { state, digest: None });
+        };
+        for (state, wanted) in [(State::Available, false), (State::Absent, true), (State::RateLimited, false)] {
+            answer(&mut tracked, state);
+            assert_eq!(tracked.wanted(&legacy), wanted, "{state}");
+        }
+        // A container running the replacement itself: wanted whatever the image's state.
+        tracked.apply(InventoryChange::Workloads(vec![update(&record("db", &["bitnamilegacy/redis:7.2.4"]))]));
+        assert!(tracked.wanted(&legacy));
+    }
+
+    #[test]
     fn a_reset_in_parts_drops_at_its_end_what_no_part_named() {
         let mut tracked = Tracked::default();
         let (web, api, db) = (record("web", &["nginx:1"]), record("api", &["redis:7"]), record("db", &["postgres:16"]));
