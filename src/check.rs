@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 
 use crate::credentials::{Credential, SourcedCredential, WorkloadCredentials, credential_name};
 use crate::error::Warning;
-use crate::inventory::keys::{ImageKey, ImageUse, by_key, resolve};
+use crate::inventory::keys::{ImageKey, ImageUse, Replacement, by_key, resolve};
 use crate::inventory::running::{Digest, ObjectKey, OwnedBy, Running, drift, running_digests};
 use crate::inventory::selection::Selection;
 use crate::inventory::{ContainerRef, WorkloadRef};
@@ -203,11 +203,17 @@ async fn probe_uses(
         by_key(&uses).into_iter().map(|(key, users)| (key, users[0].chain())).collect();
     // And each replacement of an image on a deprecated registry: whether switching works today
     // (often the key of another use already).
-    for replacement in uses.iter().filter_map(|u| u.replacement.as_deref()) {
+    for replacement in uses.iter().filter_map(|u| u.replacement.as_deref()).filter(|r| !r.when_absent) {
         keys.entry(&replacement.key).or_insert_with(|| replacement.chain());
     }
     let keys: Vec<(ImageKey, Vec<SourcedCredential>)> = keys.into_iter().map(|(k, c)| (k.clone(), c)).collect();
-    let results = probe_keys(keys, client, settings).await;
+    let mut results = probe_keys(keys, client, settings).await;
+    // A moved repository's replacements only for the images that came back absent: one more
+    // pass, never a request for an image that is still served (Docker Hub counts each).
+    let second = replacements_wanted(&uses, |key| results.get(key).map(|r| r.state));
+    if !second.is_empty() {
+        results.extend(probe_keys(second, client, settings).await);
+    }
     // One entry per key as written: workloads whose nodes differ in platform get their own
     // answers, as their credentials do (for the replacement too).
     let mut entries: BTreeMap<EntryKey, Vec<&ImageUse>> = BTreeMap::new();
@@ -265,10 +271,11 @@ async fn probe_uses(
                             .map(ToString::to_string),
                         image,
                         workloads,
-                        replacement: users[0].replacement.as_ref().map(|r| {
+                        replacement: users[0].replacement.as_ref().filter(|r| shown(r, result)).map(|r| {
                             let result = results.get(&r.key);
                             ReplacementReport {
                                 image: r.key.image.to_string(),
+                                moved: r.when_absent,
                                 state: result.map_or(State::Pending, |r| r.state),
                                 digest: result.and_then(|r| r.digest.clone()),
                                 error: result.and_then(|r| r.error.clone()),
@@ -285,6 +292,28 @@ async fn probe_uses(
         Some((host.as_str(), credential_name(r.credential.as_ref()), *budget))
     }));
     report
+}
+
+/// Whether a use's replacement stands in for it: always on a deprecated registry, only once
+/// the image came back `absent` in a moved repository.
+fn shown(replacement: &Replacement, own: Option<&ProbeResult>) -> bool {
+    !replacement.when_absent || own.is_some_and(|r| r.state == State::Absent)
+}
+
+/// The moved repositories' replacements to probe once the uses' own keys are answered: those
+/// of images that came back `absent`, each once, none already answered.
+fn replacements_wanted(
+    uses: &[ImageUse],
+    state_of: impl Fn(&ImageKey) -> Option<State>,
+) -> Vec<(ImageKey, Vec<SourcedCredential>)> {
+    let mut wanted: BTreeMap<&ImageKey, Vec<SourcedCredential>> = BTreeMap::new();
+    for image_use in uses {
+        let (Ok(key), Some(replacement)) = (&image_use.key, image_use.replacement.as_deref()) else { continue };
+        if replacement.when_absent && state_of(key) == Some(State::Absent) && state_of(&replacement.key).is_none() {
+            wanted.entry(&replacement.key).or_insert_with(|| replacement.chain());
+        }
+    }
+    wanted.into_iter().map(|(k, c)| (k.clone(), c)).collect()
 }
 
 async fn probe_keys(
@@ -322,7 +351,49 @@ fn as_written_order(c: &ContainerRef) -> (&str, &str, &str, &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::RegistryConfig;
     use crate::inventory::WorkloadKind;
+    use crate::inventory::selection::ImageFilter;
+
+    #[test]
+    fn moved_repositories_replacements_are_probed_only_for_absent_images() {
+        let web = crate::inventory::fixtures::deployment(
+            "ns",
+            "web",
+            &["bitnami/redis:1", "bitnami/nginx:1", "k8s.gcr.io/pause:3.9", "bitnami/kafka:1", "bitnami/etcd:1"],
+        );
+        let api = crate::inventory::fixtures::deployment("ns", "api", &["bitnami/redis:1"]);
+        let uses = resolve(
+            [&web, &api],
+            |_| None,
+            &RegistryConfig::default(),
+            &ImageFilter::default(),
+            &Arc::from(Vec::new()),
+        );
+        let state_of = |key: &ImageKey| match key.image.to_string().as_str() {
+            "docker.io/bitnami/redis:1" | "docker.io/bitnami/kafka:1" | "k8s.gcr.io/pause:3.9" => Some(State::Absent),
+            "docker.io/bitnami/nginx:1" => Some(State::Available),
+            // Answered in the first pass already (another container runs it).
+            "docker.io/bitnamilegacy/kafka:1" => Some(State::Available),
+            // etcd: not answered (the first pass was cut short): nothing known, nothing more asked.
+            _ => None,
+        };
+        let wanted: Vec<String> =
+            replacements_wanted(&uses, state_of).into_iter().map(|(k, _)| k.image.to_string()).collect();
+        // Once for two containers; not nginx's (served), not kafka's (known), not pause's (a
+        // deprecated registry's replacement is in the first pass).
+        assert_eq!(wanted, ["docker.io/bitnamilegacy/redis:1"]);
+
+        let redis = uses[0].replacement.as_deref().expect("bitnami moved");
+        let pause = uses[2].replacement.as_deref().expect("k8s.gcr.io is deprecated");
+        let answer = |state| ProbeResult::failed("docker.io", state, "test");
+        assert!(shown(redis, Some(&answer(State::Absent))));
+        for not_absent in [State::Available, State::AuthorizationFailure, State::RateLimited, State::PlatformMissing] {
+            assert!(!shown(redis, Some(&answer(not_absent))), "{not_absent}");
+        }
+        assert!(!shown(redis, None));
+        assert!(shown(pause, Some(&answer(State::Available))), "a deprecated registry's always");
+    }
 
     #[test]
     fn nothing_found_says_what_was_read() {

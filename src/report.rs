@@ -28,8 +28,8 @@ pub struct ImageReport {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
     pub workloads: Vec<WorkloadUse>,
-    /// Only for an image on a deprecated registry: the same image under the replacement, and
-    /// whether it can be pulled today.
+    /// Only for an image on a deprecated registry, or `absent` from a moved repository: the same
+    /// image under the replacement, and whether it can be pulled today.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replacement: Option<ReplacementReport>,
 }
@@ -53,6 +53,10 @@ pub struct WorkloadUse {
 pub struct ReplacementReport {
     /// The canonical replacement reference (`registry.k8s.io/pause:3.9`).
     pub image: String,
+    /// A moved repository's (shown only because the image is absent), not a deprecated
+    /// registry's: the table says which.
+    #[serde(skip)]
+    pub moved: bool,
     pub state: State,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub digest: Option<String>,
@@ -161,7 +165,8 @@ impl Report {
                     (None, None) => String::new(),
                 };
                 if let Some(r) = &i.replacement {
-                    let note = format!("deprecated registry: {} is {}", r.image, r.state);
+                    let why = if r.moved { "moved repository" } else { "deprecated registry" };
+                    let note = format!("{why}: {} is {}", r.image, r.state);
                     detail = if detail.is_empty() { note } else { format!("{note}; {detail}") };
                 }
                 let drifted = i.workloads.iter().filter(|w| w.drift == Some(true)).count();

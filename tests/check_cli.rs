@@ -424,6 +424,53 @@ async fn images_on_deprecated_registries_are_flagged_with_their_replacement_prob
     );
 }
 
+/// A moved repository (Bitnami's move to bitnamilegacy, stood in for by `{registry}/old` moved
+/// to `{registry}/new` through `movedRepositories`): an image the original still serves is not
+/// flagged and its replacement never requested; one gone from it is reported with its
+/// replacement's answer (available when pushed there, absent when not).
+#[tokio::test]
+async fn moved_repositories_replace_only_absent_images_and_probe_nothing_else() {
+    let env = Env::start().await;
+    let anon = &env.anon.addr;
+    env.pusher.image("old/app", "latest", "amd64").await;
+    let (moved_digest, _) = env.pusher.image("new/app", "7.2.4", "amd64").await;
+    let manifest = format!(
+        "kind: Deployment\nmetadata: {{name: web, namespace: shop}}\nspec:\n  template:\n    spec:\n      containers:\n      - {{name: kept, image: \"{anon}/old/app:latest\"}}\n      - {{name: gone, image: \"{anon}/old/app:7.2.4\"}}\n      - {{name: lost, image: \"{anon}/old/app:6.0.0\"}}\n"
+    );
+    let file = write(env.dir.path(), "web.yaml", &manifest);
+    let config = env.dir.path().join("moved.yaml");
+    std::fs::write(&config, format!("movedRepositories:\n  '{anon}/old': '{anon}/new'\n")).expect("write");
+    let config = config.display().to_string();
+
+    let mark = env.anon.served().len();
+    let out = pullcheck(&["check", "-f", &file, "--registry-config", &config, "-o", "json"], None);
+    assert_eq!(out.status.code(), Some(1), "two images are absent: {}", String::from_utf8_lossy(&out.stderr));
+    let report = json(&out);
+    let kept = entry(&report, &format!("{anon}/old/app:latest"));
+    assert_eq!(kept["state"], "available", "{kept}");
+    assert!(kept.get("replacement").is_none(), "served: not flagged: {kept}");
+    let gone = entry(&report, &format!("{anon}/old/app:7.2.4"));
+    assert_eq!(gone["state"], "absent", "{gone}");
+    assert_eq!(
+        gone["replacement"],
+        serde_json::json!({"image": format!("{anon}/new/app:7.2.4"), "state": "available", "digest": moved_digest})
+    );
+    let lost = entry(&report, &format!("{anon}/old/app:6.0.0"));
+    assert_eq!(lost["replacement"]["image"], format!("{anon}/new/app:6.0.0"));
+    assert_eq!(lost["replacement"]["state"], "absent", "{lost}");
+
+    // What reached the registry: the replacements of the absent images, never the served one's.
+    let served: Vec<String> = env.anon.served_since(mark, 1).await.iter().map(|s| s.target.clone()).collect();
+    assert!(served.iter().any(|t| t == "/v2/new/app/manifests/7.2.4"), "{served:?}");
+    assert!(served.iter().any(|t| t == "/v2/new/app/manifests/6.0.0"), "{served:?}");
+    assert!(!served.iter().any(|t| t.starts_with("/v2/new/app/manifests/latest")), "{served:?}");
+
+    let table = pullcheck(&["check", "-f", &file, "--registry-config", &config], None);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains(&format!("moved repository: {anon}/new/app:7.2.4 is available")), "{table}");
+    assert!(!table.contains("new/app:latest"), "{table}");
+}
+
 /// A registry announcing its pull budget (Docker Hub's `ratelimit-*` headers, added by a proxy in
 /// front of the real registry): `check` shows the budget per registry and credential name in its
 /// summary, in JSON and in the table.

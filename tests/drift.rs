@@ -151,3 +151,87 @@ async fn run_probes_the_replacement_of_a_deprecated_registry() {
     let _ = child.start_kill();
     let _ = child.wait().await;
 }
+
+/// The newest export holding `pullcheck.image.available`: web's availability, and the
+/// replacement gauge's points in that same export (none: the gauge is not published).
+type Export = (Option<f64>, Vec<(std::collections::BTreeMap<String, String>, f64)>);
+
+fn newest_export(received: &support::otlp::Received) -> Export {
+    for request in received.metrics.iter().rev() {
+        let metrics: Vec<_> = request
+            .resource_metrics
+            .iter()
+            .flat_map(|rm| rm.scope_metrics.iter())
+            .flat_map(|sm| sm.metrics.iter().cloned())
+            .collect();
+        let points = |name: &str| -> Vec<_> {
+            metrics.iter().filter(|m| m.name == name).flat_map(|m| support::otlp::number_points(m.clone())).collect()
+        };
+        let available = points("pullcheck.image.available");
+        if available.is_empty() {
+            continue;
+        }
+        let web = available.iter().find(|(a, _)| a.get("k8s.deployment.name").map(String::as_str) == Some("web"));
+        return (web.map(|(_, v)| *v), points("pullcheck.image.replacement.available"));
+    }
+    (None, Vec::new())
+}
+
+/// `run` on an image of a moved repository (Bitnami's move to bitnamilegacy, stood in for by
+/// `{registry}/old` moved to `{registry}/new` through `movedRepositories`): while the image is
+/// served, no replacement gauge and no request for the replacement; once it is deleted, the
+/// replacement is probed and its gauge published (the series not marked deprecated); once it
+/// is pushed again, the gauge goes.
+#[tokio::test]
+async fn run_probes_a_moved_repositorys_replacement_only_while_the_image_is_absent() {
+    let env = Env::start().await;
+    let anon = env.anon.addr.clone();
+    let (digest, _) = env.pusher.image("old/app", "v1", "amd64").await;
+    env.pusher.image("new/app", "v1", "amd64").await;
+    let api = ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", &format!("{anon}/old/app:v1")));
+    let config = env.dir.path().join("moved.yaml");
+    std::fs::write(&config, format!("movedRepositories:\n  \"{anon}/old\": \"{anon}/new\"\n"))
+        .expect("registry config");
+    let receiver = Receiver::http().await;
+    let kubeconfig = api.kubeconfig(env.dir.path());
+    let log = env.dir.path().join("run-moved.log");
+    let config = config.display().to_string();
+    let args = ["--registry-config", &config, "--window", "1s", "--tick", "100ms", "--health-addr", "off"];
+    let (mut child, _home) = support::process::spawn_run(&kubeconfig, &args, Some(&receiver.endpoint), &[], &log);
+    let stderr = || std::fs::read_to_string(&log).unwrap_or_default();
+    // Reads only: the pushes above are in the access log too.
+    let requests = |path: &str| env.anon.served().iter().filter(|s| s.target == path && s.method != "PUT").count();
+
+    // Served: probed window after window, its replacement never.
+    assert!(
+        eventually(WAIT, || requests("/v2/old/app/manifests/v1") >= 3
+            && receiver.received(newest_export).0 == Some(1.0))
+        .await,
+        "{}",
+        stderr()
+    );
+    let (_, replacement) = receiver.received(newest_export);
+    assert!(replacement.is_empty(), "no replacement gauge while the image is served: {replacement:?}");
+    assert_eq!(requests("/v2/new/app/manifests/v1"), 0, "no request for the replacement");
+    let available = receiver.received(|r| latest_points(r, "pullcheck.image.available"));
+    assert!(available.iter().all(|(a, _)| !a.contains_key("pullcheck.registry.deprecated")), "{available:?}");
+
+    // Gone from the original: the replacement is probed, and published beside the image.
+    env.pusher.delete("old/app", &digest).await;
+    let moved = |export: &Export| export.0 == Some(0.0) && export.1.iter().any(|(_, v)| *v == 1.0);
+    assert!(eventually(WAIT, || receiver.received(|r| moved(&newest_export(r)))).await, "{}", stderr());
+    let (_, replacement) = receiver.received(newest_export);
+    let (attributes, _) = &replacement[0];
+    assert_eq!(attributes.get("pullcheck.replacement.image"), Some(&format!("{anon}/new/app:v1")));
+    assert_eq!(attributes.get("k8s.deployment.name").map(String::as_str), Some("web"));
+    assert!(!attributes.contains_key("pullcheck.registry.deprecated"), "moved, not deprecated: {attributes:?}");
+    assert!(requests("/v2/new/app/manifests/v1") >= 1);
+
+    // Served again: the gauge goes.
+    env.pusher.image("old/app", "v1", "amd64").await;
+    let served_again = |export: &Export| export.0 == Some(1.0) && export.1.is_empty();
+    assert!(eventually(WAIT, || receiver.received(|r| served_again(&newest_export(r)))).await, "{}", stderr());
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+}

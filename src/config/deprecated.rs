@@ -3,6 +3,12 @@
 //! overridden by the registry config's `deprecatedRegistries`. An image under a deprecated prefix
 //! is flagged, and the same repository path, tag and digest under the replacement is what
 //! `check` probes to say whether switching works today (docs/check.md, docs/states.md).
+//!
+//! The second kind, moved repositories (`BUILT_IN_MOVED`, overridden by `movedRepositories`):
+//! repositories whose versioned tags went elsewhere while the original still serves some
+//! (`docker.io/bitnami` keeps `latest`). Their images are neither flagged nor their replacement
+//! probed while they can be pulled; only an image that came back `absent` gets its replacement
+//! probed and reported (`Condition::WhenAbsent`).
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -21,6 +27,23 @@ pub const BUILT_IN: &[(&str, &str)] = &[
     // ingress-nginx left quay.io with v0.34.0 (2020); the repository is read-only since.
     ("quay.io/kubernetes-ingress-controller/nginx-ingress-controller", "registry.k8s.io/ingress-nginx/controller"),
 ];
+
+/// The built-in moves that apply only to images gone from the original: (original prefix,
+/// replacement prefix). docs/check.md gives the source of each.
+pub const BUILT_IN_MOVED: &[(&str, &str)] = &[
+    // Bitnami moved its versioned tags to bitnamilegacy on 2025-08-28 and deleted them from
+    // the original repositories, which keep serving a few (`latest`).
+    ("docker.io/bitnami", "docker.io/bitnamilegacy"),
+];
+
+/// When an image's replacement stands in for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Condition {
+    /// A deprecated registry: always (the image is flagged, its replacement always probed).
+    Always,
+    /// A moved repository: only while the image itself is `absent`.
+    WhenAbsent,
+}
 
 /// A registry, or a registry and the first components of a repository path (`quay.io/org`).
 /// It covers a repository equal to its path or under it, never `quay.io/organisation`.
@@ -117,7 +140,17 @@ impl Default for DeprecatedRegistries {
 impl DeprecatedRegistries {
     /// The built-in table (an entry that does not parse is left out; a unit test holds them all).
     pub fn built_in() -> Self {
-        let entries = BUILT_IN
+        Self::of(BUILT_IN)
+    }
+
+    /// The built-in moved repositories (`BUILT_IN_MOVED`): a table of the same shape, with
+    /// `movedRepositories` as its overrides.
+    pub fn built_in_moved() -> Self {
+        Self::of(BUILT_IN_MOVED)
+    }
+
+    fn of(pairs: &[(&str, &str)]) -> Self {
+        let entries = pairs
             .iter()
             .filter_map(|(old, new)| Some((RegistryPrefix::parse(old).ok()?, RegistryPrefix::parse(new).ok()?)))
             .collect();
@@ -218,6 +251,23 @@ mod tests {
     #[test]
     fn every_built_in_entry_parses() {
         assert_eq!(DeprecatedRegistries::built_in().entries().count(), BUILT_IN.len());
+        assert_eq!(DeprecatedRegistries::built_in_moved().entries().count(), BUILT_IN_MOVED.len());
+    }
+
+    #[test]
+    fn bitnami_moved_to_bitnamilegacy() {
+        let moved = DeprecatedRegistries::built_in_moved();
+        assert_eq!(replaced(&moved, "bitnami/redis:7.2.4").as_deref(), Some("docker.io/bitnamilegacy/redis:7.2.4"));
+        assert_eq!(
+            replaced(&moved, "index.docker.io/bitnami/postgresql:16").as_deref(),
+            Some("docker.io/bitnamilegacy/postgresql:16")
+        );
+        for untouched in
+            ["bitnamilegacy/redis:7", "docker.io/bitnamicharts/redis:1", "redis:7", "quay.io/bitnami/redis:7"]
+        {
+            assert_eq!(replaced(&moved, untouched), None, "{untouched}");
+        }
+        assert_eq!(replaced(&DeprecatedRegistries::built_in(), "bitnami/redis:7"), None, "not a deprecated registry");
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::Arc;
 
 use crate::credentials::{Credential, CredentialProviders, DockerCredentials};
 use crate::image::{DOCKER_HUB, ImageRef};
-use deprecated::DeprecatedRegistries;
+use deprecated::{Condition, DeprecatedRegistries};
 use hosts::HostsDir;
 use registries_conf::RegistriesConf;
 
@@ -42,6 +42,9 @@ struct FileRoot {
     /// Prefix → replacement prefix, or `null` to remove a built-in entry.
     #[serde(default)]
     deprecated_registries: BTreeMap<String, Option<String>>,
+    /// Moved repositories, the same way: replacements only for images gone from the original.
+    #[serde(default)]
+    moved_repositories: BTreeMap<String, Option<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -126,6 +129,9 @@ pub struct RegistryConfig {
     providers: Option<Arc<CredentialProviders>>,
     /// Registries that moved: the built-in table with `deprecatedRegistries` applied.
     deprecated: DeprecatedRegistries,
+    /// Repositories that moved only what they no longer serve: `BUILT_IN_MOVED` with
+    /// `movedRepositories` applied.
+    moved: DeprecatedRegistries,
 }
 
 impl Default for RegistryConfig {
@@ -138,6 +144,7 @@ impl Default for RegistryConfig {
             registries_conf: None,
             providers: None,
             deprecated: DeprecatedRegistries::built_in(),
+            moved: DeprecatedRegistries::built_in_moved(),
         }
     }
 }
@@ -276,6 +283,9 @@ impl RegistryConfig {
         let deprecated = DeprecatedRegistries::built_in()
             .with_overrides(&root.deprecated_registries)
             .map_err(|e| err(&format!("deprecatedRegistries.{}", e.key), e.problem))?;
+        let moved = DeprecatedRegistries::built_in_moved()
+            .with_overrides(&root.moved_repositories)
+            .map_err(|e| err(&format!("movedRepositories.{}", e.key), e.problem))?;
         Ok(Self {
             default_registry,
             hosts,
@@ -284,6 +294,7 @@ impl RegistryConfig {
             registries_conf: None,
             providers: None,
             deprecated,
+            moved,
         })
     }
 
@@ -291,9 +302,18 @@ impl RegistryConfig {
         &self.deprecated
     }
 
-    /// The image under the registry that replaced its own, when its own is deprecated.
-    pub fn replacement(&self, image: &ImageRef) -> Option<ImageRef> {
-        self.deprecated.replacement(image)
+    pub fn moved_repositories(&self) -> &DeprecatedRegistries {
+        &self.moved
+    }
+
+    /// The image under the registry that replaced its own, and when it stands in for it: a
+    /// deprecated registry always (it wins over a moved repository it covers: nothing there
+    /// is served any more), a moved repository only once the image is `absent`.
+    pub fn replacement(&self, image: &ImageRef) -> Option<(ImageRef, Condition)> {
+        if let Some(replacement) = self.deprecated.replacement(image) {
+            return Some((replacement, Condition::Always));
+        }
+        self.moved.replacement(image).map(|replacement| (replacement, Condition::WhenAbsent))
     }
 
     pub fn host(&self, registry: &str) -> HostConfig {
@@ -446,17 +466,47 @@ mod tests {
         let image = |s: &str| ImageRef::parse(s).expect("valid");
         let default = RegistryConfig::default();
         assert_eq!(
-            default.replacement(&image("k8s.gcr.io/pause:3.9")).map(|r| r.to_string()).as_deref(),
-            Some("registry.k8s.io/pause:3.9")
+            default.replacement(&image("k8s.gcr.io/pause:3.9")).map(|(r, c)| (r.to_string(), c)),
+            Some(("registry.k8s.io/pause:3.9".into(), Condition::Always))
         );
         let cfg = parse("deprecatedRegistries:\n  k8s.gcr.io: null\n  old.example/team: new.example:5000/t\n  gcr.io/google-containers: ~\n").expect("valid");
         assert_eq!(cfg.replacement(&image("k8s.gcr.io/pause:3.9")), None, "removed by null");
         assert_eq!(cfg.replacement(&image("gcr.io/google-containers/pause:3.1")), None, "removed by ~");
         assert_eq!(
-            cfg.replacement(&image("old.example/team/app:v1")).map(|r| r.to_string()).as_deref(),
+            cfg.replacement(&image("old.example/team/app:v1")).map(|(r, _)| r.to_string()).as_deref(),
             Some("new.example:5000/t/app:v1")
         );
         assert_eq!(cfg.deprecated_registries().entries().count(), super::deprecated::BUILT_IN.len() - 2 + 1);
+    }
+
+    #[test]
+    fn moved_repositories_replace_only_when_absent_and_are_overridable() {
+        let image = |s: &str| ImageRef::parse(s).expect("valid");
+        let replaced = |cfg: &RegistryConfig, s: &str| cfg.replacement(&image(s)).map(|(r, c)| (r.to_string(), c));
+        let default = RegistryConfig::default();
+        assert_eq!(
+            replaced(&default, "bitnami/redis:7.2.4"),
+            Some(("docker.io/bitnamilegacy/redis:7.2.4".into(), Condition::WhenAbsent))
+        );
+        let cfg = parse(
+            "movedRepositories:\n  docker.io/bitnami: null\n  old.example/team: new.example/team\n\
+             deprecatedRegistries:\n  old.example/team/frozen: frozen.example\n",
+        )
+        .expect("valid");
+        assert_eq!(replaced(&cfg, "bitnami/redis:7.2.4"), None, "removed by null");
+        assert_eq!(
+            replaced(&cfg, "old.example/team/app:1"),
+            Some(("new.example/team/app:1".into(), Condition::WhenAbsent))
+        );
+        assert_eq!(
+            replaced(&cfg, "old.example/team/frozen/app:1"),
+            Some(("frozen.example/app:1".into(), Condition::Always)),
+            "a deprecated registry wins over a moved repository covering it"
+        );
+        assert_eq!(
+            problem("movedRepositories:\n  old.example: old.example\n"),
+            "reg.yaml: movedRepositories.old.example: old.example cannot replace itself"
+        );
     }
 
     #[test]

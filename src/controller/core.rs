@@ -184,17 +184,31 @@ impl Controller {
         }
         let completes = change.completes();
         let changes = self.tracked.apply(change);
-        for key in changes.removed {
-            self.scheduler.remove(&key);
+        for key in &changes.removed {
+            self.scheduler.remove(key);
         }
-        for key in changes.added {
-            self.scheduler.insert(key.clone(), key.registry());
+        for key in changes.present() {
+            self.schedule_if_wanted(key);
         }
         for key in &changes.changed {
             self.scheduler.mark_changed(key);
         }
         self.ready |= completes;
         self.series_stale = true;
+    }
+
+    /// Keeps a key in the schedule exactly while it is wanted (`Tracked::wanted`): a moved
+    /// repository's replacement enters when an image it stands in for is found absent (probed
+    /// first, as new keys are), and leaves with its answer when none is absent any more.
+    fn schedule_if_wanted(&mut self, key: &ImageKey) {
+        if self.tracked.wanted(key) {
+            self.scheduler.insert(key.clone(), key.registry());
+        } else {
+            self.scheduler.remove(key);
+            if let Some(users) = self.tracked.users_mut(key) {
+                self.series_stale |= users.known.take().is_some();
+            }
+        }
     }
 
     /// The tick's batch (none before the inventory arrived); publishes the metrics snapshot.
@@ -238,10 +252,27 @@ impl Controller {
         }
         let room_freed = self.scheduler.wants_room();
         self.scheduler.complete(&key, now, result.state != State::Available);
-        // A key dropped while its probe ran: nothing to record it for.
+        // A key dropped (or no longer wanted) while its probe ran: nothing to record it for.
+        if !self.tracked.wanted(&key) {
+            return room_freed;
+        }
         let Some(users) = self.tracked.users_mut(&key) else { return room_freed };
         let known = Known::of(&result);
         let previous = users.known.replace(known);
+        if previous.map(|k| k.state == State::Absent) != Some(known.state == State::Absent) {
+            // Moved repositories' replacements of this image start or stop being wanted.
+            let moved: Vec<ImageKey> = users
+                .users
+                .iter()
+                .filter(|u| u.container().replacement_when_absent)
+                .filter_map(|u| u.container().replacement.clone())
+                .collect();
+            for replacement in &moved {
+                self.schedule_if_wanted(replacement);
+            }
+            self.series_stale |= !moved.is_empty();
+        }
+        let Some(users) = self.tracked.users_mut(&key) else { return room_freed };
         if users.only_replacing() {
             // A replacement's answer is published beside the deprecated image's series.
             self.series_stale |= previous.map(|k| k.state) != Some(result.state);
@@ -312,8 +343,12 @@ impl Controller {
                 Some(_) => known.map(|k| k.state),
                 None => Some(State::BadImageFormat),
             };
-            let replacement =
-                container.replacement.as_ref().and_then(|r| self.known(r)).map(|r| r.state == State::Available);
+            let replacement = container
+                .replacement
+                .as_ref()
+                .filter(|_| self.tracked.replaces_now(container))
+                .and_then(|r| self.known(r))
+                .map(|r| r.state == State::Available);
             let mut drift = None;
             if let Some(key) = container.key.as_ref().filter(|key| key.image.digest().is_none()) {
                 let user = series.user();
@@ -580,5 +615,66 @@ mod tests {
         let keys: Vec<String> = jobs.iter().map(|j| j.key.to_string()).collect();
         assert_eq!(keys.first().map(String::as_str), Some("docker.io/library/nginx:2"), "{keys:?}");
         assert!(!keys.contains(&"docker.io/library/img0:1".to_string()), "w0's old key is gone: {keys:?}");
+    }
+
+    /// Ticks 10 s apart until a batch holds a job (at most two windows' worth).
+    async fn next_jobs(ctl: &mut Controller) -> Vec<ProbeJob> {
+        for _ in 0..12 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            let jobs = ctl.on_tick(Instant::now(), |_| true);
+            if !jobs.is_empty() {
+                return jobs;
+            }
+        }
+        Vec::new()
+    }
+
+    fn images(jobs: &[ProbeJob]) -> Vec<String> {
+        jobs.iter().map(|j| j.key.to_string()).collect()
+    }
+
+    /// The published replacement gauge of the only container.
+    fn replacement_gauge(ctl: &mut Controller) -> Option<bool> {
+        ctl.series_stale = true;
+        ctl.publish();
+        ctl.published.first().and_then(|g| g.replacement)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_moved_repositorys_replacement_is_probed_and_published_only_while_the_image_is_absent() {
+        let (original, moved) = ("docker.io/bitnami/redis:7.2.4", "docker.io/bitnamilegacy/redis:7.2.4");
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        ctl.on_inventory_change(InventoryChange::whole(vec![workload("web", "bitnami/redis:7.2.4")]));
+        assert_eq!(ctl.tracked().keys().len(), 2, "the replacement's key is held, to be probed when needed");
+        let jobs = ctl.on_tick(start, |_| true);
+        assert_eq!(images(&jobs), [original], "not the replacement while the image may be served");
+        for job in jobs {
+            ctl.on_probe_done(job, result(State::Available), Instant::now());
+        }
+        assert_eq!(replacement_gauge(&mut ctl), None);
+        // Still served a window later: only the image again.
+        let jobs = next_jobs(&mut ctl).await;
+        assert_eq!(images(&jobs), [original]);
+        // Gone (Bitnami deleted the tag): the replacement is probed at the next tick.
+        for job in jobs {
+            ctl.on_probe_done(job, result(State::Absent), Instant::now());
+        }
+        assert_eq!(replacement_gauge(&mut ctl), None, "no answer for the replacement yet");
+        let jobs = ctl.on_tick(Instant::now(), |_| true);
+        assert_eq!(images(&jobs), [moved]);
+        for job in jobs {
+            ctl.on_probe_done(job, result(State::Available), Instant::now());
+        }
+        assert_eq!(replacement_gauge(&mut ctl), Some(true));
+        // Served again (re-pushed): the replacement's gauge and probes stop.
+        let jobs = next_jobs(&mut ctl).await;
+        assert_eq!(images(&jobs), [original], "the failed image is retried; the replacement is not due");
+        for job in jobs {
+            ctl.on_probe_done(job, result(State::Available), Instant::now());
+        }
+        assert_eq!(replacement_gauge(&mut ctl), None);
+        let later = next_jobs(&mut ctl).await;
+        assert_eq!(images(&later), [original]);
     }
 }

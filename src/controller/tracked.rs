@@ -97,11 +97,19 @@ pub struct KeyChanges {
     pub removed: Vec<ImageKey>,
     /// Still there, with other users.
     pub changed: Vec<ImageKey>,
+    /// Still there, with the same users (other containers it replaces for, perhaps): whether
+    /// it is to be probed may have changed all the same (`Tracked::wanted`).
+    pub kept: Vec<ImageKey>,
 }
 
 impl KeyChanges {
     pub fn is_empty(&self) -> bool {
         self.added.is_empty() && self.removed.is_empty() && self.changed.is_empty()
+    }
+
+    /// The keys whose probing may have started or stopped being wanted.
+    pub fn present(&self) -> impl Iterator<Item = &ImageKey> {
+        self.added.iter().chain(&self.changed).chain(&self.kept)
     }
 }
 
@@ -127,6 +135,29 @@ impl Tracked {
     /// A key's users and last answer, to record an answer in.
     pub fn users_mut(&mut self, key: &ImageKey) -> Option<&mut KeyUsers> {
         self.keys.get_mut(key).map(|users| &mut **users)
+    }
+
+    /// Whether a key is to be probed: a container runs it, or it replaces a deprecated
+    /// registry's image, or a moved repository's image last known `absent`. A moved
+    /// repository's replacement waits otherwise: no request for an image the original still
+    /// serves (Docker Hub counts each against the pull limit; docs/states.md).
+    pub fn wanted(&self, key: &ImageKey) -> bool {
+        let Some(users) = self.keys.get(key) else { return false };
+        !users.users.is_empty() || users.replacing.iter().any(|series| self.replaces_now(series.container()))
+    }
+
+    /// Whether a container's replacement stands in for its image now (`ContainerSeries`):
+    /// always on a deprecated registry, while the image is known `absent` in a moved one.
+    pub fn replaces_now(&self, container: &ContainerSeries) -> bool {
+        container.replacement.is_some()
+            && (!container.replacement_when_absent
+                || container
+                    .key
+                    .as_ref()
+                    .and_then(|key| self.keys.get(key))
+                    .and_then(|users| users.known)
+                    .map(|k| k.state)
+                    == Some(State::Absent))
     }
 
     pub fn workloads(&self) -> usize {
@@ -204,12 +235,14 @@ impl Tracked {
                 (None, Some(_)) => changes.added.push(key),
                 (Some(_), None) => changes.removed.push(key),
                 (Some(old), Some(now)) if *old != now.users && !now.only_replacing() => changes.changed.push(key),
+                (_, Some(_)) => changes.kept.push(key),
                 _ => {}
             }
         }
         changes.added.sort();
         changes.removed.sort();
         changes.changed.sort();
+        changes.kept.sort();
         changes
     }
 
@@ -343,6 +376,33 @@ mod tests {
         let changes = tracked.apply(InventoryChange::whole(vec![uses(&record("web", &["nginx:1"]))]));
         assert!(changes.is_empty(), "{changes:?}");
         assert_eq!(tracked.workloads(), 1);
+    }
+
+    #[test]
+    fn a_moved_repositorys_replacement_is_wanted_only_while_an_image_it_replaces_is_absent() {
+        let mut tracked = Tracked::default();
+        let key = |tracked: &Tracked, image: &str| {
+            tracked.keys().keys().find(|k| k.to_string() == image).cloned().unwrap_or_else(|| panic!("{image}"))
+        };
+        let web = record("web", &["bitnami/redis:7.2.4", "k8s.gcr.io/pause:3.9"]);
+        let api = record("api", &["bitnami/redis:7.2.4"]);
+        let changes = tracked.apply(InventoryChange::whole(vec![uses(&web), uses(&api)]));
+        assert_eq!(changes.added.len(), 4, "both replacements are held: {changes:?}");
+        let (redis, legacy) =
+            (key(&tracked, "docker.io/bitnami/redis:7.2.4"), key(&tracked, "docker.io/bitnamilegacy/redis:7.2.4"));
+        assert!(tracked.wanted(&redis));
+        assert!(tracked.wanted(&key(&tracked, "registry.k8s.io/pause:3.9")), "a deprecated registry's: always");
+        assert!(!tracked.wanted(&legacy), "nothing known of the image yet");
+        let answer = |tracked: &mut Tracked, state| {
+            tracked.users_mut(&redis).expect("tracked").known = Some(Known { state, digest: None });
+        };
+        for (state, wanted) in [(State::Available, false), (State::Absent, true), (State::RateLimited, false)] {
+            answer(&mut tracked, state);
+            assert_eq!(tracked.wanted(&legacy), wanted, "{state}");
+        }
+        // A container running the replacement itself: wanted whatever the image's state.
+        tracked.apply(InventoryChange::Workloads(vec![update(&record("db", &["bitnamilegacy/redis:7.2.4"]))]));
+        assert!(tracked.wanted(&legacy));
     }
 
     #[test]

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use super::selection::ImageFilter;
 use super::{ContainerRef, ContainerSpec, WorkloadRecord, WorkloadRef};
 use crate::config::RegistryConfig;
+use crate::config::deprecated::Condition;
 use crate::credentials::{Credential, CredentialSource, SourcedCredential, WorkloadCredentials};
 use crate::image::{ImageRef, ImageRefError};
 use crate::name::Name;
@@ -92,6 +93,9 @@ pub struct Replacement {
     /// the registry it names, and so does pullcheck.
     pub key: ImageKey,
     pub sources: Vec<CredentialSource>,
+    /// A moved repository's (`Condition::WhenAbsent`): it stands in for the image only while
+    /// the image is `absent` — not flagged, and not probed, while the image can be pulled.
+    pub when_absent: bool,
 }
 
 impl Replacement {
@@ -152,12 +156,23 @@ impl super::ForWorkload for WorkloadSeries {
 /// One container's keys, in its workload's series.
 #[derive(Debug)]
 pub struct ContainerSeries {
-    /// Which of the record's containers.
-    spec: usize,
+    /// Which of the record's containers (`u32`: room for `replacement_when_absent` in what
+    /// `usize` alone took, docs/architecture.md "Footprint").
+    spec: u32,
+    /// The replacement is a moved repository's (`Replacement::when_absent`).
+    pub replacement_when_absent: bool,
     /// `None`: the reference does not parse (`bad_image_format`), never probed.
     pub key: Option<ImageKey>,
-    /// On a deprecated registry: the same image under its replacement, probed too.
+    /// On a deprecated registry: the same image under its replacement, probed too; in a moved
+    /// repository: the same, probed only while `key` is known `absent`.
     pub replacement: Option<ImageKey>,
+}
+
+impl ContainerSeries {
+    /// Whether the image counts as on a deprecated registry (`pullcheck.registry.deprecated`).
+    pub fn deprecated(&self) -> bool {
+        self.replacement.is_some() && !self.replacement_when_absent
+    }
 }
 
 impl WorkloadSeries {
@@ -172,9 +187,11 @@ impl WorkloadSeries {
         let containers = uses
             .iter()
             .filter(|u| u.spec < record.containers.len())
-            .map(|u| {
+            .filter_map(|u| {
+                let spec = u32::try_from(u.spec).ok()?;
+                let replacement_when_absent = u.replacement.as_ref().is_some_and(|r| r.when_absent);
                 let (key, replacement) = hold(u);
-                ContainerSeries { spec: u.spec, key, replacement }
+                Some(ContainerSeries { spec, replacement_when_absent, key, replacement })
             })
             .collect();
         WorkloadSeries { record, containers }
@@ -240,7 +257,7 @@ impl Series {
     /// The container of the record: its name and the image as written.
     pub fn spec(&self) -> &ContainerSpec {
         // In range: checked when the workload's series were made.
-        &self.workload.record.containers[self.container().spec]
+        &self.workload.record.containers[self.container().spec as usize]
     }
 
     /// Who this series is for.
@@ -294,10 +311,10 @@ pub fn resolve<'a>(
             }
             let (key, sources, replacement) = match parsed {
                 Ok(image) => {
-                    let replacement = config.replacement(&image).map(|image| {
+                    let replacement = config.replacement(&image).map(|(image, condition)| {
                         let (credentials, sources) = credentials_for(own, &image);
                         let key = ImageKey::new(image, credentials, schedulable.clone());
-                        Box::new(Replacement { key, sources })
+                        Box::new(Replacement { key, sources, when_absent: condition == Condition::WhenAbsent })
                     });
                     let (credentials, sources) = credentials_for(own, &image);
                     (Ok(ImageKey::new(image, credentials, schedulable.clone())), sources, replacement)
@@ -377,6 +394,12 @@ mod tests {
             ],
             "namespace a's secret is for quay.io only; b's Docker Hub secret makes its nginx its own key"
         );
+    }
+
+    #[test]
+    fn a_container_series_stays_three_words_with_its_replacement_condition() {
+        // One per container of the cluster (docs/architecture.md, "Footprint").
+        assert_eq!(std::mem::size_of::<ContainerSeries>(), 3 * std::mem::size_of::<usize>());
     }
 
     #[test]

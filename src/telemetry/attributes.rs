@@ -56,7 +56,9 @@ pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
         &image_use.user.workload,
         &image_use.user.container,
         image_use.canonical().ok_or(&image_use.written),
-        image_use.replacement.is_some(),
+        // A moved repository's image is not deprecated while it can be pulled, nor known
+        // absent from a manifest alone.
+        image_use.replacement.as_ref().is_some_and(|r| !r.when_absent),
     )
 }
 
@@ -64,7 +66,7 @@ pub fn use_attributes(image_use: &ImageUse) -> Vec<KeyValue> {
 pub fn series_attributes(series: &Series) -> Vec<KeyValue> {
     let (container, spec) = (series.container(), series.spec());
     let image = container.key.as_ref().map(|k| &k.image).ok_or(&spec.image);
-    container_attributes(series.workload(), &spec.name, image, container.replacement.is_some())
+    container_attributes(series.workload(), &spec.name, image, container.deprecated())
 }
 
 /// `image`: the canonical reference, or the one written when it does not parse.
@@ -113,8 +115,11 @@ mod tests {
 
     #[test]
     fn series_of_images_on_deprecated_registries_say_so() {
-        let record =
-            crate::inventory::fixtures::deployment("ns", "web", &["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9"]);
+        let record = crate::inventory::fixtures::deployment(
+            "ns",
+            "web",
+            &["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9", "bitnami/redis:7.2.4"],
+        );
         let deprecated = |config: &RegistryConfig| -> Vec<Option<Value>> {
             resolve([&record], |_| None, config, &ImageFilter::default(), &Arc::from(Vec::new()))
                 .iter()
@@ -126,17 +131,22 @@ mod tests {
                 })
                 .collect()
         };
-        assert_eq!(deprecated(&RegistryConfig::default()), [Some(Value::Bool(true)), None]);
+        // A moved repository (Bitnami's) is not deprecated: its image may well be served.
+        assert_eq!(deprecated(&RegistryConfig::default()), [Some(Value::Bool(true)), None, None]);
         let removed =
             RegistryConfig::parse("deprecatedRegistries: {k8s.gcr.io: null}", "r.yaml", std::path::Path::new("."))
                 .expect("valid");
-        assert_eq!(deprecated(&removed), [None, None], "a config removing the entry drops the attribute");
+        assert_eq!(deprecated(&removed), [None, None, None], "a config removing the entry drops the attribute");
     }
 
     #[test]
     fn a_series_kept_by_run_has_its_uses_attributes() {
         use crate::inventory::keys::WorkloadSeries;
-        let record = crate::inventory::fixtures::deployment("ns", "web", &["k8s.gcr.io/pause:3.9", "Not An Image"]);
+        let record = crate::inventory::fixtures::deployment(
+            "ns",
+            "web",
+            &["k8s.gcr.io/pause:3.9", "Not An Image", "bitnami/redis:7.2.4"],
+        );
         let uses =
             resolve([&record], |_| None, &RegistryConfig::default(), &ImageFilter::default(), &Arc::from(Vec::new()));
         let workload = Arc::new(WorkloadSeries::new(Arc::new(record), &uses, |u| {
@@ -149,7 +159,7 @@ mod tests {
             let gauges = ContainerGauges::new(series, None, Some(true), None).expect("an index within u32");
             assert_eq!(gauges.series().map(|s| series_attributes(&s)), Some(use_attributes(image_use)));
         }
-        assert!(Series::new(workload, 2).is_none(), "past the containers: no series, so no gauges");
+        assert!(Series::new(workload, 3).is_none(), "past the containers: no series, so no gauges");
         assert_eq!(std::mem::size_of::<ContainerGauges>(), 16);
     }
 
