@@ -347,7 +347,7 @@ async fn a_service_account_token_provider_is_never_run() {
     let setup = Setup::new();
     setup.answering("p", &response("Image", None, &ecr_auth()));
     let provider = setup.provider("p", &["*.dkr.ecr.*.amazonaws.com"], "1h")
-        + "    tokenAttributes: {serviceAccountTokenAudience: sts.amazonaws.com, requireServiceAccount: true}\n";
+        + "    tokenAttributes: {serviceAccountTokenAudience: sts.amazonaws.com, requireServiceAccount: true, cacheType: Token}\n";
     let providers = setup.load(&[provider]);
     let img = image(&format!("{ECR}/a"));
     assert!(!providers.matches(&img), "no node credentials from a per-pod provider");
@@ -515,7 +515,7 @@ impl ServiceAccountTokens for FakeAccounts {
 
 fn token_provider(setup: &Setup) -> String {
     setup.provider("p", &["*.dkr.ecr.*.amazonaws.com"], "1h")
-        + "    tokenAttributes:\n      serviceAccountTokenAudience: sts.amazonaws.com\n      requireServiceAccount: true\n      \
+        + "    tokenAttributes:\n      serviceAccountTokenAudience: sts.amazonaws.com\n      requireServiceAccount: true\n      cacheType: ServiceAccount\n      \
            requiredServiceAccountAnnotationKeys: [role]\n      optionalServiceAccountAnnotationKeys: [host, absent]\n"
 }
 

@@ -77,7 +77,7 @@ async fn cluster() -> Cluster {
         format!(
             "apiVersion: kubelet.config.k8s.io/v1\nkind: CredentialProviderConfig\nproviders:\n  - name: sa-provider\n    \
              apiVersion: credentialprovider.kubelet.k8s.io/v1\n    matchImages: [\"{registry}\"]\n    defaultCacheDuration: 1h\n    \
-             tokenAttributes:\n      serviceAccountTokenAudience: {AUDIENCE}\n      requireServiceAccount: true\n      \
+             tokenAttributes:\n      serviceAccountTokenAudience: {AUDIENCE}\n      cacheType: ServiceAccount\n      requireServiceAccount: true\n      \
              requiredServiceAccountAnnotationKeys: [\"{ROBOT_KEY}\"]\n      optionalServiceAccountAnnotationKeys: [\"example.com/host\"]\n"
         ),
     )

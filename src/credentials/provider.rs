@@ -310,6 +310,8 @@ struct RawTokenAttributes {
     #[serde(default)]
     require_service_account: Option<bool>,
     #[serde(default)]
+    cache_type: Option<String>,
+    #[serde(default)]
     required_service_account_annotation_keys: Option<Vec<String>>,
     #[serde(default)]
     optional_service_account_annotation_keys: Option<Vec<String>>,
@@ -473,8 +475,10 @@ fn validate_provider(
     })
 }
 
-/// kubelet's validation of `tokenAttributes`: an audience, `requireServiceAccount` set, and
-/// annotation keys that are unique and in neither list twice.
+/// kubelet's validation of `tokenAttributes`: an audience, `requireServiceAccount` and
+/// `cacheType` (`Token` or `ServiceAccount`, required since 1.34) set, and annotation keys that
+/// are unique and in neither list twice. Both cache types behave alike here: pullcheck asks for a
+/// token only on a cache miss, and caches per service account no longer than the token lives.
 fn validate_token_attributes(
     index: usize,
     raw: RawTokenAttributes,
@@ -487,6 +491,11 @@ fn validate_token_attributes(
     }
     let require_service_account =
         raw.require_service_account.ok_or_else(|| invalid(field("requireServiceAccount"), "is required".into()))?;
+    match raw.cache_type.as_deref() {
+        Some("Token" | "ServiceAccount") => {}
+        Some(other) => return Err(invalid(field("cacheType"), format!("{other:?} is not Token or ServiceAccount"))),
+        None => return Err(invalid(field("cacheType"), "is required".into())),
+    }
     let required_annotation_keys = raw.required_service_account_annotation_keys.unwrap_or_default();
     let optional_annotation_keys = raw.optional_service_account_annotation_keys.unwrap_or_default();
     if !required_annotation_keys.is_empty() && !require_service_account {
@@ -1471,7 +1480,7 @@ mod tests {
         assert!(config(&text).is_err(), "requireServiceAccount is required");
         let text = EKS_JSON.replace(
             "\"env\"",
-            "\"tokenAttributes\": {\"serviceAccountTokenAudience\": \"x\", \"requireServiceAccount\": true, \
+            "\"tokenAttributes\": {\"serviceAccountTokenAudience\": \"x\", \"requireServiceAccount\": true, \"cacheType\": \"Token\", \
              \"requiredServiceAccountAnnotationKeys\": [\"a/role\"], \"optionalServiceAccountAnnotationKeys\": [\"a/host\"]}, \"env\"",
         );
         let token = config(&text).expect("parses")[0].token.clone().expect("token mode");
@@ -1491,16 +1500,21 @@ mod tests {
         );
         assert_eq!(
             field_of(with(
-                r#"{"serviceAccountTokenAudience": "x", "requireServiceAccount": false, "requiredServiceAccountAnnotationKeys": ["k"]}"#
+                r#"{"serviceAccountTokenAudience": "x", "requireServiceAccount": false, "cacheType": "Token", "requiredServiceAccountAnnotationKeys": ["k"]}"#
             )),
             "providers[0].tokenAttributes.requiredServiceAccountAnnotationKeys"
         );
         assert_eq!(
             field_of(with(
-                r#"{"serviceAccountTokenAudience": "x", "requireServiceAccount": true, "requiredServiceAccountAnnotationKeys": ["k"], "optionalServiceAccountAnnotationKeys": ["k"]}"#
+                r#"{"serviceAccountTokenAudience": "x", "requireServiceAccount": true, "cacheType": "ServiceAccount", "requiredServiceAccountAnnotationKeys": ["k"], "optionalServiceAccountAnnotationKeys": ["k"]}"#
             )),
             "providers[0].tokenAttributes.optionalServiceAccountAnnotationKeys"
         );
+        for (cache_type, field) in [("", "cacheType"), (r#", "cacheType": "Pod""#, "cacheType")] {
+            let attributes =
+                format!(r#"{{"serviceAccountTokenAudience": "x", "requireServiceAccount": true{cache_type}}}"#);
+            assert_eq!(field_of(with(&attributes)), format!("providers[0].tokenAttributes.{field}"));
+        }
     }
 
     #[test]
