@@ -211,7 +211,6 @@ async fn check_gets_a_token_per_workload_only_when_asked_to() {
     let said = warnings(&report);
     assert!(said.iter().any(|w| w.contains("team-a/web") && w.contains("create serviceaccounts/token")), "{said:?}");
     assert_eq!(c.api.issued_tokens().len(), 1, "a forbidden request issues nothing");
-    drop(c.env);
 }
 
 #[tokio::test]

@@ -790,17 +790,18 @@ fn token_request_path(path: &str) -> Option<(&str, &str)> {
 /// the audience and service account in the clear for script plugins to check with `case`, the
 /// nonce random: each token is a secret no other text contains.
 fn token_request(cluster: &mut Cluster, req: &Request, namespace: &str, name: &str) -> Reply {
-    let target = Target {
-        group_version: "v1".into(),
-        plural: "serviceaccounts/token",
-        namespace: Some(namespace),
-        name: Some(name),
-    };
     if req.method != "POST" {
         return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource");
     }
     if cluster.denials.iter().any(|d| d.applies("create", "v1/serviceaccounts/token", Some(namespace))) {
-        return target.forbidden("create");
+        // The API server names the parent resource and the subresource apart.
+        let message = format!(
+            "serviceaccounts \"{name}\" is forbidden: User \"{USER}\" cannot create resource \"serviceaccounts/token\" \
+             in API group \"\" in the namespace \"{namespace}\""
+        );
+        let mut body = status(403, "Forbidden", &message);
+        body["details"] = json!({"name": name, "group": "", "kind": "serviceaccounts"});
+        return Reply::json(403, &body);
     }
     let account = Key { resource: "v1/serviceaccounts".into(), namespace: namespace.into(), name: name.into() };
     if !cluster.objects.contains_key(&account) {
