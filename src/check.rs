@@ -96,7 +96,7 @@ pub async fn check_cluster(
     let mut credentials: HashMap<&WorkloadRef, WorkloadCredentials> = HashMap::new();
     let mut others = snapshot.warnings.clone();
     for record in &records {
-        let (found, problems) = secrets.for_workload(record).await;
+        let (found, problems) = secrets.for_workload_with_providers(record, client.config()).await;
         others.extend(problems.iter().map(|p| p.warning_for(&record.workload)));
         credentials.insert(&record.workload, found);
     }

@@ -57,6 +57,8 @@ pub enum WarningKind {
     SecretNotFound,
     /// A pull secret that is not a readable docker config.
     InvalidSecret,
+    /// A credential provider in service-account-token mode gave a workload nothing.
+    CredentialProvider,
 }
 
 impl Warning {

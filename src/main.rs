@@ -25,7 +25,7 @@ use pullcheck::config::hosts::HostsDir;
 use pullcheck::config::registries_conf::RegistriesConf;
 use pullcheck::controller::leader::LeaderSettings;
 use pullcheck::controller::{self, ControllerSettings};
-use pullcheck::credentials::CredentialProviders;
+use pullcheck::credentials::{CredentialProviders, TokenProviders};
 use pullcheck::inventory::selection::{DisabledKind, ImageFilter, IncludeDisabled, Selection};
 use pullcheck::inventory::selector::LabelSelector;
 use pullcheck::platform::Platform;
@@ -365,11 +365,22 @@ struct RegistryArgs {
         requires = "image_credential_provider_config"
     )]
     image_credential_provider_bin_dir: Option<PathBuf>,
+    /// Run providers with `tokenAttributes` (KEP-4412) per workload, with a token of its service
+    /// account requested from the API server (RBAC: create serviceaccounts/token). Off: they are
+    /// refused. See docs/credential-providers.md.
+    #[arg(long, env = "PULLCHECK_SERVICE_ACCOUNT_TOKEN_PROVIDERS")]
+    service_account_token_providers: bool,
 }
 
 impl RegistryArgs {
     /// `max_pause`: the longest a 429 pauses a repository and its registry (`run`: the window).
-    fn client(&self, observer: Option<RequestObserver>, max_pause: Duration) -> anyhow::Result<RegistryClient> {
+    /// `with_cluster`: workloads come from a cluster, which can issue service account tokens.
+    fn client(
+        &self,
+        observer: Option<RequestObserver>,
+        max_pause: Duration,
+        with_cluster: bool,
+    ) -> anyhow::Result<RegistryClient> {
         let mut config = match &self.registry_config {
             Some(path) => RegistryConfig::load(path)?,
             None => RegistryConfig::default(),
@@ -384,7 +395,14 @@ impl RegistryArgs {
             (&self.image_credential_provider_config, &self.image_credential_provider_bin_dir)
         {
             // A plugin gets as long as one registry request: it stands in for one.
-            config = config.with_providers(CredentialProviders::load(file, bin_dir, self.request_timeout)?);
+            let token_providers = match (self.service_account_token_providers, with_cluster) {
+                (false, _) => TokenProviders::Refused,
+                (true, true) => TokenProviders::PerWorkload,
+                (true, false) => TokenProviders::NoCluster,
+            };
+            let providers =
+                CredentialProviders::load(file, bin_dir, self.request_timeout)?.with_token_providers(token_providers);
+            config = config.with_providers(providers);
         }
         let settings = ClientSettings {
             request_timeout: self.request_timeout,
@@ -455,7 +473,7 @@ where
 }
 
 async fn check(args: CheckArgs) -> anyhow::Result<u8> {
-    let client = args.registry.client(None, ClientSettings::default().max_pause)?;
+    let client = args.registry.client(None, ClientSettings::default().max_pause, args.filenames.is_empty())?;
     let selection = args.selection.selection();
     let settings = CheckSettings {
         concurrency: args.concurrency,
@@ -516,7 +534,7 @@ async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<
     let metrics = Arc::new(Metrics::new(&telemetry.meter()));
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |request| observer_metrics.record_request(request));
-    let registry = args.registry.client(Some(observer), args.window)?;
+    let registry = args.registry.client(Some(observer), args.window, true)?;
     let Connection { client: kube_client, namespace: context_namespace, page_size, .. } =
         args.cluster.connection().await?;
     let leader_election = args.leader.settings(&context_namespace)?;

@@ -1,6 +1,7 @@
 //! The API-server harness behaves like the real one where pullcheck relies on it, as the real
 //! `kube` client sees it: consistent paged lists, expired continue tokens, writes with their
-//! conflicts and watch events, unserved methods, and RBAC denials per verb and namespace.
+//! conflicts and watch events, unserved methods, RBAC denials per verb and namespace, and
+//! TokenRequest (service account tokens) with its validation.
 
 mod support;
 
@@ -305,4 +306,47 @@ async fn rbac_denies_per_verb_and_namespace_in_the_api_servers_words() {
     assert_eq!(code, 403);
     assert!(message.ends_with("cannot list resource \"nodes\" in API group \"\" at the cluster scope"), "{message}");
     assert_eq!(refusal(nodes.get("node-a").await).0, 403);
+}
+
+#[tokio::test]
+async fn token_requests_are_issued_per_service_account_and_audience_under_rbac() {
+    use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let api = ApiServer::start().await;
+    api.apply(json!({"kind": "ServiceAccount", "metadata": {"name": "builder", "namespace": "shop"}}));
+    let accounts: Api<ServiceAccount> = Api::namespaced(api.client(), "shop");
+    let request = |seconds: i64| TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: vec!["registry.example".into()],
+            expiration_seconds: Some(seconds),
+            ..TokenRequestSpec::default()
+        },
+        ..TokenRequest::default()
+    };
+    let issued = accounts.create_token_request("builder", &PostParams::default(), &request(600)).await.expect("issued");
+    let token = issued.status.expect("status").token;
+    assert!(token.contains(".harness.registry.example.shop.builder."), "{token}");
+    assert_eq!(api.issued_tokens(), std::slice::from_ref(&token));
+    let again = accounts.create_token_request("builder", &PostParams::default(), &request(600)).await.expect("issued");
+    assert_ne!(again.status.expect("status").token, token, "every token is new");
+
+    let (code, _, message) =
+        refusal(accounts.create_token_request("builder", &PostParams::default(), &request(599)).await);
+    assert_eq!(code, 422);
+    assert!(message.contains("may not specify a duration less than 10 minutes"), "{message}");
+    let (code, _, _) = refusal(accounts.create_token_request("nobody", &PostParams::default(), &request(600)).await);
+    assert_eq!(code, 404);
+
+    api.forbid_verb("create", "TokenRequest", Some("shop"));
+    let (code, _, message) =
+        refusal(accounts.create_token_request("builder", &PostParams::default(), &request(600)).await);
+    assert_eq!(code, 403);
+    assert_eq!(
+        message,
+        format!(
+            "serviceaccounts \"builder\" is forbidden: User \"{USER}\" cannot create resource \"serviceaccounts/token\" \
+             in API group \"\" in the namespace \"shop\""
+        )
+    );
+    assert_eq!(api.issued_tokens().len(), 2, "refused requests issue nothing");
 }

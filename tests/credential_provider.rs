@@ -6,8 +6,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use futures_util::future::BoxFuture;
 use pullcheck::credentials::provider::{MAX_CONFIG_BYTES, ResponseProblem};
-use pullcheck::credentials::{Credential, CredentialProviders, ProviderError};
+use pullcheck::credentials::{
+    Credential, CredentialProviders, ProviderError, ServiceAccountData, ServiceAccountToken, ServiceAccountTokens,
+    TokenProviders,
+};
 use pullcheck::image::ImageRef;
 use serde_json::Value;
 
@@ -343,7 +347,7 @@ async fn a_service_account_token_provider_is_never_run() {
     let setup = Setup::new();
     setup.answering("p", &response("Image", None, &ecr_auth()));
     let provider = setup.provider("p", &["*.dkr.ecr.*.amazonaws.com"], "1h")
-        + "    tokenAttributes: {serviceAccountTokenAudience: sts.amazonaws.com, requireServiceAccount: true}\n";
+        + "    tokenAttributes: {serviceAccountTokenAudience: sts.amazonaws.com, requireServiceAccount: true, cacheType: Token}\n";
     let providers = setup.load(&[provider]);
     let img = image(&format!("{ECR}/a"));
     assert!(!providers.matches(&img), "no node credentials from a per-pod provider");
@@ -460,4 +464,137 @@ fn the_overlays_node_configs_load() {
         assert!(!providers.matches(&image("public.ecr.aws/team/app")), "{config}");
         assert!(!providers.matches(&image("nginx")), "{config}");
     }
+}
+
+/// The API server as the providers see it in service-account-token mode: one service account
+/// per name with its uid and annotations, and tokens naming the account and audience, counted.
+struct FakeAccounts {
+    accounts: std::collections::HashMap<String, ServiceAccountData>,
+    token_life: Duration,
+    tokens: std::sync::Mutex<Vec<String>>,
+}
+
+/// A service account's name, uid and annotations.
+type FakeAccount<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
+impl FakeAccounts {
+    fn new(token_life: Duration, accounts: &[FakeAccount]) -> Self {
+        let accounts = accounts
+            .iter()
+            .map(|(name, uid, annotations)| {
+                let annotations = annotations.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+                (name.to_string(), ServiceAccountData { uid: uid.to_string(), annotations })
+            })
+            .collect();
+        Self { accounts, token_life, tokens: std::sync::Mutex::default() }
+    }
+
+    fn issued(&self) -> usize {
+        self.tokens.lock().expect("lock").len()
+    }
+}
+
+impl ServiceAccountTokens for FakeAccounts {
+    fn account<'a>(&'a self, _namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<ServiceAccountData, String>> {
+        let found = self.accounts.get(name).cloned().ok_or_else(|| "not found".to_string());
+        Box::pin(async move { found })
+    }
+
+    fn token<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<ServiceAccountToken, String>> {
+        let token = format!("token-{audience}-{namespace}-{name}-{}", self.issued());
+        self.tokens.lock().expect("lock").push(token.clone());
+        let life = self.token_life;
+        Box::pin(async move { Ok(ServiceAccountToken::new(token, life)) })
+    }
+}
+
+fn token_provider(setup: &Setup) -> String {
+    setup.provider("p", &["*.dkr.ecr.*.amazonaws.com"], "1h")
+        + "    tokenAttributes:\n      serviceAccountTokenAudience: sts.amazonaws.com\n      requireServiceAccount: true\n      cacheType: ServiceAccount\n      \
+           requiredServiceAccountAnnotationKeys: [role]\n      optionalServiceAccountAnnotationKeys: [host, absent]\n"
+}
+
+#[tokio::test]
+async fn service_account_token_mode_passes_the_token_and_listed_annotations_and_caches_per_account() {
+    let setup = Setup::new();
+    setup.answering("p", &response("Registry", Some("1h"), &ecr_auth()));
+    let providers = setup.load(&[token_provider(&setup)]).with_token_providers(TokenProviders::PerWorkload);
+    let accounts = FakeAccounts::new(
+        Duration::from_secs(600),
+        &[
+            ("builder", "uid-1", &[("role", "arn:builder"), ("host", "h"), ("unlisted", "x")]),
+            ("other", "uid-2", &[("role", "arn:other")]),
+            ("plain", "uid-3", &[("host", "h")]),
+        ],
+    );
+    let img = image(&format!("{ECR}/a"));
+    assert!(providers.credentials_for(&img).await.is_empty(), "not a node credential when run per workload");
+    let ecr = Ok(vec![Credential::basic("AWS", "ecr-token")]);
+    let run = |name: &'static str| {
+        let (providers, accounts, img) = (&providers, &accounts, &img);
+        async move { providers.workload_credentials_for(img, "team", name, accounts).await }
+    };
+    assert_eq!(run("builder").await, vec![("p".to_string(), ecr.clone())]);
+    let request = setup.request("p");
+    assert_eq!(request["serviceAccountToken"], "token-sts.amazonaws.com-team-builder-0");
+    assert_eq!(request["serviceAccountAnnotations"], serde_json::json!({"role": "arn:builder", "host": "h"}));
+    // Cached for that account: no exec, no token.
+    assert_eq!(run("builder").await, vec![("p".to_string(), ecr.clone())]);
+    assert_eq!((setup.calls("p"), accounts.issued()), (1, 1));
+    // Another account is another cache entry.
+    assert_eq!(run("other").await, vec![("p".to_string(), ecr.clone())]);
+    assert_eq!((setup.calls("p"), accounts.issued()), (2, 2));
+    // A missing required annotation: nothing, no token asked for, the key named.
+    let missing = run("plain").await;
+    assert_eq!(
+        missing,
+        vec![(
+            "p".to_string(),
+            Err(ProviderError::RequiredAnnotation {
+                provider: "p".into(),
+                namespace: "team".into(),
+                service_account: "plain".into(),
+                key: "role".into(),
+            })
+        )]
+    );
+    assert!(missing[0].1.as_ref().map_err(ToString::to_string).unwrap_err().contains("has no annotation role"));
+    assert_eq!((setup.calls("p"), accounts.issued()), (2, 2));
+    // An account that does not exist: an error, no exec.
+    assert!(matches!(&run("gone").await[0].1, Err(ProviderError::ServiceAccount { .. })));
+    assert_eq!(setup.calls("p"), 2);
+}
+
+#[tokio::test]
+async fn service_account_token_mode_caches_no_longer_than_the_token_lives() {
+    let setup = Setup::new();
+    setup.answering("p", &response("Registry", Some("1h"), &ecr_auth()));
+    let providers = setup.load(&[token_provider(&setup)]).with_token_providers(TokenProviders::PerWorkload);
+    let accounts = FakeAccounts::new(Duration::ZERO, &[("builder", "uid-1", &[("role", "r")])]);
+    let img = image(&format!("{ECR}/a"));
+    for _ in 0..2 {
+        providers.workload_credentials_for(&img, "team", "builder", &accounts).await[0].1.clone().expect("credentials");
+    }
+    assert_eq!((setup.calls("p"), accounts.issued()), (2, 2), "a spent token's credentials are not cached");
+}
+
+#[tokio::test]
+async fn service_account_token_mode_is_refused_or_needs_a_cluster() {
+    let setup = Setup::new();
+    setup.answering("p", &response("Registry", Some("1h"), &ecr_auth()));
+    let img = image(&format!("{ECR}/a"));
+    let accounts = FakeAccounts::new(Duration::from_secs(600), &[("builder", "uid-1", &[("role", "r")])]);
+    let refused = setup.load(&[token_provider(&setup)]);
+    assert!(refused.workload_credentials_for(&img, "team", "builder", &accounts).await.is_empty());
+    let no_cluster = setup.load(&[token_provider(&setup)]).with_token_providers(TokenProviders::NoCluster);
+    assert_eq!(
+        no_cluster.credentials_for(&img).await,
+        vec![("p".to_string(), Err(ProviderError::NoServiceAccount { provider: "p".into() }))]
+    );
+    assert_eq!((setup.calls("p"), accounts.issued()), (0, 0));
 }

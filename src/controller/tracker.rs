@@ -150,7 +150,7 @@ impl Tracker {
 
     /// One workload's uses, with the pull secrets of its own namespace.
     async fn resolve_one(&self, record: &WorkloadRecord) -> Vec<ImageUse> {
-        let (credentials, problems) = self.secrets.for_workload(record).await;
+        let (credentials, problems) = self.secrets.for_workload_with_providers(record, self.registry.config()).await;
         for problem in &problems {
             tracing::debug!(workload = %record.workload, "{problem}");
         }

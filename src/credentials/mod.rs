@@ -11,7 +11,9 @@ use base64::Engine;
 
 use crate::image::ImageRef;
 pub use docker::{CredentialError, DockerCredentials};
-pub use provider::{CredentialProviders, ProviderError};
+pub use provider::{
+    CredentialProviders, ProviderError, ServiceAccountData, ServiceAccountToken, ServiceAccountTokens, TokenProviders,
+};
 
 /// A credential for one registry host. `Debug` never shows the secret.
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,11 +87,14 @@ pub struct SourcedCredential {
     pub credential: Credential,
 }
 
-/// The pull secrets one workload brings, in kubelet's order.
+/// The pull secrets one workload brings, in kubelet's order, and what credential providers in
+/// service-account-token mode give its service account.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadCredentials {
     /// (secret name, its credentials), in kubelet's order.
     pub secrets: Vec<(String, DockerCredentials)>,
+    /// (provider, the image's `registry/repository`, its credentials for it), in config order.
+    pub providers: Vec<(String, String, Vec<Credential>)>,
 }
 
 impl WorkloadCredentials {
@@ -117,15 +122,29 @@ impl WorkloadCredentials {
         out
     }
 
-    /// [`matching`](Self::matching), each named by its secret.
+    /// [`matching`](Self::matching), each named by its secret, then the providers' credentials
+    /// for this image.
     pub fn chain(&self, image: &ImageRef) -> Vec<SourcedCredential> {
-        self.matching(image)
+        let target = image.name();
+        let mut chain: Vec<SourcedCredential> = self
+            .matching(image)
             .into_iter()
             .map(|(name, credential)| SourcedCredential {
                 source: CredentialSource::PullSecret(name.to_string()),
                 credential: credential.clone(),
             })
-            .collect()
+            .collect();
+        for (provider, _, credentials) in self.providers.iter().filter(|(_, name, _)| *name == target) {
+            for credential in credentials {
+                if !chain.iter().any(|c| c.credential == *credential) {
+                    chain.push(SourcedCredential {
+                        source: CredentialSource::Provider(provider.clone()),
+                        credential: credential.clone(),
+                    });
+                }
+            }
+        }
+        chain
     }
 }
 
@@ -150,6 +169,7 @@ mod tests {
                 ("team".into(), team),
                 ("copy".into(), duplicate),
             ],
+            ..WorkloadCredentials::default()
         };
         let names: Vec<String> =
             creds.chain(&image("r.example/team/app")).iter().map(|c| c.source.to_string()).collect();
@@ -159,6 +179,25 @@ mod tests {
             "specific first, then secret order, once each"
         );
         assert!(creds.chain(&image("other.example/app")).is_empty());
+    }
+
+    #[test]
+    fn provider_credentials_follow_the_secrets_for_their_image_only() {
+        let creds = WorkloadCredentials {
+            secrets: vec![("s".into(), DockerCredentials::single("r.example", Credential::basic("secret", "pw")))],
+            providers: vec![
+                (
+                    "sa".into(),
+                    "r.example/app".into(),
+                    vec![Credential::basic("sa", "pw"), Credential::basic("secret", "pw")],
+                ),
+                ("sa".into(), "r.example/other".into(), vec![Credential::basic("other", "pw")]),
+            ],
+        };
+        let names: Vec<String> = creds.chain(&image("r.example/app:v1")).iter().map(|c| c.source.to_string()).collect();
+        assert_eq!(names, ["pull secret s", "credential provider sa"], "after the secrets, the same credential once");
+        let other: Vec<String> = creds.chain(&image("r.example/other")).iter().map(|c| c.source.to_string()).collect();
+        assert_eq!(other, ["pull secret s", "credential provider sa"]);
     }
 
     #[test]

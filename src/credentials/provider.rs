@@ -79,6 +79,23 @@ pub enum ProviderError {
          not per node; pullcheck does not run it"
     )]
     ServiceAccountTokenMode { provider: String },
+    /// Service-account-token mode is on but there is no workload: `check -f` has no cluster to
+    /// ask for a token.
+    #[error(
+        "credential provider {provider}: tokenAttributes (service account token mode) needs the workload's \
+         service account token, which only a cluster gives (check -A, run)"
+    )]
+    NoServiceAccount { provider: String },
+    /// kubelet does not run the plugin for a service account without one of
+    /// `requiredServiceAccountAnnotationKeys`.
+    #[error(
+        "credential provider {provider}: service account {namespace}/{service_account} has no annotation {key} \
+         (requiredServiceAccountAnnotationKeys): the provider gives it nothing"
+    )]
+    RequiredAnnotation { provider: String, namespace: String, service_account: String, key: String },
+    /// Reading the service account or requesting its token failed. Never carries the token.
+    #[error("credential provider {provider}: service account {namespace}/{service_account}: {reason}")]
+    ServiceAccount { provider: String, namespace: String, service_account: String, reason: String },
 }
 
 impl ProviderError {
@@ -91,7 +108,10 @@ impl ProviderError {
             | ProviderError::OutputTooLarge { provider, .. }
             | ProviderError::Io { provider, .. }
             | ProviderError::InvalidResponse { provider, .. }
-            | ProviderError::ServiceAccountTokenMode { provider } => provider,
+            | ProviderError::ServiceAccountTokenMode { provider }
+            | ProviderError::NoServiceAccount { provider }
+            | ProviderError::RequiredAnnotation { provider, .. }
+            | ProviderError::ServiceAccount { provider, .. } => provider,
         }
     }
 }
@@ -279,7 +299,32 @@ struct RawProvider {
     #[serde(default)]
     env: Option<Vec<RawEnv>>,
     #[serde(default)]
-    token_attributes: Option<serde::de::IgnoredAny>,
+    token_attributes: Option<RawTokenAttributes>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RawTokenAttributes {
+    #[serde(default)]
+    service_account_token_audience: Option<String>,
+    #[serde(default)]
+    require_service_account: Option<bool>,
+    #[serde(default)]
+    cache_type: Option<String>,
+    #[serde(default)]
+    required_service_account_annotation_keys: Option<Vec<String>>,
+    #[serde(default)]
+    optional_service_account_annotation_keys: Option<Vec<String>>,
+}
+
+/// A provider's `tokenAttributes`: it wants the pod's service account token for `audience`
+/// and the listed annotations of the service account (docs/credential-providers.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenAttributes {
+    pub audience: String,
+    pub require_service_account: bool,
+    pub required_annotation_keys: Vec<String>,
+    pub optional_annotation_keys: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -299,7 +344,7 @@ struct ProviderSpec {
     api_version: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
-    token_mode: bool,
+    token: Option<TokenAttributes>,
 }
 
 impl fmt::Debug for ProviderSpec {
@@ -312,7 +357,7 @@ impl fmt::Debug for ProviderSpec {
             .field("api_version", &self.api_version)
             .field("args", &self.args)
             .field("env", &self.env.iter().map(|(name, _)| name).collect::<Vec<_>>())
-            .field("token_mode", &self.token_mode)
+            .field("token", &self.token)
             .finish()
     }
 }
@@ -426,8 +471,54 @@ fn validate_provider(
         api_version,
         args,
         env,
-        token_mode: raw.token_attributes.is_some(),
+        token: raw.token_attributes.map(|t| validate_token_attributes(index, t, invalid)).transpose()?,
     })
+}
+
+/// kubelet's validation of `tokenAttributes`: an audience, `requireServiceAccount` and
+/// `cacheType` (`Token` or `ServiceAccount`, required since 1.34) set, and annotation keys that
+/// are unique and in neither list twice. Both cache types behave alike here: pullcheck asks for a
+/// token only on a cache miss, and caches per service account no longer than the token lives.
+fn validate_token_attributes(
+    index: usize,
+    raw: RawTokenAttributes,
+    invalid: &impl Fn(String, String) -> ProviderConfigError,
+) -> Result<TokenAttributes, ProviderConfigError> {
+    let field = |name: &str| format!("providers[{index}].tokenAttributes.{name}");
+    let audience = raw.service_account_token_audience.unwrap_or_default();
+    if audience.trim().is_empty() {
+        return Err(invalid(field("serviceAccountTokenAudience"), "is required".into()));
+    }
+    let require_service_account =
+        raw.require_service_account.ok_or_else(|| invalid(field("requireServiceAccount"), "is required".into()))?;
+    match raw.cache_type.as_deref() {
+        Some("Token" | "ServiceAccount") => {}
+        Some(other) => return Err(invalid(field("cacheType"), format!("{other:?} is not Token or ServiceAccount"))),
+        None => return Err(invalid(field("cacheType"), "is required".into())),
+    }
+    let required_annotation_keys = raw.required_service_account_annotation_keys.unwrap_or_default();
+    let optional_annotation_keys = raw.optional_service_account_annotation_keys.unwrap_or_default();
+    if !required_annotation_keys.is_empty() && !require_service_account {
+        return Err(invalid(
+            field("requiredServiceAccountAnnotationKeys"),
+            "requires requireServiceAccount: true".into(),
+        ));
+    }
+    let mut seen = HashSet::new();
+    for (list, keys) in [
+        ("requiredServiceAccountAnnotationKeys", &required_annotation_keys),
+        ("optionalServiceAccountAnnotationKeys", &optional_annotation_keys),
+    ] {
+        for key in keys {
+            if key.is_empty() || key.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                return Err(invalid(field(list), format!("{key:?} is not an annotation key")));
+            }
+            if !seen.insert(key.as_str()) {
+                return Err(invalid(field(list), format!("{key:?} is listed twice")));
+            }
+        }
+    }
+    Ok(TokenAttributes { audience, require_service_account, required_annotation_keys, optional_annotation_keys })
 }
 
 /// The config file, or like recent kubelets every `*.json`, `*.yaml`, `*.yml` of a directory in
@@ -507,6 +598,10 @@ struct Request<'a> {
     kind: &'static str,
     api_version: &'a str,
     image: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_account_token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_account_annotations: Option<&'a BTreeMap<String, String>>,
 }
 
 #[derive(Deserialize)]
@@ -605,6 +700,102 @@ pub fn response_credentials(
     parse_response(stdout, api_version).map(|response| response.auth.for_image(target))
 }
 
+// ---- service-account-token mode ----
+
+/// Whether providers with `tokenAttributes` run, and where (`--service-account-token-providers`,
+/// docs/credential-providers.md).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenProviders {
+    /// Off (the default): such a provider gives `ServiceAccountTokenMode`.
+    #[default]
+    Refused,
+    /// On, with a cluster: they run per workload, with its service account's token.
+    PerWorkload,
+    /// On, without a cluster (`check -f`): no token to give, `NoServiceAccount`.
+    NoCluster,
+}
+
+/// What a provider in service-account-token mode learns of a service account besides its token.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceAccountData {
+    pub uid: String,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// A service account token from the TokenRequest API: a credential, never shown.
+pub struct ServiceAccountToken {
+    token: String,
+    /// How long it stays valid: credentials made from it are cached no longer.
+    pub expires_in: Duration,
+}
+
+impl ServiceAccountToken {
+    pub fn new(token: String, expires_in: Duration) -> Self {
+        Self { token, expires_in }
+    }
+
+    fn secret(&self) -> &str {
+        &self.token
+    }
+}
+
+impl fmt::Debug for ServiceAccountToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServiceAccountToken").field("expires_in", &self.expires_in).finish_non_exhaustive()
+    }
+}
+
+/// Service accounts and their tokens, as kubelet gets them from the API server: implemented
+/// with kube in `sources::secrets`, faked in tests. Errors are in words, never a token.
+pub trait ServiceAccountTokens: Send + Sync {
+    fn account<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<ServiceAccountData, String>>;
+    fn token<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        audience: &'a str,
+    ) -> futures_util::future::BoxFuture<'a, Result<ServiceAccountToken, String>>;
+}
+
+/// The annotations kubelet passes the plugin: every required key (the first missing one is the
+/// error) and the optional keys present; no other.
+fn plugin_annotations(
+    attributes: &TokenAttributes,
+    annotations: &BTreeMap<String, String>,
+) -> Result<BTreeMap<String, String>, String> {
+    let mut passed = BTreeMap::new();
+    for key in &attributes.required_annotation_keys {
+        let value = annotations.get(key).ok_or_else(|| key.clone())?;
+        passed.insert(key.clone(), value.clone());
+    }
+    for key in &attributes.optional_annotation_keys {
+        if let Some(value) = annotations.get(key) {
+            passed.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(passed)
+}
+
+/// The service account's part of a cache key, as kubelet's: namespace, name, uid and the
+/// annotations passed, so a recreated account or a changed annotation misses the cache.
+fn account_cache_key(namespace: &str, name: &str, uid: &str, annotations: &BTreeMap<String, String>) -> String {
+    serde_json::json!([namespace, name, uid, annotations]).to_string()
+}
+
+/// One workload's service account, for one provider's run.
+struct Workload<'a> {
+    namespace: &'a str,
+    name: &'a str,
+    audience: &'a str,
+    annotations: BTreeMap<String, String>,
+    cache_key: String,
+    tokens: &'a dyn ServiceAccountTokens,
+}
+
 // ---- providers ----
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -619,20 +810,29 @@ struct CacheEntry {
     expires_at: Instant,
 }
 
+/// A cache key: the response's `cacheKeyType` key and, in service-account-token mode, the
+/// service account's (kubelet's: namespace, name, uid and the annotations passed).
+type FullKey = (CacheKey, Option<String>);
+/// An image and, in service-account-token mode, the service account's cache key.
+type FullImageKey = (String, Option<String>);
+
 #[derive(Default)]
 struct State {
-    cache: HashMap<CacheKey, CacheEntry>,
-    /// Execs finished so far, and the last one's image and outcome: a caller that waited while
-    /// that exec ran for the same image shares its outcome, as kubelet's singleflight does.
+    cache: HashMap<FullKey, CacheEntry>,
+    /// Execs finished so far, and the last one's image, service account key and outcome: a
+    /// caller that waited while that exec ran for the same ones shares its outcome, as kubelet's
+    /// singleflight does.
     finished: u64,
-    last: Option<(String, Result<Arc<AuthSet>, ProviderError>)>,
+    last: Option<(FullImageKey, Result<Arc<AuthSet>, ProviderError>)>,
 }
 
 impl State {
     /// kubelet's lookup order: the image, then its registry, then the global entry. Expired
     /// entries found on the way are dropped.
-    fn cached(&mut self, image: &str, registry: &str, now: Instant) -> Option<Arc<AuthSet>> {
+    fn cached(&mut self, image: &str, registry: &str, account: Option<&str>, now: Instant) -> Option<Arc<AuthSet>> {
+        let account = account.map(str::to_string);
         for key in [CacheKey::Image(image.to_string()), CacheKey::Registry(registry.to_string()), CacheKey::Global] {
+            let key = (key, account.clone());
             match self.cache.get(&key) {
                 Some(entry) if now <= entry.expires_at => return Some(entry.auth.clone()),
                 Some(_) => {
@@ -662,16 +862,21 @@ impl Provider {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    async fn credentials(&self, image: &ImageRef, timeout: Duration) -> Result<Vec<Credential>, ProviderError> {
-        if self.spec.token_mode {
-            return Err(ProviderError::ServiceAccountTokenMode { provider: self.spec.name.clone() });
-        }
+    /// The provider's credentials for the image: from the cache or one exec. `workload`: the
+    /// service account it runs for, in service-account-token mode (`None` otherwise).
+    async fn credentials(
+        &self,
+        image: &ImageRef,
+        timeout: Duration,
+        workload: Option<&Workload<'_>>,
+    ) -> Result<Vec<Credential>, ProviderError> {
         // What kubelet hands the plugin: the repository to pull, `registry/repository`.
         let target = image.name();
         let registry = image.registry();
+        let account = workload.map(|w| w.cache_key.as_str());
         let finished_before = {
             let mut state = self.state();
-            if let Some(auth) = state.cached(&target, registry, Instant::now()) {
+            if let Some(auth) = state.cached(&target, registry, account, Instant::now()) {
                 return Ok(auth.for_image(&target));
             }
             state.finished
@@ -679,22 +884,42 @@ impl Provider {
         let _flight = self.flight.lock().await;
         {
             let mut state = self.state();
-            if let Some(auth) = state.cached(&target, registry, Instant::now()) {
+            if let Some(auth) = state.cached(&target, registry, account, Instant::now()) {
                 return Ok(auth.for_image(&target));
             }
             if state.finished != finished_before
-                && let Some((image, outcome)) = &state.last
+                && let Some(((image, last_account), outcome)) = &state.last
                 && *image == target
+                && last_account.as_deref() == account
             {
                 return outcome.as_ref().map(|auth| auth.for_image(&target)).map_err(Clone::clone);
             }
         }
-        let outcome = self.exec(&target, timeout).await;
+        let outcome = match workload {
+            None => self.exec(&target, timeout, None).await.map(|response| (response, None)),
+            Some(workload) => match workload.tokens.token(workload.namespace, workload.name, workload.audience).await {
+                Ok(token) => self
+                    .exec(&target, timeout, Some((token.secret(), &workload.annotations)))
+                    .await
+                    .map(|response| (response, Some(token.expires_in))),
+                Err(reason) => Err(ProviderError::ServiceAccount {
+                    provider: self.spec.name.clone(),
+                    namespace: workload.namespace.to_string(),
+                    service_account: workload.name.to_string(),
+                    reason: format!("token request: {reason}"),
+                }),
+            },
+        };
         let mut state = self.state();
         state.finished += 1;
         let shared = match outcome {
-            Ok(response) => {
+            Ok((response, token_life)) => {
                 let nanos = response.cache_duration.unwrap_or(self.spec.default_cache_duration.as_nanos() as i64);
+                // Credentials made from a token are not kept past the token's life.
+                let nanos = match token_life {
+                    Some(life) => nanos.min(i64::try_from(life.as_nanos()).unwrap_or(i64::MAX)),
+                    None => nanos,
+                };
                 if let Ok(nanos @ 1..) = u64::try_from(nanos) {
                     let now = Instant::now();
                     let expires_at =
@@ -705,6 +930,7 @@ impl Provider {
                             CacheKeyType::Registry => CacheKey::Registry(registry.to_string()),
                             CacheKeyType::Global => CacheKey::Global,
                         };
+                        let key = (key, account.map(str::to_string));
                         state.cache.retain(|_, entry| now <= entry.expires_at);
                         state.cache.insert(key, CacheEntry { auth: response.auth.clone(), expires_at });
                     }
@@ -714,14 +940,26 @@ impl Provider {
             Err(e) => Err(e),
         };
         let result = shared.as_ref().map(|auth| auth.for_image(&target)).map_err(Clone::clone);
-        state.last = Some((target, shared));
+        state.last = Some(((target, account.map(str::to_string)), shared));
         result
     }
 
     /// Runs the plugin once: request on stdin, bounded stdout, stderr discarded, killed at the timeout.
-    async fn exec(&self, image: &str, timeout: Duration) -> Result<Response, ProviderError> {
+    /// `account`: the service account token and annotations, in service-account-token mode.
+    async fn exec(
+        &self,
+        image: &str,
+        timeout: Duration,
+        account: Option<(&str, &BTreeMap<String, String>)>,
+    ) -> Result<Response, ProviderError> {
         let provider = || self.spec.name.clone();
-        let request = Request { kind: REQUEST_KIND, api_version: &self.spec.api_version, image };
+        let request = Request {
+            kind: REQUEST_KIND,
+            api_version: &self.spec.api_version,
+            image,
+            service_account_token: account.map(|(token, _)| token),
+            service_account_annotations: account.map(|(_, annotations)| annotations),
+        };
         let request = serde_json::to_vec(&request)
             .map_err(|e| ProviderError::Io { provider: provider(), reason: e.to_string() })?;
         let mut child = Command::new(&self.path)
@@ -801,6 +1039,7 @@ fn exit_description(status: std::process::ExitStatus) -> String {
 pub struct CredentialProviders {
     providers: Vec<Provider>,
     exec_timeout: Duration,
+    token_providers: TokenProviders,
 }
 
 impl fmt::Debug for CredentialProviders {
@@ -809,6 +1048,7 @@ impl fmt::Debug for CredentialProviders {
         f.debug_struct("CredentialProviders")
             .field("providers", &self.providers.iter().map(|p| &p.spec.name).collect::<Vec<_>>())
             .field("exec_timeout", &self.exec_timeout)
+            .field("token_providers", &self.token_providers)
             .finish()
     }
 }
@@ -840,7 +1080,18 @@ impl CredentialProviders {
             }
             providers.push(Provider { spec, path, state: Mutex::default(), flight: tokio::sync::Mutex::new(()) });
         }
-        Ok(Self { providers, exec_timeout })
+        Ok(Self { providers, exec_timeout, token_providers: TokenProviders::default() })
+    }
+
+    /// Whether and where providers with `tokenAttributes` run.
+    pub fn with_token_providers(mut self, mode: TokenProviders) -> Self {
+        self.token_providers = mode;
+        self
+    }
+
+    /// Whether some provider runs per workload, with its service account's token.
+    pub fn runs_per_workload(&self) -> bool {
+        self.token_providers == TokenProviders::PerWorkload && self.providers.iter().any(|p| p.spec.token.is_some())
     }
 
     /// The providers' names, in config order.
@@ -853,17 +1104,104 @@ impl CredentialProviders {
     /// are not counted.
     pub fn matches(&self, image: &ImageRef) -> bool {
         let target = image.name();
-        self.providers.iter().any(|p| !p.spec.token_mode && p.matches(&target))
+        self.providers.iter().any(|p| p.spec.token.is_none() && p.matches(&target))
+    }
+
+    /// Whether any provider's matchImages matches the image, service-account-token mode included.
+    pub fn any_matches(&self, image: &ImageRef) -> bool {
+        let target = image.name();
+        self.providers.iter().any(|p| p.matches(&target))
     }
 
     /// The credentials every matching provider gives for the image, in config order; per provider
     /// its name and either its credentials (most specific auth key first) or why it gave none.
+    /// Providers in service-account-token mode are not node credentials: refused, skipped (run
+    /// per workload by [`workload_credentials_for`](Self::workload_credentials_for)) or without
+    /// a service account, as [`TokenProviders`] says.
     pub async fn credentials_for(&self, image: &ImageRef) -> Vec<(String, Result<Vec<Credential>, ProviderError>)> {
         let target = image.name();
-        let matching = self.providers.iter().filter(|p| p.matches(&target));
-        let runs =
-            matching.map(|p| async move { (p.spec.name.clone(), p.credentials(image, self.exec_timeout).await) });
+        let matching = self
+            .providers
+            .iter()
+            .filter(|p| p.matches(&target))
+            .filter(|p| p.spec.token.is_none() || self.token_providers != TokenProviders::PerWorkload);
+        let runs = matching.map(|p| async move {
+            let provider = p.spec.name.clone();
+            let result = match (&p.spec.token, self.token_providers) {
+                (None, _) => p.credentials(image, self.exec_timeout, None).await,
+                (Some(_), TokenProviders::NoCluster) => {
+                    Err(ProviderError::NoServiceAccount { provider: provider.clone() })
+                }
+                (Some(_), _) => Err(ProviderError::ServiceAccountTokenMode { provider: provider.clone() }),
+            };
+            (provider, result)
+        });
         futures_util::future::join_all(runs).await
+    }
+
+    /// The credentials the providers in service-account-token mode give one workload's
+    /// service account for the image, run as kubelet runs them for its pods: the account's
+    /// uid and the listed annotations read, a token for each provider's audience requested
+    /// on a cache miss. Empty unless [`TokenProviders::PerWorkload`].
+    pub async fn workload_credentials_for(
+        &self,
+        image: &ImageRef,
+        namespace: &str,
+        service_account: &str,
+        tokens: &dyn ServiceAccountTokens,
+    ) -> Vec<(String, Result<Vec<Credential>, ProviderError>)> {
+        if self.token_providers != TokenProviders::PerWorkload {
+            return Vec::new();
+        }
+        let target = image.name();
+        let matching: Vec<_> = self
+            .providers
+            .iter()
+            .filter_map(|p| p.spec.token.as_ref().map(|t| (p, t)))
+            .filter(|(p, _)| p.matches(&target))
+            .collect();
+        if matching.is_empty() {
+            return Vec::new();
+        }
+        let account =
+            if service_account.is_empty() { None } else { Some(tokens.account(namespace, service_account).await) };
+        let mut results = Vec::new();
+        for (provider, attributes) in matching {
+            let name = provider.spec.name.clone();
+            let result = match &account {
+                // kubelet: nothing without a service account when one is required, else a run without a token.
+                None if attributes.require_service_account => Ok(Vec::new()),
+                None => provider.credentials(image, self.exec_timeout, None).await,
+                Some(Err(reason)) => Err(ProviderError::ServiceAccount {
+                    provider: name.clone(),
+                    namespace: namespace.to_string(),
+                    service_account: service_account.to_string(),
+                    reason: reason.clone(),
+                }),
+                Some(Ok(data)) => match plugin_annotations(attributes, &data.annotations) {
+                    Err(key) => Err(ProviderError::RequiredAnnotation {
+                        provider: name.clone(),
+                        namespace: namespace.to_string(),
+                        service_account: service_account.to_string(),
+                        key,
+                    }),
+                    Ok(annotations) => {
+                        let cache_key = account_cache_key(namespace, service_account, &data.uid, &annotations);
+                        let workload = Workload {
+                            namespace,
+                            name: service_account,
+                            audience: &attributes.audience,
+                            annotations,
+                            cache_key,
+                            tokens,
+                        };
+                        provider.credentials(image, self.exec_timeout, Some(&workload)).await
+                    }
+                },
+            };
+            results.push((name, result));
+        }
+        results
     }
 }
 
@@ -1139,6 +1477,82 @@ mod tests {
     fn token_attributes_are_read_but_mark_the_provider() {
         let text =
             EKS_JSON.replace("\"env\"", "\"tokenAttributes\": {\"serviceAccountTokenAudience\": \"x\"}, \"env\"");
-        assert!(config(&text).expect("parses")[0].token_mode);
+        assert!(config(&text).is_err(), "requireServiceAccount is required");
+        let text = EKS_JSON.replace(
+            "\"env\"",
+            "\"tokenAttributes\": {\"serviceAccountTokenAudience\": \"x\", \"requireServiceAccount\": true, \"cacheType\": \"Token\", \
+             \"requiredServiceAccountAnnotationKeys\": [\"a/role\"], \"optionalServiceAccountAnnotationKeys\": [\"a/host\"]}, \"env\"",
+        );
+        let token = config(&text).expect("parses")[0].token.clone().expect("token mode");
+        assert_eq!(token.audience, "x");
+        assert_eq!(token.required_annotation_keys, ["a/role"]);
+        assert_eq!(token.optional_annotation_keys, ["a/host"]);
+    }
+
+    #[test]
+    fn token_attributes_are_validated_like_kubelet() {
+        let with = |attributes: &str| {
+            config(&EKS_JSON.replace("\"env\"", &format!("\"tokenAttributes\": {attributes}, \"env\"")))
+        };
+        assert_eq!(
+            field_of(with(r#"{"requireServiceAccount": true}"#)),
+            "providers[0].tokenAttributes.serviceAccountTokenAudience"
+        );
+        assert_eq!(
+            field_of(with(
+                r#"{"serviceAccountTokenAudience": "x", "requireServiceAccount": false, "cacheType": "Token", "requiredServiceAccountAnnotationKeys": ["k"]}"#
+            )),
+            "providers[0].tokenAttributes.requiredServiceAccountAnnotationKeys"
+        );
+        assert_eq!(
+            field_of(with(
+                r#"{"serviceAccountTokenAudience": "x", "requireServiceAccount": true, "cacheType": "ServiceAccount", "requiredServiceAccountAnnotationKeys": ["k"], "optionalServiceAccountAnnotationKeys": ["k"]}"#
+            )),
+            "providers[0].tokenAttributes.optionalServiceAccountAnnotationKeys"
+        );
+        for (cache_type, field) in [("", "cacheType"), (r#", "cacheType": "Pod""#, "cacheType")] {
+            let attributes =
+                format!(r#"{{"serviceAccountTokenAudience": "x", "requireServiceAccount": true{cache_type}}}"#);
+            assert_eq!(field_of(with(&attributes)), format!("providers[0].tokenAttributes.{field}"));
+        }
+    }
+
+    #[test]
+    fn plugins_get_the_required_and_present_optional_annotations_only() {
+        let attributes = TokenAttributes {
+            audience: "x".into(),
+            require_service_account: true,
+            required_annotation_keys: vec!["role".into()],
+            optional_annotation_keys: vec!["host".into(), "absent".into()],
+        };
+        let annotations: BTreeMap<String, String> =
+            [("role", "r"), ("host", "h"), ("other", "o")].into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        let passed = plugin_annotations(&attributes, &annotations).expect("role present");
+        assert_eq!(passed.into_iter().collect::<Vec<_>>(), [("host".into(), "h".into()), ("role".into(), "r".into())]);
+        let mut without_role = annotations.clone();
+        without_role.remove("role");
+        assert_eq!(plugin_annotations(&attributes, &without_role), Err("role".to_string()));
+    }
+
+    #[test]
+    fn account_cache_keys_tell_accounts_uids_and_annotations_apart() {
+        let none = BTreeMap::new();
+        let one: BTreeMap<String, String> = [("k".to_string(), "v".to_string())].into();
+        let base = account_cache_key("ns", "sa", "u1", &none);
+        assert_eq!(base, account_cache_key("ns", "sa", "u1", &BTreeMap::new()));
+        for other in [
+            account_cache_key("ns", "sa", "u2", &none),
+            account_cache_key("ns", "sb", "u1", &none),
+            account_cache_key("nt", "sa", "u1", &none),
+            account_cache_key("ns", "sa", "u1", &one),
+        ] {
+            assert_ne!(base, other);
+        }
+    }
+
+    #[test]
+    fn tokens_are_not_shown() {
+        let token = ServiceAccountToken::new("hunter2".into(), Duration::from_secs(600));
+        assert!(!format!("{token:?}").contains("hunter2"));
     }
 }

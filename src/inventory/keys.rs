@@ -357,6 +357,7 @@ mod tests {
     fn secret(registry: &str, user: &str) -> WorkloadCredentials {
         WorkloadCredentials {
             secrets: vec![("s".into(), DockerCredentials::single(registry, Credential::basic(user, "pw")))],
+            ..WorkloadCredentials::default()
         }
     }
 

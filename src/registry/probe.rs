@@ -78,7 +78,7 @@ impl RegistryClient {
             .into_iter()
             .collect();
         let mut problems = Vec::new();
-        if let Some(providers) = config.providers().filter(|p| p.matches(image)) {
+        if let Some(providers) = config.providers().filter(|p| p.any_matches(image)) {
             for (name, result) in providers.credentials_for(image).await {
                 match result {
                     Ok(credentials) => chain.extend(credentials.into_iter().map(|credential| SourcedCredential {

@@ -1,17 +1,28 @@
 //! Pull credentials as kubelet finds them: the pod template's `imagePullSecrets`, else its
 //! ServiceAccount's. Secrets are read with `get` by name and cached for a while — never a
 //! cluster-wide list of every secret in memory. A namespace's secrets serve only its workloads.
+//! With `--service-account-token-providers`, the credential providers in service-account-token
+//! mode run here too, per workload, with a token of its service account from the TokenRequest
+//! API (docs/credential-providers.md).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use kube::Api;
+use kube::api::PostParams;
 use tokio::time::Instant;
 
-use crate::credentials::{CredentialError, DockerCredentials, WorkloadCredentials};
+use crate::config::RegistryConfig;
+use crate::credentials::{
+    CredentialError, DockerCredentials, ProviderError, ServiceAccountData, ServiceAccountToken, ServiceAccountTokens,
+    WorkloadCredentials,
+};
 use crate::error::{Warning, WarningKind};
 use crate::inventory::WorkloadRecord;
 
@@ -32,6 +43,9 @@ pub enum SecretError {
     ServiceAccountForbidden { namespace: String, name: String },
     #[error("{what} {namespace}/{name}: {source}")]
     Api { what: &'static str, namespace: String, name: String, source: Arc<kube::Error> },
+    /// A credential provider in service-account-token mode gave the workload nothing.
+    #[error("{0}")]
+    Provider(ProviderError),
 }
 
 impl SecretError {
@@ -43,6 +57,7 @@ impl SecretError {
                 WarningKind::InvalidSecret
             }
             SecretError::Api { .. } => WarningKind::ApiError,
+            SecretError::Provider(_) => WarningKind::CredentialProvider,
         }
     }
 
@@ -59,7 +74,7 @@ pub struct PullSecrets {
     client: kube::Client,
     ttl: Duration,
     secrets: Cache<DockerCredentials>,
-    service_accounts: Cache<Vec<String>>,
+    service_accounts: Cache<Account>,
     secrets_forbidden: AtomicBool,
     service_accounts_forbidden: AtomicBool,
 }
@@ -83,8 +98,8 @@ impl PullSecrets {
         let mut credentials = WorkloadCredentials::default();
         let mut problems = Vec::new();
         let names = if record.pull_secrets.is_empty() {
-            match self.service_account_secrets(namespace, &record.service_account).await {
-                Ok(names) => names,
+            match self.service_account(namespace, &record.service_account).await {
+                Ok(account) => account.pull_secrets,
                 Err(problem) => {
                     problems.push(problem);
                     Vec::new()
@@ -97,6 +112,36 @@ impl PullSecrets {
             match self.secret(namespace, &name).await {
                 Ok(creds) => credentials.secrets.push((name, creds)),
                 Err(problem) => problems.push(problem),
+            }
+        }
+        (credentials, problems)
+    }
+
+    /// [`for_workload`](Self::for_workload), and what the credential providers in
+    /// service-account-token mode give its service account for each of its images.
+    pub async fn for_workload_with_providers(
+        &self,
+        record: &WorkloadRecord,
+        config: &RegistryConfig,
+    ) -> (WorkloadCredentials, Vec<SecretError>) {
+        let (mut credentials, mut problems) = self.for_workload(record).await;
+        let Some(providers) = config.providers().filter(|p| p.runs_per_workload()) else {
+            return (credentials, problems);
+        };
+        let mut seen = std::collections::HashSet::new();
+        for container in &record.containers {
+            let Ok(image) = config.parse_image(&container.image) else { continue };
+            if !seen.insert(image.name()) {
+                continue;
+            }
+            let results = providers
+                .workload_credentials_for(&image, &record.workload.namespace, &record.service_account, self)
+                .await;
+            for (provider, result) in results {
+                match result {
+                    Ok(found) => credentials.providers.push((provider, image.name(), found)),
+                    Err(e) => problems.push(SecretError::Provider(e)),
+                }
             }
         }
         (credentials, problems)
@@ -152,13 +197,19 @@ impl PullSecrets {
         .await
     }
 
-    async fn service_account_secrets(&self, namespace: &str, name: &str) -> Result<Vec<String>, SecretError> {
+    async fn service_account(&self, namespace: &str, name: &str) -> Result<Account, SecretError> {
         self.cached(&self.service_accounts, namespace, name, || async {
             let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
             match api.get(name).await {
-                Ok(sa) => Ok(sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name).collect()),
+                Ok(sa) => Ok(Account {
+                    pull_secrets: sa.image_pull_secrets.unwrap_or_default().into_iter().map(|r| r.name).collect(),
+                    data: sa.metadata.uid.map(|uid| ServiceAccountData {
+                        uid,
+                        annotations: sa.metadata.annotations.unwrap_or_default(),
+                    }),
+                }),
                 // kubelet pulls without credentials then too.
-                Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Vec::new()),
+                Err(kube::Error::Api(status)) if status.is_not_found() => Ok(Account::default()),
                 Err(kube::Error::Api(status)) if status.is_forbidden() => {
                     if !self.service_accounts_forbidden.swap(true, Ordering::Relaxed) {
                         tracing::warn!(
@@ -171,6 +222,63 @@ impl PullSecrets {
             }
         })
         .await
+    }
+}
+
+/// What pullcheck keeps of a service account: its pull secrets' names, and its uid and
+/// annotations for credential providers (`None`: not found).
+#[derive(Clone, Debug, Default)]
+struct Account {
+    pull_secrets: Vec<String>,
+    data: Option<ServiceAccountData>,
+}
+
+/// The lifetime asked of a token: the API server's minimum. pullcheck only hands it to a
+/// plugin once; the less it lives, the less it is worth if leaked.
+const TOKEN_SECONDS: i64 = 600;
+
+impl ServiceAccountTokens for PullSecrets {
+    fn account<'a>(&'a self, namespace: &'a str, name: &'a str) -> BoxFuture<'a, Result<ServiceAccountData, String>> {
+        async move {
+            match self.service_account(namespace, name).await {
+                Ok(Account { data: Some(data), .. }) => Ok(data),
+                Ok(Account { data: None, .. }) => Err("not found".to_string()),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+        .boxed()
+    }
+
+    fn token<'a>(
+        &'a self,
+        namespace: &'a str,
+        name: &'a str,
+        audience: &'a str,
+    ) -> BoxFuture<'a, Result<ServiceAccountToken, String>> {
+        async move {
+            let api: Api<ServiceAccount> = Api::namespaced(self.client.clone(), namespace);
+            let request = TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: vec![audience.to_string()],
+                    expiration_seconds: Some(TOKEN_SECONDS),
+                    ..TokenRequestSpec::default()
+                },
+                ..TokenRequest::default()
+            };
+            let issued =
+                api.create_token_request(name, &PostParams::default(), &request).await.map_err(|e| match e {
+                    // The API server's status message names the account and verb, never a token.
+                    kube::Error::Api(status) if status.is_forbidden() => {
+                        "forbidden to pullcheck (RBAC: create serviceaccounts/token)".to_string()
+                    }
+                    kube::Error::Api(status) => status.message,
+                    other => other.to_string(),
+                })?;
+            let status = issued.status.ok_or("the API server issued no token")?;
+            // The life asked for, the API server's minimum: it never issues less.
+            Ok(ServiceAccountToken::new(status.token, Duration::from_secs(TOKEN_SECONDS.unsigned_abs())))
+        }
+        .boxed()
     }
 }
 

@@ -40,6 +40,8 @@ const RESOURCES: &[(&str, &str, &str)] = &[
     ("PodTemplate", "v1", "podtemplates"),
     ("Secret", "v1", "secrets"),
     ("ServiceAccount", "v1", "serviceaccounts"),
+    // The `token` subresource of service accounts: only `create` (TokenRequest).
+    ("TokenRequest", "v1", "serviceaccounts/token"),
     ("Namespace", "v1", "namespaces"),
     ("Node", "v1", "nodes"),
     ("Lease", "coordination.k8s.io/v1", "leases"),
@@ -168,6 +170,8 @@ struct Cluster {
     /// When each request in `requests` came.
     request_times: Vec<Instant>,
     uids: u64,
+    /// Every service account token issued by TokenRequest, in order.
+    issued_tokens: Vec<String>,
     /// Until then, every watch is answered 410 Gone (a 410 storm).
     gone_until: Option<Instant>,
     /// So many lists and watches to come are answered 429 with this Retry-After, in seconds,
@@ -359,6 +363,12 @@ impl ApiServer {
         let (api_version, plural) = resource_of(kind);
         let resource = format!("{api_version}/{plural}");
         self.lock().denials.push(Denial { verb: Some(verb), resource, namespace: namespace.map(str::to_string) });
+    }
+
+    /// Every service account token TokenRequest issued so far: credentials a test checks never
+    /// show.
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.lock().issued_tokens.clone()
     }
 
     /// Lists return at most `n` items per page whatever the client asks.
@@ -718,6 +728,9 @@ fn answer(cluster: &mut Cluster, req: &Request) -> Reply {
         return failure(401, "Unauthorized", "Unauthorized");
     }
     let path = req.target.split('?').next().unwrap_or_default();
+    if let Some((namespace, name)) = token_request_path(path) {
+        return token_request(cluster, req, namespace, name);
+    }
     let Some(target) = Target::parse(path) else {
         return failure(404, "NotFound", "the server could not find the requested resource");
     };
@@ -759,6 +772,75 @@ fn answer(cluster: &mut Cluster, req: &Request) -> Reply {
         Op::Update(name) => update(cluster, &target, name, req),
         Op::Delete(name) => delete(cluster, &target, name, req),
     }
+}
+
+/// `/api/v1/namespaces/{ns}/serviceaccounts/{name}/token`: the namespace and service account.
+fn token_request_path(path: &str) -> Option<(&str, &str)> {
+    let rest = path.strip_prefix("/api/v1/namespaces/")?;
+    let segments: Vec<&str> = rest.split('/').collect();
+    match segments.as_slice() {
+        [namespace, "serviceaccounts", name, "token"] => Some((namespace, name)),
+        _ => None,
+    }
+}
+
+/// The API server's TokenRequest (authentication.k8s.io/v1): `create` on `serviceaccounts/token`
+/// under RBAC, the service account must exist, audiences are required, and no token lives less
+/// than ten minutes. The token is JWT-like: `header.harness.{audience}.{namespace}.{name}.{nonce}`,
+/// the audience and service account in the clear for script plugins to check with `case`, the
+/// nonce random: each token is a secret no other text contains.
+fn token_request(cluster: &mut Cluster, req: &Request, namespace: &str, name: &str) -> Reply {
+    if req.method != "POST" {
+        return failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource");
+    }
+    if cluster.denials.iter().any(|d| d.applies("create", "v1/serviceaccounts/token", Some(namespace))) {
+        // The API server names the parent resource and the subresource apart.
+        let message = format!(
+            "serviceaccounts \"{name}\" is forbidden: User \"{USER}\" cannot create resource \"serviceaccounts/token\" \
+             in API group \"\" in the namespace \"{namespace}\""
+        );
+        let mut body = status(403, "Forbidden", &message);
+        body["details"] = json!({"name": name, "group": "", "kind": "serviceaccounts"});
+        return Reply::json(403, &body);
+    }
+    let account = Key { resource: "v1/serviceaccounts".into(), namespace: namespace.into(), name: name.into() };
+    if !cluster.objects.contains_key(&account) {
+        return failure(404, "NotFound", &format!("serviceaccounts \"{name}\" not found"));
+    }
+    let Ok(request) = serde_json::from_slice::<Value>(&req.body) else {
+        return failure(400, "BadRequest", "the request body is not a JSON object");
+    };
+    let audiences: Vec<String> = request["spec"]["audiences"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    if audiences.is_empty() {
+        return failure(
+            422,
+            "Invalid",
+            "TokenRequest.authentication.k8s.io \"\" is invalid: spec.audiences: Required value",
+        );
+    }
+    let seconds = request["spec"]["expirationSeconds"].as_i64().unwrap_or(3600);
+    if seconds < 600 {
+        return failure(
+            422,
+            "Invalid",
+            "TokenRequest.authentication.k8s.io \"\" is invalid: spec.expirationSeconds: Invalid value: may not specify a duration less than 10 minutes",
+        );
+    }
+    let nonce: [u8; 16] = ring::rand::generate(&ring::rand::SystemRandom::new()).expect("random bytes").expose();
+    let nonce: String = nonce.iter().map(|b| format!("{b:02x}")).collect();
+    let token = format!("eyJhbGciOiJSUzI1NiJ9.harness.{}.{namespace}.{name}.{nonce}", audiences.join(","));
+    cluster.issued_tokens.push(token.clone());
+    let expires = k8s_openapi::jiff::Timestamp::now().as_second() + seconds;
+    let expires = k8s_openapi::jiff::Timestamp::from_second(expires).expect("a time in range").to_string();
+    let mut answer = request.clone();
+    answer["kind"] = json!("TokenRequest");
+    answer["apiVersion"] = json!("authentication.k8s.io/v1");
+    answer["spec"]["expirationSeconds"] = json!(seconds);
+    answer["status"] = json!({"token": token, "expirationTimestamp": expires});
+    Reply::json(201, &answer)
 }
 
 fn watch_from(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
