@@ -30,20 +30,9 @@ const HOSTS_TOML: &str = "hosts.toml";
 /// The directory used for a registry that has none of its own.
 pub const DEFAULT_HOST_DIR: &str = "_default";
 
-/// What went wrong loading a hosts directory. Each names the file (or directory) and, for a
-/// field of a `hosts.toml`, the key: `…/hosts.toml: host."https://m": ca: /x.pem: No such file…`.
-#[derive(Debug, thiserror::Error)]
-pub enum HostsError {
-    /// A directory could not be listed.
-    #[error("{}: {source}", .dir.display())]
-    Dir { dir: PathBuf, source: std::io::Error },
-    /// A file could not be read, is too large, is not UTF-8, or is not TOML.
-    #[error("{}: {problem}", .file.display())]
-    File { file: PathBuf, problem: String },
-    /// A field of a `hosts.toml` is wrong, or names a file that cannot be used.
-    #[error("{}: {key}: {problem}", .file.display())]
-    Key { file: PathBuf, key: String, problem: String },
-}
+/// What went wrong loading a hosts directory: `…/hosts.toml: host."https://m": ca: /x.pem: No
+/// such file…`. The same shape as registries.conf's errors (one [`super::ConfigFileError`]).
+pub type HostsError = super::ConfigFileError;
 
 /// What an endpoint may be used for (containerd `HostCapabilities`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

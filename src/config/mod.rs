@@ -16,6 +16,21 @@ use std::sync::Arc;
 use crate::credentials::{Credential, CredentialProviders, DockerCredentials};
 use crate::image::{DOCKER_HUB, ImageRef};
 use deprecated::{Condition, DeprecatedRegistries};
+
+/// What went wrong loading a node's registry files (a containerd hosts directory, CRI-O's
+/// registries.conf and certs.d). Each names the file (or directory) and, for a field, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigFileError {
+    /// A directory could not be listed.
+    #[error("{}: {source}", .dir.display())]
+    Dir { dir: PathBuf, source: std::io::Error },
+    /// A file could not be read, is too large, is not UTF-8, or is not TOML.
+    #[error("{}: {problem}", .file.display())]
+    File { file: PathBuf, problem: String },
+    /// A field is wrong, or names a file that cannot be used.
+    #[error("{}: {key}: {problem}", .file.display())]
+    Key { file: PathBuf, key: String, problem: String },
+}
 use hosts::HostsDir;
 use registries_conf::RegistriesConf;
 

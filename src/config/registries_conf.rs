@@ -24,17 +24,10 @@ const MAX_CONF_BYTES: u64 = 1 << 20;
 /// The drop-in directory beside the file.
 pub const DROP_IN_DIR: &str = "registries.conf.d";
 
-/// What went wrong loading the configuration. Each names the file (or directory) and, for a
-/// field, the key: `…/registries.conf: registry[1].mirror[0].pull-from-mirror: …`.
-#[derive(Debug, thiserror::Error)]
-pub enum RegistriesConfError {
-    #[error("{}: {source}", .dir.display())]
-    Dir { dir: PathBuf, source: std::io::Error },
-    #[error("{}: {problem}", .file.display())]
-    File { file: PathBuf, problem: String },
-    #[error("{}: {key}: {problem}", .file.display())]
-    Key { file: PathBuf, key: String, problem: String },
-}
+/// What went wrong loading the configuration: `…/registries.conf:
+/// registry[1].mirror[0].pull-from-mirror: …`. The same shape as the hosts directory's errors
+/// (one [`super::ConfigFileError`]).
+pub type RegistriesConfError = super::ConfigFileError;
 
 /// `pull-from-mirror`: which references a mirror is used for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -121,20 +121,23 @@ struct Case {
     max_requests: usize,
 }
 
+fn case(
+    fault: &'static str,
+    repository: &'static str,
+    inject: Fault,
+    state: &'static str,
+    error_has: &'static str,
+    max_requests: usize,
+) -> Case {
+    Case { fault, repository, inject, state, error_has, max_requests }
+}
+
 fn status(status: u16, retry_after: Option<&str>) -> Fault {
     Fault::Status { status, retry_after: retry_after.map(str::to_string) }
 }
 
 /// The registry faults, each for a repository of its own.
 fn registry_cases() -> Vec<Case> {
-    let case = |fault, repository, inject, state, error_has, max_requests| Case {
-        fault,
-        repository,
-        inject,
-        state,
-        error_has,
-        max_requests,
-    };
     vec![
         case("HTTP 500", "faults/e500", status(500, None), "registry_unavailable", "HTTP 500", 3),
         case("HTTP 502", "faults/e502", status(502, None), "registry_unavailable", "HTTP 502", 3),
@@ -184,14 +187,6 @@ fn registry_cases() -> Vec<Case> {
 /// Faults of the connection and the body (tests/faults/transport.rs has each on a host of its
 /// own): on a shared host, beside the status faults, each must still give its own answer.
 fn body_cases() -> Vec<Case> {
-    let case = |fault, repository, inject, state, error_has, max_requests| Case {
-        fault,
-        repository,
-        inject,
-        state,
-        error_has,
-        max_requests,
-    };
     vec![
         case(
             "connection reset after the headers",
@@ -311,8 +306,9 @@ async fn a_503_then_200_is_available_after_one_retry() {
 }
 
 /// Every registry fault, and the connection and body faults, on one host, in one run, beside a
-/// healthy repository: each image gets the state it got alone. Before the per-repository pause, the 429's `Retry-After: 3600`
-/// paused the whole host and every other repository read `rate_limited`.
+/// healthy repository: each image gets the state it got alone. Before the per-repository pause,
+/// the 429's `Retry-After: 3600` paused the whole host and every other repository read
+/// `rate_limited`.
 #[tokio::test]
 async fn registry_faults_all_on_one_host() {
     let registries = Registries::start().await;
