@@ -16,6 +16,9 @@ pub enum Error {
     /// An HTTP client could not be built from its TLS material (CA bundle, client certificate).
     #[error("{what}: {source}")]
     HttpClient { what: String, source: reqwest::Error },
+    /// A host's TLS material that cannot be used (CA bundle, client certificate, trust store).
+    #[error("TLS for {what}: {problem}")]
+    Tls { what: String, problem: String },
     #[error("{path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     /// An endpoint that cannot be addressed (a token realm or hosts.toml URL).

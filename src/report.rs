@@ -23,7 +23,7 @@ pub struct ImageReport {
     pub registry: Option<String>,
     pub duration_ms: u64,
     pub error: Option<String>,
-    /// Whose answer this is: `pull secret regcred`, `registry config`, `credential provider
+    /// Whose answer this is: `pull secret shop/regcred`, `registry config`, `credential provider
     /// ecr-credential-provider`; absent when anonymous.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub credential: Option<String>,
@@ -79,7 +79,7 @@ pub struct Summary {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RateLimitReport {
     pub registry: String,
-    /// The credential's name (`pull secret regcred`, `registry config`, `anonymous`), never
+    /// The credential's name (`pull secret shop/regcred`, `registry config`, `anonymous`), never
     /// its content.
     pub credential: String,
     #[serde(flatten)]

@@ -416,14 +416,17 @@ async fn run_reports_what_the_nodes_would_get() {
     assert_eq!(
         traces[0],
         (
-            "pull secret current".to_string(),
-            vec![pair("pull secret old", "authentication_failure"), pair("pull secret current", "available")]
+            "pull secret team-a/current".to_string(),
+            vec![
+                pair("pull secret team-a/old", "authentication_failure"),
+                pair("pull secret team-a/current", "available")
+            ]
         ),
         "first probe: {traces:?}"
     );
     assert_eq!(
         traces[1],
-        ("pull secret current".to_string(), vec![pair("pull secret current", "available")]),
+        ("pull secret team-a/current".to_string(), vec![pair("pull secret team-a/current", "available")]),
         "next probe: {traces:?}"
     );
     assert_eq!(run.terminate().await, Some(0));

@@ -1,8 +1,10 @@
 //! Where a slow request spent its time, from the exported spans alone: a registry whose TLS
-//! handshake is slow, one whose backend is slow, and one reached by a name that needs a lookup.
-//! Each delay must show in its own phase and not in the others (docs/telemetry.md, "Where a
-//! slow request spent its time"). `pullcheck run` against the API-server harness and real
-//! registries, spans read at the OTLP receiver.
+//! handshake is slow, one whose backend is slow, one reached by a name that needs a lookup, and
+//! one whose name lookup is slow. Each delay must show in its own phase and not in the others
+//! (docs/telemetry.md, "Where a slow request spent its time"). `pullcheck run` against the
+//! API-server harness and real registries, or (for the slow lookup, which needs a resolver that
+//! takes a known time) the registry client in this process with pullcheck's own telemetry; the
+//! spans are read at the OTLP receiver either way.
 
 mod support;
 
@@ -56,6 +58,19 @@ fn seconds(span: &Span, key: &str) -> Option<f64> {
         _ => None,
     }
 }
+
+/// Every phase of a span, for the messages.
+fn phases(span: &Span) -> BTreeMap<&'static str, Option<f64>> {
+    PHASES.map(|k| (k, seconds(span, k))).into_iter().collect()
+}
+
+const PHASES: [&str; 5] = [
+    "pullcheck.dns.duration",
+    "pullcheck.http.connect.duration",
+    "pullcheck.tcp.connect.duration",
+    "pullcheck.tls.handshake.duration",
+    "pullcheck.http.response.wait",
+];
 
 fn text(span: &Span, key: &str) -> Option<String> {
     support::otlp::attributes(&span.attributes).get(key).cloned()
@@ -128,26 +143,27 @@ async fn a_slow_handshake_a_slow_backend_and_a_lookup_each_show_in_their_own_pha
     let (tls_fresh, tls_reused) = (tls_fresh.expect("tls"), tls_reused.expect("tls reused"));
     let (backend_fresh, named_fresh) = (backend_fresh.expect("backend"), named_fresh.expect("named"));
     let delay = DELAY.as_secs_f64();
-    let phases = |s: &Span| {
-        ["pullcheck.dns.duration", "pullcheck.http.connect.duration", "pullcheck.http.response.wait"]
-            .map(|k| (k, seconds(s, k)))
-            .into_iter()
-            .collect::<BTreeMap<_, _>>()
-    };
-
-    // The slow handshake is in the connect phase, not in the wait for the registry.
+    // The slow handshake is in the TLS phase: not in TCP, not in the wait for the registry.
     let connect = seconds(&tls_fresh, "pullcheck.http.connect.duration").expect("a new connection's connect phase");
+    let tcp = seconds(&tls_fresh, "pullcheck.tcp.connect.duration").expect("its TCP connect");
+    let tls = seconds(&tls_fresh, "pullcheck.tls.handshake.duration").expect("its handshake");
     let wait = seconds(&tls_fresh, "pullcheck.http.response.wait").expect("the wait for headers");
-    assert!(connect >= delay && wait < delay, "slow TLS handshake: {:?}", phases(&tls_fresh));
+    assert!(tls >= delay && tcp < delay && wait < delay, "slow TLS handshake: {:?}", phases(&tls_fresh));
+    assert!((connect - (tcp + tls)).abs() < 0.001, "connect is TCP then TLS: {:?}", phases(&tls_fresh));
     assert!(matches!(text(&tls_fresh, "tls.protocol.version").as_deref(), Some("1.2" | "1.3")), "{tls_fresh:?}");
     assert_eq!(seconds(&tls_fresh, "pullcheck.dns.duration"), None, "an address needs no lookup");
     // Once connected, the pool's connection is reused: no connect phase at all.
-    assert_eq!(seconds(&tls_reused, "pullcheck.http.connect.duration"), None, "{:?}", phases(&tls_reused));
+    let reused = phases(&tls_reused);
+    assert!(
+        reused.iter().filter(|(k, _)| **k != "pullcheck.http.response.wait").all(|(_, v)| v.is_none()),
+        "{reused:?}"
+    );
 
-    // The slow backend is in the wait, not in the connection.
-    let connect = seconds(&backend_fresh, "pullcheck.http.connect.duration").expect("a new connection");
+    // The slow backend is in the wait, not in the connection; plain HTTP has no handshake.
+    let tcp = seconds(&backend_fresh, "pullcheck.tcp.connect.duration").expect("a new connection");
     let wait = seconds(&backend_fresh, "pullcheck.http.response.wait").expect("the wait");
-    assert!(wait >= delay && connect < delay, "slow backend: {:?}", phases(&backend_fresh));
+    assert!(wait >= delay && tcp < delay, "slow backend: {:?}", phases(&backend_fresh));
+    assert_eq!(seconds(&backend_fresh, "pullcheck.tls.handshake.duration"), None, "plain HTTP");
     assert_eq!(text(&backend_fresh, "network.protocol.version").as_deref(), Some("1.1"));
     assert_eq!(text(&backend_fresh, "tls.protocol.version"), None, "plain HTTP");
 
@@ -156,4 +172,73 @@ async fn a_slow_handshake_a_slow_backend_and_a_lookup_each_show_in_their_own_pha
     let addresses = text(&named_fresh, "pullcheck.dns.addresses").unwrap_or_default();
     assert!(addresses.split(',').any(|a| a == "127.0.0.1"), "localhost's addresses: {addresses:?}");
     assert_eq!(seconds(&named_reused.expect("named reused"), "pullcheck.dns.duration"), None);
+}
+
+/// A resolver whose every lookup takes [`DELAY`], then answers loopback.
+struct SlowLookup;
+
+impl reqwest::dns::Resolve for SlowLookup {
+    fn resolve(&self, _name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        Box::pin(async {
+            tokio::time::sleep(DELAY).await;
+            let addresses: reqwest::dns::Addrs =
+                Box::new(std::iter::once(std::net::SocketAddr::from(([127, 0, 0, 1], 0))));
+            Ok(addresses)
+        })
+    }
+}
+
+#[test]
+fn a_slow_lookup_shows_in_the_dns_phase_alone() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let (env, receiver) = runtime.block_on(async {
+        let env = Env::start().await;
+        env.pusher.image("team/app", "v1", "amd64").await;
+        (env, Receiver::http().await)
+    });
+    let named = format!("slow-lookup.test:{}", port_of(&env.anon.addr));
+    let config = env.registry_config("", &format!("  {named}:\n    plainHttp: true\n"));
+    let config = pullcheck::config::RegistryConfig::load(&config).expect("registry config");
+    let vars = std::collections::HashMap::from([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.as_str()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+    ]);
+    // pullcheck's own providers and exporters; `shutdown` below flushes them.
+    let resource = pullcheck::telemetry::ResourceSettings::default();
+    let telemetry = pullcheck::telemetry::Telemetry::init(&vars, &resource, runtime.handle()).expect("telemetry");
+    let spans_layer = tracing_opentelemetry::layer().with_tracer(telemetry.tracer());
+    let guard = tracing::subscriber::set_default(tracing_subscriber::registry().with(spans_layer));
+    let settings = pullcheck::registry::ClientSettings {
+        request_timeout: Duration::from_secs(10),
+        resolver: Some(pullcheck::registry::NameResolver(std::sync::Arc::new(SlowLookup))),
+        ..Default::default()
+    };
+    let client = pullcheck::registry::RegistryClient::new(std::sync::Arc::new(config), settings);
+    let image = pullcheck::image::ImageRef::parse(&format!("{named}/team/app:v1")).expect("image");
+    let probed = runtime.block_on(client.probe(&image, None));
+    assert_eq!(probed.state, pullcheck::registry::State::Available, "{probed:?}");
+    drop(guard);
+    telemetry.shutdown();
+
+    let port = port_of(&named);
+    let fresh = runtime.block_on(async {
+        let fresh = |r: &Received| {
+            let answered = answered(r, &port);
+            answered.into_iter().find(|s| text(s, "pullcheck.http.connection.reused").as_deref() == Some("false"))
+        };
+        let seen = eventually(WAIT, || receiver.received(|r| fresh(r).is_some())).await;
+        let all =
+            receiver.received(|r| spans(r).iter().map(|s| (s.name.clone(), s.attributes.len())).collect::<Vec<_>>());
+        assert!(seen, "no span of the lookup's request: {all:?}");
+        receiver.received(fresh).expect("seen")
+    });
+    let delay = DELAY.as_secs_f64();
+    let dns = seconds(&fresh, "pullcheck.dns.duration").expect("a name is looked up");
+    let tcp = seconds(&fresh, "pullcheck.tcp.connect.duration").expect("a new connection");
+    let wait = seconds(&fresh, "pullcheck.http.response.wait").expect("the wait");
+    assert!(dns >= delay && tcp < delay && wait < delay, "slow lookup: {:?}", phases(&fresh));
+    assert_eq!(seconds(&fresh, "pullcheck.tls.handshake.duration"), None, "plain HTTP");
+    assert_eq!(text(&fresh, "pullcheck.dns.addresses").as_deref(), Some("127.0.0.1"));
+    assert_eq!(text(&fresh, "server.address").as_deref(), Some("slow-lookup.test"));
 }

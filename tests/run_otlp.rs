@@ -657,7 +657,11 @@ async fn a_registrys_announced_pull_budget_reaches_the_gauges() {
         ("ratelimit-remaining".into(), "9;w=21600".into()),
     ]));
     let api = ApiServer::start().await;
-    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", proxy.addr())));
+    let image = format!("{}/team/app:v1", proxy.addr());
+    api.apply(workload("Deployment", "shop", "web", &image));
+    // The same image with a pull secret: a budget of its own, named namespace/name.
+    api.apply(support::pull_secret("team-b", "hub", &proxy.addr(), support::USER, support::PASSWORD));
+    api.apply(support::with_pull_secrets(workload("Deployment", "team-b", "web", &image), &["hub"]));
     let receiver = Receiver::http().await;
     let config = env.registry_config("", &format!("  {}:\n    plainHttp: true\n", proxy.addr()));
     let log = env.dir.path().join("budget.log");
@@ -670,17 +674,22 @@ async fn a_registrys_announced_pull_budget_reaches_the_gauges() {
         (remaining, limit)
     };
     assert!(
-        eventually(WAIT, || receiver.received(|r| !budget(r).0.is_empty() && !budget(r).1.is_empty())).await,
+        eventually(WAIT, || receiver.received(|r| budget(r).0.len() == 2 && budget(r).1.len() == 2)).await,
         "{}",
         std::fs::read_to_string(&log).unwrap_or_default()
     );
-    let (remaining, limit) = receiver.received(budget);
+    let (mut remaining, mut limit) = receiver.received(budget);
+    remaining.sort_by(|a, b| a.0.cmp(&b.0));
+    limit.sort_by(|a, b| a.0.cmp(&b.0));
     let (host, port) = proxy.addr().rsplit_once(':').map(|(h, p)| (h.to_string(), p.to_string())).expect("host:port");
-    let expected = BTreeMap::from([
-        ("pullcheck.credential.source".to_string(), "anonymous".to_string()),
-        ("server.address".to_string(), host),
-        ("server.port".to_string(), port),
-    ]);
-    assert_eq!(remaining, vec![(expected.clone(), 9.0)]);
-    assert_eq!(limit, vec![(expected, 100.0)]);
+    let series = |credential: &str| {
+        BTreeMap::from([
+            ("pullcheck.credential.source".to_string(), credential.to_string()),
+            ("server.address".to_string(), host.clone()),
+            ("server.port".to_string(), port.clone()),
+        ])
+    };
+    let (anonymous, secret) = (series("anonymous"), series("pull secret team-b/hub"));
+    assert_eq!(remaining, vec![(anonymous.clone(), 9.0), (secret.clone(), 9.0)]);
+    assert_eq!(limit, vec![(anonymous, 100.0), (secret, 100.0)]);
 }

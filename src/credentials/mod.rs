@@ -55,7 +55,8 @@ impl fmt::Debug for Credential {
 /// Where a credential comes from: named in traces, logs and reports — never its secret.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum CredentialSource {
-    /// A pull secret of the workload's namespace (its pod spec's, or its service account's).
+    /// A pull secret of the workload's namespace (its pod spec's, or its service account's), as
+    /// `namespace/name`.
     PullSecret(String),
     /// `--registry-config`: a host's `auth` or `dockerConfig`, or the top-level `dockerConfig`
     /// (the node's own docker config, as kubelet reads it).
@@ -74,7 +75,7 @@ impl fmt::Display for CredentialSource {
     }
 }
 
-/// Whose answer or budget it is: `pull secret <name>`, `registry config`, `credential provider
+/// Whose answer or budget it is: `pull secret <namespace>/<name>`, `registry config`, `credential provider
 /// <name>`, or `anonymous` — the credential's name, never its content.
 pub fn credential_name(source: Option<&CredentialSource>) -> String {
     source.map_or_else(|| "anonymous".to_string(), ToString::to_string)
@@ -91,7 +92,7 @@ pub struct SourcedCredential {
 /// service-account-token mode give its service account.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadCredentials {
-    /// (secret name, its credentials), in kubelet's order.
+    /// (the secret's `namespace/name`, its credentials), in kubelet's order.
     pub secrets: Vec<(String, DockerCredentials)>,
     /// (provider, the image's `registry/repository`, its credentials for it), in config order.
     pub providers: Vec<(String, String, Vec<Credential>)>,

@@ -29,6 +29,8 @@ pub struct ClientSettings {
     pub max_pause: Duration,
     /// Largest manifest, token or error body read.
     pub max_body_bytes: usize,
+    /// Names resolved by this instead of the system resolver.
+    pub resolver: Option<super::destination::NameResolver>,
 }
 
 impl Default for ClientSettings {
@@ -40,6 +42,7 @@ impl Default for ClientSettings {
             max_retry_wait: Duration::from_secs(30),
             max_pause: Duration::from_secs(600),
             max_body_bytes: 4 << 20,
+            resolver: None,
         }
     }
 }
@@ -348,7 +351,7 @@ impl RegistryClient {
     fn build_host(&self, spec: HostSpec) -> Result<Host> {
         let name = &spec.name;
         let settings = &self.inner.settings;
-        let mut builder = reqwest::Client::builder()
+        let builder = reqwest::Client::builder()
             .user_agent(concat!("pullcheck/", env!("CARGO_PKG_VERSION")))
             .timeout(settings.request_timeout)
             .connect_timeout(
@@ -359,21 +362,19 @@ impl RegistryClient {
             // reqwest drops Authorization when a redirect leaves the scheme, host or port; the
             // policy and the resolver refuse link-local destinations before connecting.
             .redirect(redirect_policy(self.inner.destinations.clone()))
-            .dns_resolver(Arc::new(GuardedResolver { destinations: self.inner.destinations.clone() }))
+            .dns_resolver(Arc::new(GuardedResolver {
+                destinations: self.inner.destinations.clone(),
+                resolver: settings.resolver.clone(),
+            }))
             .connector_layer(super::phases::TimedConnect)
             .tls_info(true)
             .pool_idle_timeout(Duration::from_secs(90))
-            .tls_danger_accept_invalid_certs(spec.skip_verify);
-        for pem in &spec.ca_pems {
-            let certs = reqwest::Certificate::from_pem_bundle(pem)
-                .map_err(|source| Error::HttpClient { what: format!("CA bundle for {name}"), source })?;
-            builder = builder.tls_certs_merge(certs);
-        }
-        if let Some(pem) = &spec.identity {
-            let identity = reqwest::Identity::from_pem(pem)
-                .map_err(|source| Error::HttpClient { what: format!("client certificate for {name}"), source })?;
-            builder = builder.identity(identity);
-        }
+            .tls_backend_preconfigured(super::tls::client_config(
+                name,
+                &spec.ca_pems,
+                spec.skip_verify,
+                spec.identity.as_deref(),
+            )?);
         let http =
             builder.build().map_err(|source| Error::HttpClient { what: format!("HTTP client for {name}"), source })?;
         Ok(Host {

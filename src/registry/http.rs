@@ -198,6 +198,8 @@ impl Exchange<'_> {
             pullcheck.dns.duration = field::Empty,
             pullcheck.dns.addresses = field::Empty,
             pullcheck.http.connect.duration = field::Empty,
+            pullcheck.tcp.connect.duration = field::Empty,
+            pullcheck.tls.handshake.duration = field::Empty,
             pullcheck.http.response.wait = field::Empty,
         );
         let _permit = host.limits.acquire().instrument(span.clone()).await;
@@ -306,6 +308,12 @@ fn record_phases(
     }
     if let Some(connect) = phases.connect {
         span.record("pullcheck.http.connect.duration", connect.as_secs_f64());
+    }
+    if let Some(tcp) = phases.tcp() {
+        span.record("pullcheck.tcp.connect.duration", tcp.as_secs_f64());
+    }
+    if let Some(tls) = phases.tls {
+        span.record("pullcheck.tls.handshake.duration", tls.as_secs_f64());
     }
     let Some(response) = response else { return };
     span.record("pullcheck.http.connection.reused", phases.connect.is_none());

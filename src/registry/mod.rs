@@ -26,10 +26,12 @@ mod rate_limit;
 mod resolve;
 mod retry;
 mod routes;
+mod tls;
 mod token;
 
 pub use auth::{Challenge, TokenCache, parse_challenge, token_ttl};
 pub use client::{ClientSettings, RegistryClient, RequestObserver, RequestRecord};
+pub use destination::NameResolver;
 pub use limits::parse_retry_after;
 pub use outcome::{State, classify_status};
 pub use probe::{ProbeResult, Trigger};

@@ -1,8 +1,9 @@
 //! Where one request's time went (docs/telemetry.md, "Where a slow request spent its time"): the
-//! name lookup and the addresses it gave, the connection (TCP and TLS) when a new one was made,
-//! and the wait for the response headers. Measured where they happen — in the resolver and in a
-//! layer around reqwest's connector, both run inside the request's own task — and gathered
-//! through a task-local slot that [`measured`] opens around the request.
+//! name lookup and the addresses it gave, the TCP connect and the TLS handshake when a new
+//! connection was made, and the wait for the response headers. Measured where they happen — in
+//! the resolver, in the TLS session store (`tls.rs`: rustls consults it as the handshake starts)
+//! and in a layer around reqwest's connector, all run inside the request's own task — and
+//! gathered through a task-local slot that [`measured`] opens around the request.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -19,8 +20,15 @@ pub(crate) struct Phases {
     pub dns: Option<Duration>,
     /// What the lookup gave, before any was refused or tried.
     pub addresses: Vec<SocketAddr>,
-    /// A new connection: TCP connect and TLS handshake, the lookup excluded. `None`: reused.
+    /// A new connection: TCP connect and TLS handshake, the lookup excluded. `None`: reused, or
+    /// a connection that never came up.
     pub connect: Option<Duration>,
+    /// The TLS handshake of a new connection: to its end, or to the request's end for one that
+    /// never finished (a stalled or refused handshake). `None`: plain HTTP, reused, or no TCP.
+    pub tls: Option<Duration>,
+    /// When the connector began, and when rustls began the handshake.
+    connect_started: Option<Instant>,
+    handshake_started: Option<Instant>,
 }
 
 impl Phases {
@@ -28,6 +36,31 @@ impl Phases {
     /// took: the registry's (and the network's) own.
     pub fn server_wait(&self, to_headers: Duration) -> Duration {
         to_headers.saturating_sub(self.dns.unwrap_or_default()).saturating_sub(self.connect.unwrap_or_default())
+    }
+
+    /// The TCP connect of a new connection, the lookup excluded: up to the handshake's start
+    /// (known even when the handshake then failed), or the whole connection for plain HTTP.
+    pub fn tcp(&self) -> Option<Duration> {
+        match (self.connect_started, self.handshake_started) {
+            (Some(started), Some(handshake)) => {
+                Some(handshake.saturating_duration_since(started).saturating_sub(self.dns.unwrap_or_default()))
+            }
+            _ => self.connect,
+        }
+    }
+
+    /// The connector's part: the connection that began at `connect_started` is up at `now`.
+    fn connected(&mut self, now: Instant) {
+        let Some(started) = self.connect_started else { return };
+        self.connect = Some(now.saturating_duration_since(started).saturating_sub(self.dns.unwrap_or_default()));
+        self.tls = self.handshake_started.map(|at| now.saturating_duration_since(at));
+    }
+
+    /// The request ended at `now`: a handshake that began and never finished lasted until now.
+    fn settle(&mut self, now: Instant) {
+        if self.tls.is_none() && self.connect.is_none() {
+            self.tls = self.handshake_started.map(|at| now.saturating_duration_since(at));
+        }
     }
 }
 
@@ -40,7 +73,8 @@ tokio::task_local! {
 pub(crate) async fn measured<F: Future>(request: F) -> (F::Output, Phases) {
     let phases = Arc::new(Mutex::new(Phases::default()));
     let output = CURRENT.scope(phases.clone(), request).await;
-    let phases = phases.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    let mut phases = phases.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    phases.settle(Instant::now());
     (output, phases)
 }
 
@@ -53,6 +87,13 @@ pub(crate) fn record_lookup(took: Duration, addresses: &[SocketAddr]) {
     with_current(|phases| {
         phases.dns = Some(took);
         phases.addresses = addresses.to_vec();
+    });
+}
+
+/// The TLS session store's part: the handshake starts now (the first time it asks).
+pub(crate) fn record_handshake_start() {
+    with_current(|phases| {
+        phases.handshake_started.get_or_insert_with(Instant::now);
     });
 }
 
@@ -90,12 +131,13 @@ where
     }
 
     fn call(&mut self, request: R) -> Self::Future {
-        let started = Instant::now();
+        with_current(|phases| phases.connect_started = Some(Instant::now()));
         let connecting = self.inner.call(request);
         Box::pin(async move {
             let connected = connecting.await;
-            let took = started.elapsed();
-            with_current(|phases| phases.connect = Some(took.saturating_sub(phases.dns.unwrap_or_default())));
+            if connected.is_ok() {
+                with_current(|phases| phases.connected(Instant::now()));
+            }
             connected
         })
     }
@@ -108,11 +150,33 @@ mod tests {
     #[test]
     fn the_servers_wait_is_what_the_lookup_and_connection_did_not_take() {
         let ms = Duration::from_millis;
-        let fresh = Phases { dns: Some(ms(20)), addresses: Vec::new(), connect: Some(ms(300)) };
+        let fresh = Phases { dns: Some(ms(20)), connect: Some(ms(300)), ..Phases::default() };
         assert_eq!(fresh.server_wait(ms(400)), ms(80));
         let reused = Phases::default();
         assert_eq!(reused.server_wait(ms(400)), ms(400));
         assert_eq!(fresh.server_wait(ms(10)), Duration::ZERO, "never negative");
+    }
+
+    #[test]
+    fn a_connection_splits_into_tcp_and_the_handshake_the_lookup_apart() {
+        let ms = Duration::from_millis;
+        let t0 = Instant::now();
+        let at = |phases: Phases| Phases { connect_started: Some(t0), dns: Some(ms(20)), ..phases };
+        let mut tls = at(Phases { handshake_started: Some(t0 + ms(70)), ..Phases::default() });
+        tls.connected(t0 + ms(370));
+        tls.settle(t0 + ms(900));
+        assert_eq!((tls.connect, tls.tcp(), tls.tls), (Some(ms(350)), Some(ms(50)), Some(ms(300))));
+        let mut plain = at(Phases::default());
+        plain.connected(t0 + ms(60));
+        assert_eq!((plain.connect, plain.tcp(), plain.tls), (Some(ms(40)), Some(ms(40)), None), "no handshake");
+        let mut stalled = at(Phases { handshake_started: Some(t0 + ms(70)), ..Phases::default() });
+        stalled.settle(t0 + ms(10_070));
+        let told = (stalled.connect, stalled.tcp(), stalled.tls);
+        assert_eq!(told, (None, Some(ms(50)), Some(ms(10_000))), "TCP was up; the handshake never ended");
+        let mut refused = at(Phases::default());
+        refused.settle(t0 + ms(5));
+        assert_eq!((refused.connect, refused.tcp(), refused.tls), (None, None, None));
+        assert_eq!(Phases::default().tcp(), None, "reused: no connection at all");
     }
 
     #[tokio::test]

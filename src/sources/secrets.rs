@@ -110,7 +110,9 @@ impl PullSecrets {
         };
         for name in names {
             match self.secret(namespace, &name).await {
-                Ok(creds) => credentials.secrets.push((name, creds)),
+                // Named with its namespace: the same name in two namespaces is two credentials,
+                // and their budgets and answers must not read as one.
+                Ok(creds) => credentials.secrets.push((format!("{namespace}/{name}"), creds)),
                 Err(problem) => problems.push(problem),
             }
         }

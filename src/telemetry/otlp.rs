@@ -173,18 +173,25 @@ fn tonic_tls(env: &dyn Env, signal: Signal) -> Result<Option<tonic::transport::C
     Ok(Some(config))
 }
 
-/// Where `signal` is exported, for the log: the endpoint variable as the SDK reads it, or its
-/// default, without user info or query (neither belongs in a log line).
-pub fn endpoint_for_log(env: &dyn Env, signal: Signal) -> String {
+/// Where `signal` is exported, read as the SDK reads the endpoint variables (the signal's own
+/// as is; the common one with `/v1/<signal>` for HTTP) or its default. Given to the exporter
+/// explicitly, so `env` is the one place the endpoint comes from.
+fn endpoint(env: &dyn Env, signal: Signal) -> String {
     let grpc = protocol(env, signal).is_ok_and(|p| p == Protocol::Grpc);
     let specific = env.var(&format!("OTEL_EXPORTER_OTLP_{}_ENDPOINT", signal.env_name()));
-    let endpoint = match (specific, env.var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
+    match (specific, env.var("OTEL_EXPORTER_OTLP_ENDPOINT")) {
         (Some(endpoint), _) => endpoint,
         (None, Some(base)) if grpc => base,
         (None, Some(base)) => format!("{}/v1/{}", base.trim_end_matches('/'), signal.name()),
         (None, None) if grpc => "http://localhost:4317".into(),
         (None, None) => format!("http://localhost:4318/v1/{}", signal.name()),
-    };
+    }
+}
+
+/// Where `signal` is exported, for the log: [`endpoint`] without user info or query (neither
+/// belongs in a log line).
+pub fn endpoint_for_log(env: &dyn Env, signal: Signal) -> String {
+    let endpoint = endpoint(env, signal);
     let endpoint = endpoint.split(['?', '#']).next().unwrap_or_default().to_string();
     let Some((scheme, rest)) = endpoint.split_once("://") else { return endpoint };
     let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
@@ -207,12 +214,14 @@ macro_rules! build_exporter {
         match protocol(env, $signal)? {
             Protocol::HttpProtobuf => $builder
                 .with_http()
+                .with_endpoint(endpoint(env, $signal))
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_http_client(ObservedHttpClient::new(http_client(env, $signal)?, health.clone()))
                 .with_retry_policy(retry_policy())
                 .build(),
             Protocol::Grpc => {
-                let builder = $builder.with_tonic().with_retry_policy(retry_policy());
+                let builder =
+                    $builder.with_tonic().with_endpoint(endpoint(env, $signal)).with_retry_policy(retry_policy());
                 match tonic_tls(env, $signal)? {
                     Some(tls) => builder.with_tls_config(tls).build(),
                     None => builder.build(),
