@@ -53,7 +53,7 @@ pub enum ClusterUidSource {
     Given(String),
     /// OTEL_RESOURCE_ATTRIBUTES names it: the SDK puts it on the resource.
     ResourceAttributes,
-    /// `--cluster-uid none`: not looked up.
+    /// `--cluster-uid none`, or OTEL_SDK_DISABLED (nothing is exported): not looked up.
     Off,
     /// The `kube-system` namespace's uid, read once at start.
     LookUp,
@@ -66,6 +66,7 @@ impl ClusterUidSource {
             Some(CLUSTER_UID_OFF) => ClusterUidSource::Off,
             Some(uid) => ClusterUidSource::Given(uid.to_string()),
             None if sets_resource_attribute(env, "k8s.cluster.uid") => ClusterUidSource::ResourceAttributes,
+            None if otlp::sdk_disabled(env) => ClusterUidSource::Off,
             None => ClusterUidSource::LookUp,
         }
     }
@@ -189,6 +190,8 @@ mod tests {
         assert_eq!(choose(Some("  "), &env(None)), ClusterUidSource::LookUp, "a blank env var is not a value");
         assert_eq!(choose(Some(" 1b2c "), &env(None)), ClusterUidSource::Given("1b2c".into()));
         assert_eq!(choose(Some("none"), &env(None)), ClusterUidSource::Off);
+        let disabled = HashMap::from([("OTEL_SDK_DISABLED", "true")]);
+        assert_eq!(choose(None, &disabled), ClusterUidSource::Off, "nothing exported, nothing to look up");
         let attributes = env(Some("deployment.environment.name=prod, k8s.cluster.uid = 1b2c"));
         assert_eq!(choose(None, &attributes), ClusterUidSource::ResourceAttributes);
         assert_eq!(
