@@ -6,10 +6,11 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::apiserver::ApiServer;
 use support::otlp::{Received, Receiver, attributes, latest_points, spans};
+use support::proxy::{Fault, FaultProxy};
 use support::{Env, RefusedPort, eventually, workload};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -143,6 +144,28 @@ async fn an_api_server_that_is_down_at_start_costs_one_warning_not_the_start() {
     assert_eq!(warnings.len(), 1, "{stderr}");
     assert!(warnings[0].contains("kube-system: cannot reach the API server: connection refused"), "{}", warnings[0]);
     assert!(!warnings[0].contains("resourceNames"), "RBAC is not the fix here: {}", warnings[0]);
+    run.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_server_that_does_not_answer_delays_the_start_by_the_lookups_bound_only() {
+    let (env, api) = one_deployment().await;
+    let proxy = FaultProxy::start(api.url()).await;
+    // The first request is the lookup: its answer starts and then hangs, a byte a minute.
+    proxy.set_for(Fault::Drip(Duration::from_secs(60)), 1);
+    let kubeconfig = api.kubeconfig_via(env.dir.path(), &format!("http://{}", proxy.addr()), "hangs");
+    let receiver = Receiver::http().await;
+    let started = Instant::now();
+    let run = start(&env, &kubeconfig, &receiver, &[], &[]);
+    assert!(eventually(WAIT, || receiver.received(probed_and_exported)).await, "{}", run.stderr());
+    println!("from start to the first probe exported, the lookup hanging: {:?}", started.elapsed());
+    let first = proxy.seen().first().map(|s| format!("{} {}", s.method, s.target));
+    assert_eq!(first.as_deref(), Some("GET /api/v1/namespaces/kube-system"), "the lookup was the request that hung");
+    assert_eq!(cluster_identities(&receiver), [(None, Some("prod-eu".to_string()))]);
+    let stderr = run.stderr();
+    let warnings = uid_warnings(&stderr);
+    assert_eq!(warnings.len(), 1, "{stderr}");
+    assert!(warnings[0].contains("kube-system: cannot reach the API server: no answer within 5s"), "{}", warnings[0]);
     run.finish().await;
 }
 
