@@ -32,11 +32,13 @@ use pullcheck::platform::Platform;
 use pullcheck::registry::{ClientSettings, RegistryClient, RequestObserver};
 use pullcheck::report::visible;
 use pullcheck::schedule::ScheduleSettings;
-use pullcheck::sources::cluster::{Connection, DEFAULT_PAGE_SIZE, connect};
+use pullcheck::sources::cluster::{
+    CLUSTER_UID_TIMEOUT, Connection, DEFAULT_PAGE_SIZE, cluster_uid_unknown, connect, kube_system_uid,
+};
 use pullcheck::telemetry::logs::TransitionLog;
 use pullcheck::telemetry::metrics::Metrics;
 use pullcheck::telemetry::otlp::ProcessEnv;
-use pullcheck::telemetry::{ResourceSettings, Telemetry};
+use pullcheck::telemetry::{ClusterUidSource, ResourceSettings, Telemetry};
 
 /// jemalloc unless built with `--no-default-features`: it returns what a sync or a burst of
 /// watch events freed, where glibc's arenas keep it (docs/architecture.md, "Footprint").
@@ -140,6 +142,10 @@ struct RunArgs {
     /// `k8s.cluster.name` on the resource (OTEL_RESOURCE_ATTRIBUTES can set it too).
     #[arg(long, env = "PULLCHECK_CLUSTER_NAME")]
     cluster_name: Option<String>,
+    /// `k8s.cluster.uid` on the resource; default: the kube-system namespace's uid, read at start
+    /// (RBAC: get namespaces/kube-system), or OTEL_RESOURCE_ATTRIBUTES's. `none`: not looked up.
+    #[arg(long, env = "PULLCHECK_CLUSTER_UID", value_name = "UID|none")]
+    cluster_uid: Option<String>,
     #[command(flatten)]
     leader: LeaderArgs,
 }
@@ -513,7 +519,17 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
 /// The controller: telemetry is built and flushed outside the runtime's context (see Telemetry::init).
 fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let instance_id = pod_name().unwrap_or_else(|| format!("pullcheck-{}", std::process::id()));
-    let resource = ResourceSettings { cluster_name: args.cluster_name.clone(), instance_id };
+    // The resource is fixed once telemetry starts, so the cluster's uid is read before it.
+    let connection = runtime.block_on(args.cluster.connection())?;
+    let (cluster_uid, uid_unknown) = match ClusterUidSource::choose(args.cluster_uid.as_deref(), &ProcessEnv) {
+        ClusterUidSource::Given(uid) => (Some(uid), None),
+        ClusterUidSource::ResourceAttributes | ClusterUidSource::Off => (None, None),
+        ClusterUidSource::LookUp => match runtime.block_on(kube_system_uid(&connection.client, CLUSTER_UID_TIMEOUT)) {
+            Ok(uid) => (Some(uid), None),
+            Err(cause) => (None, Some(cluster_uid_unknown(&cause))),
+        },
+    };
+    let resource = ResourceSettings { cluster_name: args.cluster_name.clone(), cluster_uid, instance_id };
     let telemetry = Telemetry::init(&ProcessEnv, &resource, runtime.handle())?;
     // Spans carry what the semantic conventions name, not the bridge's bookkeeping (source
     // location, thread, target, busy/idle times): each is paid for on every probe at the backend.
@@ -525,18 +541,20 @@ fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) 
         .with_tracked_inactivity(false)
         .with_filter(Targets::new().with_target("pullcheck", tracing::Level::INFO));
     tracing_subscriber::registry().with(spans).with(stderr_layer(args.log_format).with_filter(log_filter)).init();
-    let outcome = runtime.block_on(run_controller(args, &telemetry));
+    if let Some(warning) = uid_unknown {
+        tracing::warn!("{}", visible(&warning));
+    }
+    let outcome = runtime.block_on(run_controller(args, connection, &telemetry));
     telemetry.shutdown();
     outcome
 }
 
-async fn run_controller(args: RunArgs, telemetry: &Telemetry) -> anyhow::Result<()> {
+async fn run_controller(args: RunArgs, connection: Connection, telemetry: &Telemetry) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new(&telemetry.meter()));
     let observer_metrics = metrics.clone();
     let observer: RequestObserver = Arc::new(move |request| observer_metrics.record_request(request));
     let registry = args.registry.client(Some(observer), args.window, true)?;
-    let Connection { client: kube_client, namespace: context_namespace, page_size, .. } =
-        args.cluster.connection().await?;
+    let Connection { client: kube_client, namespace: context_namespace, page_size, .. } = connection;
     let leader_election = args.leader.settings(&context_namespace)?;
     let settings = ControllerSettings {
         schedule: ScheduleSettings {
@@ -641,6 +659,15 @@ mod tests {
         ] {
             assert!(parse(&bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn cluster_uid_flag() {
+        let Command::Run(run) = parse(&["run", "--cluster-uid", "none"]).expect("valid").command else { panic!("run") };
+        assert_eq!(ClusterUidSource::choose(run.cluster_uid.as_deref(), &ProcessEnv), ClusterUidSource::Off);
+        let Command::Run(run) = parse(&["run", "--cluster-uid", "1b2c"]).expect("valid").command else { panic!("run") };
+        assert_eq!(run.cluster_uid.as_deref(), Some("1b2c"));
+        assert!(parse(&["check", "-A", "--cluster-uid", "1b2c"]).is_err(), "check exports no resource");
     }
 
     #[test]

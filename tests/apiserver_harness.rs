@@ -350,3 +350,20 @@ async fn token_requests_are_issued_per_service_account_and_audience_under_rbac()
     );
     assert_eq!(api.issued_tokens().len(), 2, "refused requests issue nothing");
 }
+
+#[tokio::test]
+async fn kube_system_is_there_from_the_start_with_a_uid_and_its_own_rbac() {
+    let api = ApiServer::start().await;
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(api.client());
+    let kube_system = namespaces.get("kube-system").await.expect("every cluster has kube-system");
+    let uid = kube_system.metadata.uid.expect("every namespace has a uid");
+    assert!(!uid.is_empty());
+    assert_eq!(api.kube_system_uid(), uid);
+    let listed = namespaces.list(&ListParams::default()).await.expect("list");
+    assert_eq!(listed.items.iter().filter_map(|n| n.metadata.uid.as_deref()).collect::<Vec<_>>(), [uid.as_str()]);
+    api.forbid_verb("get", "Namespace", None);
+    let (code, _, message) = refusal(namespaces.get("kube-system").await);
+    assert_eq!(code, 403);
+    assert!(message.starts_with("namespaces \"kube-system\" is forbidden: User"), "{message}");
+    assert!(namespaces.list(&ListParams::default()).await.is_ok(), "get refused, list still granted");
+}

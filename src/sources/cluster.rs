@@ -347,6 +347,38 @@ pub async fn list_namespaces(client: &kube::Client) -> Result<BTreeMap<String, B
     Ok(out)
 }
 
+/// How long `run` waits at start for the `kube-system` namespace: the resource cannot be
+/// built before, so an API server that does not answer delays startup by this much at most.
+pub const CLUSTER_UID_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The `kube-system` namespace's uid: the cluster's identity, as OpenTelemetry's Kubernetes
+/// conventions define `k8s.cluster.uid` (docs/telemetry.md, "Resource"). One `get`, by name.
+pub async fn kube_system_uid(client: &kube::Client, timeout: Duration) -> Result<String, ApiFailure> {
+    let api: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match tokio::time::timeout(timeout, api.get("kube-system")).await {
+        Err(_) => Err(ApiFailure::Unreachable(format!("no answer within {timeout:?}"))),
+        Ok(Err(error)) => Err(ApiFailure::of(&error)),
+        Ok(Ok(namespace)) => namespace
+            .metadata
+            .uid
+            .filter(|uid| !uid.is_empty())
+            .ok_or_else(|| ApiFailure::Other("namespace kube-system has no metadata.uid".into())),
+    }
+}
+
+/// The one warning `run` logs when it could not read the uid: what is missing, why, and the
+/// two ways to fix it (docs/rbac.md).
+pub fn cluster_uid_unknown(cause: &ApiFailure) -> String {
+    let grant = match cause {
+        ApiFailure::Forbidden => "grant `get` on namespaces with resourceNames [kube-system] (docs/rbac.md), or ",
+        _ => "",
+    };
+    format!(
+        "k8s.cluster.uid is left off the telemetry resource: reading namespace kube-system: {cause}; \
+         {grant}set it with --cluster-uid (PULLCHECK_CLUSTER_UID, `none` not to look it up)"
+    )
+}
+
 fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
     format!("{workload}: {problem}")
 }
@@ -878,5 +910,19 @@ mod tests {
         );
         let forbidden = failure(WorkloadKind::Job, Some("shop"), ApiFailure::Forbidden).warning();
         assert_eq!(forbidden.message, "cannot list Jobs in shop: forbidden by RBAC; Jobs are skipped");
+    }
+
+    #[test]
+    fn a_missing_cluster_uid_names_its_cause_and_fix() {
+        let forbidden = cluster_uid_unknown(&ApiFailure::Forbidden);
+        assert!(forbidden.contains("kube-system: forbidden by RBAC"), "{forbidden}");
+        assert!(
+            forbidden.contains("resourceNames [kube-system]") && forbidden.contains("--cluster-uid"),
+            "{forbidden}"
+        );
+        let down = cluster_uid_unknown(&ApiFailure::Unreachable("connection refused".into()));
+        assert!(down.contains("cannot reach the API server: connection refused"), "{down}");
+        assert!(!down.contains("resourceNames"), "RBAC is not the fix when the API server is down: {down}");
+        assert!(down.contains("--cluster-uid"), "{down}");
     }
 }

@@ -28,6 +28,8 @@ pub const SCOPE: &str = "pullcheck";
 pub struct ResourceSettings {
     /// `k8s.cluster.name`; OTEL_RESOURCE_ATTRIBUTES may set it too.
     pub cluster_name: Option<String>,
+    /// `k8s.cluster.uid`, given or read from the cluster (see [`ClusterUidSource`]).
+    pub cluster_uid: Option<String>,
     pub instance_id: String,
 }
 
@@ -40,12 +42,46 @@ pub struct Telemetry {
     _export_health: Vec<opentelemetry::metrics::ObservableCounter<u64>>,
 }
 
+/// `--cluster-uid`'s value that turns the lookup off.
+pub const CLUSTER_UID_OFF: &str = "none";
+
+/// Where `k8s.cluster.uid` comes from (docs/telemetry.md, "Resource"): a value someone set wins
+/// over the cluster's own, and setting one saves the request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClusterUidSource {
+    /// `--cluster-uid` / PULLCHECK_CLUSTER_UID: on the resource as given.
+    Given(String),
+    /// OTEL_RESOURCE_ATTRIBUTES names it: the SDK puts it on the resource.
+    ResourceAttributes,
+    /// `--cluster-uid none`, or OTEL_SDK_DISABLED (nothing is exported): not looked up.
+    Off,
+    /// The `kube-system` namespace's uid, read once at start.
+    LookUp,
+}
+
+impl ClusterUidSource {
+    /// `flag`: `--cluster-uid` (PULLCHECK_CLUSTER_UID); blank counts as not given.
+    pub fn choose(flag: Option<&str>, env: &dyn Env) -> ClusterUidSource {
+        match flag.map(str::trim).filter(|f| !f.is_empty()) {
+            Some(CLUSTER_UID_OFF) => ClusterUidSource::Off,
+            Some(uid) => ClusterUidSource::Given(uid.to_string()),
+            None if sets_resource_attribute(env, "k8s.cluster.uid") => ClusterUidSource::ResourceAttributes,
+            None if otlp::sdk_disabled(env) => ClusterUidSource::Off,
+            None => ClusterUidSource::LookUp,
+        }
+    }
+}
+
+/// Whether OTEL_RESOURCE_ATTRIBUTES has `key`, read as the SDK reads it (`key=value` pairs
+/// separated by commas, both sides trimmed).
+fn sets_resource_attribute(env: &dyn Env, key: &str) -> bool {
+    env.var("OTEL_RESOURCE_ATTRIBUTES")
+        .is_some_and(|a| a.split(',').filter_map(|kv| kv.split_once('=')).any(|(k, _)| k.trim() == key))
+}
+
 fn resource(env: &dyn Env, settings: &ResourceSettings) -> Resource {
     let mut builder = Resource::builder();
-    let named_by_env = env.var("OTEL_SERVICE_NAME").is_some()
-        || env
-            .var("OTEL_RESOURCE_ATTRIBUTES")
-            .is_some_and(|a| a.split(',').any(|kv| kv.trim().starts_with("service.name=")));
+    let named_by_env = env.var("OTEL_SERVICE_NAME").is_some() || sets_resource_attribute(env, "service.name");
     if !named_by_env {
         builder = builder.with_service_name(SCOPE);
     }
@@ -55,6 +91,9 @@ fn resource(env: &dyn Env, settings: &ResourceSettings) -> Resource {
     ]);
     if let Some(cluster) = &settings.cluster_name {
         builder = builder.with_attribute(KeyValue::new("k8s.cluster.name", cluster.clone()));
+    }
+    if let Some(uid) = &settings.cluster_uid {
+        builder = builder.with_attribute(KeyValue::new("k8s.cluster.uid", uid.clone()));
     }
     builder.build()
 }
@@ -131,5 +170,52 @@ impl Telemetry {
                 eprintln!("pullcheck: flushing {signal} at shutdown: {e}");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+
+    fn env(resource_attributes: Option<&'static str>) -> HashMap<&'static str, &'static str> {
+        resource_attributes.map(|a| ("OTEL_RESOURCE_ATTRIBUTES", a)).into_iter().collect()
+    }
+
+    #[test]
+    fn a_cluster_uid_someone_set_wins_over_the_lookup() {
+        let choose = ClusterUidSource::choose;
+        assert_eq!(choose(None, &env(None)), ClusterUidSource::LookUp);
+        assert_eq!(choose(Some("  "), &env(None)), ClusterUidSource::LookUp, "a blank env var is not a value");
+        assert_eq!(choose(Some(" 1b2c "), &env(None)), ClusterUidSource::Given("1b2c".into()));
+        assert_eq!(choose(Some("none"), &env(None)), ClusterUidSource::Off);
+        let disabled = HashMap::from([("OTEL_SDK_DISABLED", "true")]);
+        assert_eq!(choose(None, &disabled), ClusterUidSource::Off, "nothing exported, nothing to look up");
+        let attributes = env(Some("deployment.environment.name=prod, k8s.cluster.uid = 1b2c"));
+        assert_eq!(choose(None, &attributes), ClusterUidSource::ResourceAttributes);
+        assert_eq!(
+            choose(Some("9f"), &attributes),
+            ClusterUidSource::Given("9f".into()),
+            "the flag wins, as --cluster-name"
+        );
+        for other in ["k8s.cluster.uid.extra=1", "k8s.cluster.name=k8s.cluster.uid", "k8s.cluster.uid"] {
+            assert_eq!(choose(None, &env(Some(other))), ClusterUidSource::LookUp, "{other}");
+        }
+    }
+
+    #[test]
+    fn the_cluster_uid_goes_on_the_resource_beside_the_name() {
+        let settings = ResourceSettings {
+            cluster_name: Some("prod-eu".into()),
+            cluster_uid: Some("1b2c".into()),
+            instance_id: "pod-0".into(),
+        };
+        let with_uid = resource(&env(None), &settings);
+        let get = |key: &'static str| with_uid.get(&opentelemetry::Key::from_static_str(key)).map(|v| v.to_string());
+        assert_eq!(get("k8s.cluster.uid").as_deref(), Some("1b2c"));
+        assert_eq!(get("k8s.cluster.name").as_deref(), Some("prod-eu"));
+        let without = resource(&env(None), &ResourceSettings { cluster_uid: None, ..settings });
+        assert!(without.get(&opentelemetry::Key::from_static_str("k8s.cluster.uid")).is_none());
     }
 }

@@ -262,8 +262,13 @@ fn decode_continue(token: &str) -> Result<(u64, String), String> {
 }
 
 impl ApiServer {
+    /// A fresh cluster holding what every real one holds from its start: the `kube-system`
+    /// namespace, with its uid (the cluster's identity, `k8s.cluster.uid`).
     pub async fn start() -> ApiServer {
         let cluster: Arc<Mutex<Cluster>> = Arc::default();
+        let kube_system = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "kube-system"}});
+        let key = Key { resource: "v1/namespaces".into(), namespace: String::new(), name: "kube-system".into() };
+        cluster.lock().expect("harness lock").store(key, kube_system);
         let shared = cluster.clone();
         let server = Server::start("127.0.0.1:0", move |req: Request| {
             let (reply, delay) = handle(&shared, &req);
@@ -341,6 +346,12 @@ impl ApiServer {
         let (api_version, plural) = resource_of(kind);
         let key = Key { resource: format!("{api_version}/{plural}"), namespace: namespace.into(), name: name.into() };
         self.lock().objects.get(&key).map(|object| Value::clone(object))
+    }
+
+    /// The `kube-system` namespace's uid, as a get of it answers.
+    pub fn kube_system_uid(&self) -> String {
+        let namespace = self.object("Namespace", "", "kube-system").expect("kube-system is there from the start");
+        namespace["metadata"]["uid"].as_str().expect("every namespace has a uid").to_string()
     }
 
     /// Every verb on `kind`, everywhere, answers 403 from now on.
