@@ -1,5 +1,6 @@
 //! The design documents describe this repository: the source-layout table of
-//! docs/architecture.md names every file under src/, and only files that exist.
+//! docs/architecture.md names every file under src/, and only files that exist; the shipped
+//! alert rules load and pass their own tests.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -41,5 +42,22 @@ fn nothing_cites_a_document_outside_the_repository() {
     for file in files {
         let text = std::fs::read_to_string(root.join(&file)).expect("read source");
         assert!(!text.contains("DESIGN.md"), "{file} cites DESIGN.md, which is not in this repository");
+    }
+}
+
+/// The alert rules load, and their unit tests (series in, alerts out) pass: promtool, from
+/// Debian's `prometheus` (scripts/test installs it).
+#[test]
+fn alert_rules_load_and_fire_as_their_tests_say() {
+    let alerts = Path::new(env!("CARGO_MANIFEST_DIR")).join("otel-config/alerts");
+    for args in [["check", "rules", "prometheus-rules.yaml"], ["test", "rules", "prometheus-rules.test.yaml"]] {
+        let out = std::process::Command::new("promtool").args(args).current_dir(&alerts).output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}:\n{}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }
