@@ -32,6 +32,9 @@
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+#[path = "footprint/limits.rs"]
+mod limits;
+
 use std::collections::{BTreeMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -392,6 +395,24 @@ struct Sizes {
     max: usize,
 }
 
+/// Counts `object`'s serialized size under its kind when it is one of `kinds` (and says so);
+/// the first of each kind is written to `dir` to look at.
+fn tally(sizes: &mut BTreeMap<&'static str, Sizes>, dir: &Path, kinds: &[&'static str], object: &Value) -> bool {
+    let Some(kind) = kinds.iter().copied().find(|k| object["kind"] == *k) else { return false };
+    let len = object.to_string().len();
+    let entry = sizes.entry(kind).or_default();
+    if entry.count == 0 {
+        let sample = serde_json::to_string_pretty(object).expect("json");
+        let _ = std::fs::write(dir.join(format!("sample-{kind}.json")), sample);
+        entry.min = len;
+    }
+    entry.count += 1;
+    entry.total += len;
+    entry.min = entry.min.min(len);
+    entry.max = entry.max.max(len);
+    true
+}
+
 /// An inventory in its own API-server harness.
 struct Inventory {
     api: ApiServer,
@@ -415,26 +436,7 @@ impl Inventory {
         let mut deployments_list = Vec::new();
         let mut pods_list = Vec::new();
         let mut put = |object: Value, sizes: &mut BTreeMap<&'static str, Sizes>| {
-            let kind: &'static str = match object["kind"].as_str() {
-                Some("Deployment") => "Deployment",
-                Some("ReplicaSet") => "ReplicaSet",
-                Some("Pod") => "Pod",
-                Some("Job") => "Job",
-                _ => "other",
-            };
-            if kind != "other" {
-                let len = object.to_string().len();
-                let entry = sizes.entry(kind).or_default();
-                if entry.count == 0 {
-                    // One of each kind, to look at.
-                    let sample = serde_json::to_string_pretty(&object).expect("json");
-                    let _ = std::fs::write(dir.join(format!("sample-{kind}.json")), sample);
-                    entry.min = len;
-                }
-                entry.count += 1;
-                entry.total += len;
-                entry.min = entry.min.min(len);
-                entry.max = entry.max.max(len);
+            if tally(sizes, &dir, &["Deployment", "ReplicaSet", "Pod", "Job"], &object) {
                 objects += 1;
             }
             api.apply(object);
@@ -509,10 +511,16 @@ impl Inventory {
 fn churn_one(inventory: &Inventory, n: u64) {
     let w = &inventory.churned[n as usize % inventory.churned.len()];
     let Some(mut object) = inventory.api.object(w.kind, &w.namespace, &w.name) else { return };
-    let at = 2000 + n;
     let flip = n / inventory.churned.len() as u64 % 2 == 0;
-    match w.kind {
-        "Deployment" => {
+    status_update(&mut object, 2000 + n, flip);
+    inventory.api.apply(object);
+}
+
+/// What a status-only update changes in a Deployment or a Pod, at time `at`: readiness flips
+/// one way (`flip`) or back.
+fn status_update(object: &mut Value, at: u64, flip: bool) {
+    match object["kind"].as_str() {
+        Some("Deployment") => {
             let ready = if flip { 1 } else { 2 };
             object["status"]["readyReplicas"] = json!(ready);
             object["status"]["availableReplicas"] = json!(ready);
@@ -535,7 +543,6 @@ fn churn_one(inventory: &Inventory, n: u64) {
             entry["time"] = json!(time(at));
         }
     }
-    inventory.api.apply(object);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -588,7 +595,8 @@ impl Drop for Running {
     }
 }
 
-fn spawn(variant: &Variant, kubeconfig: &Path, heaptrack: Option<&Path>) -> Running {
+/// `schedule`: `--window` and `--tick`.
+fn spawn(variant: &Variant, kubeconfig: &Path, heaptrack: Option<&Path>, schedule: [&str; 2]) -> Running {
     let home = tempfile::tempdir().expect("empty HOME");
     let mut command = match heaptrack {
         Some(out) => {
@@ -602,7 +610,7 @@ fn spawn(variant: &Variant, kubeconfig: &Path, heaptrack: Option<&Path>) -> Runn
     command
         .args(["run", "--kubeconfig"])
         .arg(kubeconfig)
-        .args(["--window", &format!("{WINDOW_SECS}s"), "--tick", "2s", "--health-addr", "127.0.0.1:0"])
+        .args(["--window", schedule[0], "--tick", schedule[1], "--health-addr", "127.0.0.1:0"])
         .env("OTEL_SDK_DISABLED", "true")
         .envs(variant.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -690,8 +698,12 @@ fn manifest_requests(log: &Path, mark: u64) -> Vec<String> {
     if let Ok(mut file) = std::fs::File::open(log) {
         let _ = file.seek(std::io::SeekFrom::Start(mark)).and_then(|_| file.read_to_end(&mut bytes));
     }
-    String::from_utf8_lossy(&bytes)
-        .lines()
+    manifest_targets(&String::from_utf8_lossy(&bytes))
+}
+
+/// The manifests requested in access-log `text`, one per request.
+fn manifest_targets(text: &str) -> Vec<String> {
+    text.lines()
         .filter_map(|l| l.split('"').nth(1)?.split(' ').nth(1))
         .filter(|target| target.contains("/manifests/"))
         .map(str::to_string)
@@ -752,7 +764,45 @@ fn start_and_sync(
     f: &mut Figures,
 ) -> Running {
     let mark = log_len(&probes.log);
-    let mut running = spawn(variant, &inventory.kubeconfig, heaptrack);
+    let window = format!("{WINDOW_SECS}s");
+    let running = start_and_wait(variant, inventory, probes, heaptrack, f, [&window, "2s"], SYNC_DEADLINE);
+    // The first window: every image probed once (or the window twice over).
+    let window_deadline = Instant::now() + Duration::from_secs(WINDOW_SECS * 2 + 10);
+    loop {
+        f.probed = manifests_probed(&probes.log, mark);
+        if f.probed >= inventory.images {
+            f.first_window = Some(running.started.elapsed());
+            break;
+        }
+        if Instant::now() >= window_deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    // Let the last answers land.
+    std::thread::sleep(Duration::from_secs(3));
+    f.objects = inventory.objects;
+    f.rss = status_kib(running.pid, "VmRSS:");
+    f.rss_anon = status_kib(running.pid, "RssAnon:");
+    f.rss_file = status_kib(running.pid, "RssFile:");
+    f.hwm = status_kib(running.pid, "VmHWM:");
+    running
+}
+
+/// Starts `variant` on `inventory` with `schedule` (`--window`, `--tick`) and waits, at most
+/// `deadline`, for the initial lists of every kind, `/readyz` and the first probe; fills those
+/// figures and the CPU spent to there.
+fn start_and_wait(
+    variant: &Variant,
+    inventory: &Inventory,
+    probes: &Probes,
+    heaptrack: Option<&Path>,
+    f: &mut Figures,
+    schedule: [&str; 2],
+    deadline: Duration,
+) -> Running {
+    let mark = log_len(&probes.log);
+    let mut running = spawn(variant, &inventory.kubeconfig, heaptrack, schedule);
     let resources: Vec<String> = pullcheck::sources::cluster::CLUSTER_KINDS
         .iter()
         .map(|kind| {
@@ -760,7 +810,7 @@ fn start_and_sync(
             format!("{}/{}", r.api_version, r.plural)
         })
         .collect();
-    let deadline = running.started + SYNC_DEADLINE;
+    let deadline = running.started + deadline;
     let mut addr = None;
     while Instant::now() < deadline {
         if f.lists.is_none() {
@@ -791,26 +841,6 @@ fn start_and_sync(
         std::thread::sleep(Duration::from_millis(10));
     }
     f.sync_cpu = cpu_seconds(running.pid);
-    // The first window: every image probed once (or the window twice over).
-    let window_deadline = Instant::now() + Duration::from_secs(WINDOW_SECS * 2 + 10);
-    loop {
-        f.probed = manifests_probed(&probes.log, mark);
-        if f.probed >= inventory.images {
-            f.first_window = Some(running.started.elapsed());
-            break;
-        }
-        if Instant::now() >= window_deadline {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    // Let the last answers land.
-    std::thread::sleep(Duration::from_secs(3));
-    f.objects = inventory.objects;
-    f.rss = status_kib(running.pid, "VmRSS:");
-    f.rss_anon = status_kib(running.pid, "RssAnon:");
-    f.rss_file = status_kib(running.pid, "RssFile:");
-    f.hwm = status_kib(running.pid, "VmHWM:");
     running
 }
 
@@ -1056,6 +1086,22 @@ fn readable(symbol: &str) -> String {
     s
 }
 
+/// `Pod 9.1 KiB (8.6–9.2), …`: average, smallest and largest serialized size by kind.
+fn sizes_line(sizes: &BTreeMap<&'static str, Sizes>) -> String {
+    sizes
+        .iter()
+        .map(|(k, z)| {
+            format!(
+                "{k} {:.1} KiB ({:.1}–{:.1})",
+                z.total as f64 / z.count.max(1) as f64 / 1024.0,
+                z.min as f64 / 1024.0,
+                z.max as f64 / 1024.0
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -1065,6 +1111,9 @@ fn secs(d: Option<Duration>) -> String {
 }
 
 fn main() {
+    if std::env::var("FOOTPRINT_SCENARIO").is_ok_and(|s| s == "limits") {
+        return limits::main();
+    }
     let s = Scenario {
         deployments: env_or("FOOTPRINT_DEPLOYMENTS", 10_000),
         images: env_or("FOOTPRINT_IMAGES", 5_000),
@@ -1144,19 +1193,7 @@ fn main() {
             small.objects,
             setup.elapsed().as_secs_f64()
         );
-        println!(
-            "  average object sizes: {}",
-            full.sizes
-                .iter()
-                .map(|(k, z)| format!(
-                    "{k} {:.1} KiB ({:.1}–{:.1})",
-                    z.total as f64 / z.count as f64 / 1024.0,
-                    z.min as f64 / 1024.0,
-                    z.max as f64 / 1024.0
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
-        );
+        println!("  average object sizes: {}", sizes_line(&full.sizes));
         println!(
             "  pullcheck run --window {WINDOW_SECS}s --tick 2s, OTEL_SDK_DISABLED=true; idle {} s, churn {} status-only updates/s for {} s",
             s.idle_secs, s.churn_rate, s.churn_secs

@@ -82,34 +82,68 @@ impl Key {
     }
 }
 
-/// An object as stored: its value and its JSON, written once. The store and the history share
-/// it (never copied per change), and lists, watch events and gets send the bytes as they are,
-/// so tens of thousands of realistic objects are served at the speed of a copy.
+/// An object as stored: its JSON, written once, and the three metadata fields the server itself
+/// reads back (uid, creationTimestamp, resourceVersion). The store and the history share it
+/// (never copied per change), and lists, watch events and gets send the bytes as they are, so
+/// tens of thousands of realistic objects are served at the speed of a copy. No parsed `Value`
+/// is kept: at Kubernetes' published limits (360,000 objects with managedFields, the limits
+/// scenario of benches/footprint.rs) the JSON alone is ~2.5 GB and a `Value` tree is several
+/// times its text; what needs the object parses it again ([`Stored::value`]).
 #[derive(Clone)]
-struct Stored(Arc<(Value, String)>);
+struct Stored(Arc<StoredObject>);
+
+static NULL: Value = Value::Null;
+
+struct StoredObject {
+    json: Box<str>,
+    uid: Value,
+    creation_timestamp: Value,
+    resource_version: Value,
+}
 
 impl Stored {
-    fn new(value: Value) -> Stored {
-        let json = value.to_string();
-        Stored(Arc::new((value, json)))
+    fn new(value: &Value) -> Stored {
+        let metadata = &value["metadata"];
+        Stored(Arc::new(StoredObject {
+            json: value.to_string().into_boxed_str(),
+            uid: metadata["uid"].clone(),
+            creation_timestamp: metadata["creationTimestamp"].clone(),
+            resource_version: metadata["resourceVersion"].clone(),
+        }))
     }
 
     fn json(&self) -> &str {
-        &self.0.1
+        &self.0.json
+    }
+
+    /// The object, parsed from its stored JSON.
+    fn value(&self) -> Value {
+        serde_json::from_str(&self.0.json).expect("the harness stored valid JSON")
+    }
+
+    /// `metadata.uid` or `metadata.resourceVersion` (`Null` for any other field).
+    fn metadata(&self, field: &str) -> &Value {
+        match field {
+            "uid" => &self.0.uid,
+            "resourceVersion" => &self.0.resource_version,
+            "creationTimestamp" => &self.0.creation_timestamp,
+            _ => &NULL,
+        }
+    }
+
+    /// A reply carrying the stored JSON as it is.
+    fn reply(&self, status: u16) -> Reply {
+        Reply::Full {
+            status,
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: self.json().as_bytes().to_vec(),
+        }
     }
 }
 
 impl std::fmt::Display for Stored {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.json())
-    }
-}
-
-impl std::ops::Deref for Stored {
-    type Target = Value;
-
-    fn deref(&self) -> &Value {
-        &self.0.0
     }
 }
 
@@ -345,7 +379,7 @@ impl ApiServer {
     pub fn object(&self, kind: &str, namespace: &str, name: &str) -> Option<Value> {
         let (api_version, plural) = resource_of(kind);
         let key = Key { resource: format!("{api_version}/{plural}"), namespace: namespace.into(), name: name.into() };
-        self.lock().objects.get(&key).map(|object| Value::clone(object))
+        self.lock().objects.get(&key).map(Stored::value)
     }
 
     /// The `kube-system` namespace's uid, as a get of it answers.
@@ -495,7 +529,7 @@ impl ApiServer {
             cluster.rv = 0;
             cluster.compacted_below = 0;
             for (key, object) in objects {
-                let mut object = Value::clone(&object);
+                let mut object = object.value();
                 object["metadata"].as_object_mut().expect("metadata").remove("resourceVersion");
                 cluster.store(key, object);
             }
@@ -546,10 +580,10 @@ impl Cluster {
         let previous = self.objects.get(&key).cloned();
         let metadata = &mut object["metadata"];
         metadata["resourceVersion"] = json!(rv.to_string());
-        match previous.as_ref().map(|o| &o["metadata"]) {
+        match previous.as_ref() {
             Some(previous) => {
-                metadata["uid"] = previous["uid"].clone();
-                metadata["creationTimestamp"] = previous["creationTimestamp"].clone();
+                metadata["uid"] = previous.metadata("uid").clone();
+                metadata["creationTimestamp"] = previous.metadata("creationTimestamp").clone();
             }
             None => {
                 if metadata["uid"].is_null() {
@@ -561,7 +595,7 @@ impl Cluster {
                 }
             }
         }
-        let object = Stored::new(object);
+        let object = Stored::new(&object);
         let kind = if previous.is_some() { "MODIFIED" } else { "ADDED" };
         self.objects.insert(key.clone(), object.clone());
         self.record(rv, key, kind, object.clone(), previous);
@@ -572,9 +606,9 @@ impl Cluster {
         let previous = self.objects.remove(key)?;
         self.rv += 1;
         let rv = self.rv;
-        let mut object = Value::clone(&previous);
+        let mut object = previous.value();
         object["metadata"]["resourceVersion"] = json!(rv.to_string());
-        let object = Stored::new(object);
+        let object = Stored::new(&object);
         self.record(rv, key.clone(), "DELETED", object.clone(), Some(previous));
         Some(object)
     }
@@ -770,11 +804,7 @@ fn answer(cluster: &mut Cluster, req: &Request) -> Reply {
     }
     match op {
         Op::Get(name) => match cluster.objects.get(&target.key(name)) {
-            Some(object) => Reply::Full {
-                status: 200,
-                headers: vec![("Content-Type".into(), "application/json".into())],
-                body: object.json().as_bytes().to_vec(),
-            },
+            Some(object) => object.reply(200),
             None => target.not_found(name),
         },
         Op::Watch => watch_from(cluster, &target, req),
@@ -983,7 +1013,7 @@ fn create(cluster: &mut Cluster, target: &Target, req: &Request) -> Reply {
             metadata.remove(field);
         }
     }
-    Reply::json(201, &cluster.store(key, object))
+    cluster.store(key, object).reply(201)
 }
 
 fn conflict(target: &Target, name: &str, why: &str) -> Reply {
@@ -1010,14 +1040,14 @@ fn update(cluster: &mut Cluster, target: &Target, name: &str, req: &Request) -> 
     let Some(current) = cluster.objects.get(&key) else { return target.not_found(name) };
     // An update without a resourceVersion is unconditional, as for most resources.
     let expected = object["metadata"]["resourceVersion"].as_str().filter(|rv| !rv.is_empty());
-    if expected.is_some_and(|rv| Some(rv) != current["metadata"]["resourceVersion"].as_str()) {
+    if expected.is_some_and(|rv| Some(rv) != current.metadata("resourceVersion").as_str()) {
         return conflict(
             target,
             name,
             "the object has been modified; please apply your changes to the latest version and try again",
         );
     }
-    Reply::json(200, &cluster.store(key, object))
+    cluster.store(key, object).reply(200)
 }
 
 fn delete(cluster: &mut Cluster, target: &Target, name: &str, req: &Request) -> Reply {
@@ -1026,7 +1056,7 @@ fn delete(cluster: &mut Cluster, target: &Target, name: &str, req: &Request) -> 
     // DeleteOptions may carry preconditions; an unreadable body is treated as none.
     let options: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
     for (field, label) in [("resourceVersion", "ResourceVersion"), ("uid", "UID")] {
-        let (wanted, actual) = (&options["preconditions"][field], &current["metadata"][field]);
+        let (wanted, actual) = (&options["preconditions"][field], current.metadata(field));
         if let Some(wanted) = wanted.as_str().filter(|w| Some(*w) != actual.as_str()) {
             let actual = actual.as_str().unwrap_or_default();
             let why =
@@ -1035,8 +1065,7 @@ fn delete(cluster: &mut Cluster, target: &Target, name: &str, req: &Request) -> 
         }
     }
     let object = cluster.remove(&key).expect("the object was just found");
-    let details =
-        json!({"name": name, "group": target.group(), "kind": target.plural, "uid": object["metadata"]["uid"]});
+    let details = json!({"name": name, "group": target.group(), "kind": target.plural, "uid": object.metadata("uid")});
     Reply::json(
         200,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details}),
