@@ -554,6 +554,30 @@ struct Variant {
     env: Vec<(String, String)>,
 }
 
+/// Every variant's binary exists, or the bench stops saying how to build it.
+fn require_binaries(variants: &[Variant]) {
+    for v in variants {
+        if !v.bin.is_file() {
+            eprintln!(
+                "footprint: no pullcheck binary at {} ({}); build it first (`cargo build --release --bin pullcheck`) or set PULLCHECK_BIN",
+                v.bin.display(),
+                v.label
+            );
+            std::process::exit(2);
+        }
+    }
+}
+
+/// The first `count` images really there (one per repository first, so its blobs are linked
+/// there); the rest are absent.
+async fn push_images(env: &Env, count: usize) {
+    for k in 0..count {
+        let reference = image(&env.anon.addr, k);
+        let (repo, tag) = reference.split_once('/').expect("host/").1.rsplit_once(':').expect("tag");
+        env.pusher.image(repo, tag, "amd64").await;
+    }
+}
+
 fn variants() -> Vec<Variant> {
     if let Ok(list) = std::env::var("FOOTPRINT_VARIANTS") {
         return list
@@ -1145,27 +1169,13 @@ fn main() {
     let heaptrack_churn: u64 = env_or("FOOTPRINT_HEAPTRACK_CHURN_SECS", 60);
     let out = PathBuf::from(std::env::var("FOOTPRINT_OUT").unwrap_or_else(|_| "target/footprint".into()));
     std::fs::create_dir_all(&out).expect("output directory");
-    for v in &variants {
-        if !v.bin.is_file() {
-            eprintln!(
-                "footprint: no pullcheck binary at {} ({}); build it first (`cargo build --release --bin pullcheck`) or set PULLCHECK_BIN",
-                v.bin.display(),
-                v.label
-            );
-            std::process::exit(2);
-        }
-    }
+    require_binaries(&variants);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
         let env = Env::start().await;
         let registry_host = env.anon.addr.clone();
         let setup = Instant::now();
-        // A few images really there (one per repository first, so its blobs are linked there).
-        for k in 0..s.pushed.min(s.images) {
-            let reference = image(&registry_host, k);
-            let (repo, tag) = reference.split_once('/').expect("host/").1.rsplit_once(':').expect("tag");
-            env.pusher.image(repo, tag, "amd64").await;
-        }
+        push_images(&env, s.pushed.min(s.images)).await;
         let pushed_in = setup.elapsed();
         let small_deployments = (s.deployments * s.small_percent / 100).max(1);
         let small_standalone = s.standalone * s.small_percent / 100;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use support::apiserver::ApiServer;
 use support::otlp::{Received, Receiver, attributes, latest_points, spans};
 use support::proxy::{Fault, FaultProxy};
-use support::{Env, RefusedPort, eventually, workload};
+use support::{Env, RefusedPort, eventually, one_deployment, workload};
 
 const WAIT: Duration = Duration::from_secs(30);
 const KUBE_SYSTEM_GET: &str = "GET /api/v1/namespaces/kube-system";
@@ -48,15 +48,6 @@ fn start(env: &Env, kubeconfig: &std::path::Path, receiver: &Receiver, extra: &[
     args.extend_from_slice(extra);
     let (child, home) = support::process::spawn_run(kubeconfig, &args, Some(&receiver.endpoint), vars, &log);
     Run { child, log, _home: home }
-}
-
-/// The registries with team/app:v1, and a cluster with one Deployment using it.
-async fn one_deployment() -> (Env, ApiServer) {
-    let env = Env::start().await;
-    env.pusher.image("team/app", "v1", "amd64").await;
-    let api = ApiServer::start().await;
-    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
-    (env, api)
 }
 
 /// The resource of every metrics and traces export so far.

@@ -11,7 +11,7 @@ use opentelemetry_proto::tonic::common::v1::any_value;
 use serde_json::json;
 use support::apiserver::ApiServer;
 use support::otlp::{Received, Receiver, every_point, latest_histogram, latest_points, logs, metrics, spans};
-use support::{Env, RefusedPort, eventually, workload};
+use support::{Env, RefusedPort, eventually, one_deployment, workload};
 use tokio::process::Child;
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -64,15 +64,6 @@ fn start(env: &Env, api: &ApiServer, otel: &[(&str, String)], extra: &[&str]) ->
         command.env(k, v);
     }
     Running { child: command.spawn().expect("start pullcheck run"), log, _home: home }
-}
-
-/// The registries with team/app:v1, and a cluster with one Deployment using it.
-async fn one_deployment() -> (Env, ApiServer) {
-    let env = Env::start().await;
-    env.pusher.image("team/app", "v1", "amd64").await;
-    let api = ApiServer::start().await;
-    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
-    (env, api)
 }
 
 async fn http_get(addr: &str, path: &str) -> Option<u16> {

@@ -54,8 +54,8 @@ use super::support::process::{cpu_seconds, status_kib};
 use super::support::{self, Env};
 use super::{
     Figures, Inventory, NAMESPACES, Probes, Sizes, Variant, deployment, env_or, fields_v1, hex, image, job, log_len,
-    managed, manifest_targets, manifests_probed, mib, namespace, pod, replica_set, secs, sizes_line, start_and_wait,
-    status_update, tail, tally, time, uid, variants,
+    managed, manifest_targets, manifests_probed, mib, namespace, pod, push_images, replica_set, require_binaries, secs,
+    sizes_line, start_and_wait, status_update, tail, tally, time, uid, variants,
 };
 
 /// The sizes and rates of the scenario.
@@ -829,22 +829,13 @@ pub fn main() {
     let variants = variants();
     let out = PathBuf::from(std::env::var("FOOTPRINT_OUT").unwrap_or_else(|_| "target/footprint".into()));
     std::fs::create_dir_all(&out).expect("output directory");
-    for v in &variants {
-        if !v.bin.is_file() {
-            eprintln!("limits: no pullcheck binary at {} ({})", v.bin.display(), v.label);
-            std::process::exit(2);
-        }
-    }
+    require_binaries(&variants);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {
         let env = Env::start().await;
         let registry_host = env.anon.addr.clone();
         let setup = Instant::now();
-        for k in 0..l.pushed.min(l.images) {
-            let reference = image(&registry_host, k);
-            let (repo, tag) = reference.split_once('/').expect("host/").1.rsplit_once(':').expect("tag");
-            env.pusher.image(repo, tag, "amd64").await;
-        }
+        push_images(&env, l.pushed.min(l.images)).await;
         let api = ApiServer::start().await;
         let cluster = tokio::task::block_in_place(|| build(api, &out, &l, &registry_host));
         let probes = Probes { log: env.anon.access_log().to_path_buf() };

@@ -163,3 +163,12 @@ pub fn with_pull_secrets(mut object: serde_json::Value, names: &[&str]) -> serde
         serde_json::json!(names.iter().map(|n| serde_json::json!({"name": n})).collect::<Vec<_>>());
     object
 }
+
+/// The registries with team/app:v1, and a cluster with one Deployment using it.
+pub async fn one_deployment() -> (Env, apiserver::ApiServer) {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let api = apiserver::ApiServer::start().await;
+    api.apply(workload("Deployment", "shop", "web", &format!("{}/team/app:v1", env.anon.addr)));
+    (env, api)
+}
