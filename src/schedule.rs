@@ -85,7 +85,21 @@ pub struct Scheduler<K> {
     budget: usize,
     /// New or changed keys not started yet (counted at the tick).
     urgent_waiting: usize,
+    /// New or changed keys this tick may still start (see [`urgent_quota`]).
+    urgent_budget: usize,
 }
+
+/// New and changed keys go ahead of the even share, but no more of them per tick than the larger
+/// of [`URGENT_PER_TICK`] and the tick's even share of the keys left: a small cluster, a rollout
+/// or a new workload is probed within a tick or two, while a cold start or a leadership takeover
+/// over 25,000 keys is spread over the window like any other, not sent to the registries at
+/// once (docs/architecture.md, "Scheduling").
+pub fn urgent_quota(share: usize) -> usize {
+    share.max(URGENT_PER_TICK)
+}
+
+/// The new or changed keys a tick may always start (about 17 probes/s at the 15 s tick).
+pub const URGENT_PER_TICK: usize = 256;
 
 /// Registries no key uses are dropped only once this many are held.
 const REGISTRIES_SWEPT_FROM: usize = 64;
@@ -103,6 +117,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             registries_swept_at: 0,
             budget: 0,
             urgent_waiting: 0,
+            urgent_budget: 0,
         }
     }
 
@@ -185,7 +200,8 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         self.entries.remove(key);
     }
 
-    /// Every key as if new (a replica that just took over leadership): all probed first.
+    /// Every key as if new (a replica that just took over leadership): all probed first, at
+    /// most [`urgent_quota`] a tick.
     pub fn mark_all_changed(&mut self) {
         for e in self.entries.values_mut() {
             e.urgent = true;
@@ -230,6 +246,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         let window_end = self.window_start + self.settings.window;
         let keys_left = self.entries.values().filter(|e| !e.probed_this_window && !e.in_flight).count();
         self.budget = batch_size(keys_left, window_end.saturating_duration_since(now), self.settings.tick);
+        self.urgent_budget = urgent_quota(self.budget);
         self.urgent_waiting = self.entries.values().filter(|e| e.urgent && !e.in_flight).count();
         self.take(now, registry_open)
     }
@@ -237,7 +254,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
     /// Whether finished probes' room should be filled before the next tick: the tick's share is
     /// not all started, or new keys wait. (Failures due again wait for the next tick.)
     pub fn wants_room(&self) -> bool {
-        self.budget > 0 || self.urgent_waiting > 0
+        self.budget > 0 || (self.urgent_waiting > 0 && self.urgent_budget > 0)
     }
 
     /// Between ticks, as probes finish: what the tick's batch could not start for lack of
@@ -292,11 +309,12 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
         }
         candidates.sort_by(order);
         let mut batch = Vec::new();
-        let mut regular = 0;
+        let (mut regular, mut urgent) = (0, 0);
         for (key, entry) in candidates {
             let retry = entry.probed_this_window;
             let counts_against_quota = !retry && !entry.urgent;
-            if counts_against_quota && regular >= quota {
+            let counts_as_urgent = !retry && entry.urgent;
+            if (counts_against_quota && regular >= quota) || (counts_as_urgent && urgent >= self.urgent_budget) {
                 continue;
             }
             let flying = &mut in_flight[entry.registry as usize];
@@ -307,6 +325,9 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             if counts_against_quota {
                 regular += 1;
             }
+            if counts_as_urgent {
+                urgent += 1;
+            }
             batch.push(key.clone());
         }
         for key in &batch {
@@ -315,6 +336,7 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
             }
         }
         self.budget = quota.saturating_sub(regular);
+        self.urgent_budget = self.urgent_budget.saturating_sub(urgent);
         let urgent_taken = batch.iter().filter(|k| self.entries.get(*k).is_some_and(|e| e.urgent)).count();
         self.urgent_waiting = self.urgent_waiting.saturating_sub(urgent_taken);
         batch
@@ -382,6 +404,25 @@ mod tests {
     use super::*;
 
     const TICK: Duration = Duration::from_secs(15);
+
+    #[test]
+    fn new_keys_go_first_but_never_more_than_the_even_share_or_the_floor() {
+        assert_eq!(urgent_quota(0), URGENT_PER_TICK, "a handful of new keys: all at once");
+        assert_eq!(urgent_quota(625), 625, "25,000 keys over 40 ticks: the even share");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cold_start_over_many_keys_is_spread_and_a_small_one_is_not() {
+        let settings = ScheduleSettings { max_in_flight_per_registry: 100_000, ..ScheduleSettings::default() };
+        let now = Instant::now();
+        let mut large = Scheduler::new(settings.clone(), now, Duration::ZERO);
+        large.sync((0..25_000u32).map(|k| (k, "r.example".to_string())));
+        assert_eq!(large.next_batch(now, |_| true).len(), 625, "25,000 keys / 40 ticks");
+        assert!(large.take(now, |_| true).is_empty(), "the rest waits for the next ticks");
+        let mut small = Scheduler::new(settings, now, Duration::ZERO);
+        small.sync((0..200u32).map(|k| (k, "r.example".to_string())));
+        assert_eq!(small.next_batch(now, |_| true).len(), 200, "under the floor: all at once");
+    }
 
     #[test]
     fn batch_arithmetic() {

@@ -142,8 +142,9 @@ impl Controller {
         self.leading
     }
 
-    /// Leadership won: every key is probed at once, first priority, within the per-registry
-    /// budgets, so no series is missing for longer than the takeover and that first pass.
+    /// Leadership won: every key is probed first, within the per-registry budgets and the
+    /// scheduler's bound on new keys a tick, so no series is missing for longer than the
+    /// takeover and that first pass.
     pub fn on_leading(&mut self) {
         self.leading = true;
         self.scheduler.mark_all_changed();
