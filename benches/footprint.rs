@@ -554,6 +554,13 @@ struct Variant {
     env: Vec<(String, String)>,
 }
 
+/// Where the runs' logs go (FOOTPRINT_OUT), created.
+fn output_dir() -> PathBuf {
+    let out = PathBuf::from(std::env::var("FOOTPRINT_OUT").unwrap_or_else(|_| "target/footprint".into()));
+    std::fs::create_dir_all(&out).expect("output directory");
+    out
+}
+
 /// Every variant's binary exists, or the bench stops saying how to build it.
 fn require_binaries(variants: &[Variant]) {
     for v in variants {
@@ -1167,8 +1174,7 @@ fn main() {
         labels => labels.split(',').map(str::to_string).collect(),
     };
     let heaptrack_churn: u64 = env_or("FOOTPRINT_HEAPTRACK_CHURN_SECS", 60);
-    let out = PathBuf::from(std::env::var("FOOTPRINT_OUT").unwrap_or_else(|_| "target/footprint".into()));
-    std::fs::create_dir_all(&out).expect("output directory");
+    let out = output_dir();
     require_binaries(&variants);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {

@@ -93,7 +93,7 @@ pub struct Scheduler<K> {
 /// of [`URGENT_PER_TICK`] and the tick's even share of the keys left: a small cluster, a rollout
 /// or a new workload is probed within a tick or two, while a cold start or a leadership takeover
 /// over 25,000 keys is spread over the window like any other, not sent to the registries at
-/// once (docs/architecture.md, "Scheduling").
+/// once (docs/operations.md, "Sizing"; docs/architecture.md, "At Kubernetes' limits").
 pub fn urgent_quota(share: usize) -> usize {
     share.max(URGENT_PER_TICK)
 }

@@ -54,8 +54,8 @@ use super::support::process::{cpu_seconds, status_kib};
 use super::support::{self, Env};
 use super::{
     Figures, Inventory, NAMESPACES, Probes, Sizes, Variant, deployment, env_or, fields_v1, hex, image, job, log_len,
-    managed, manifest_targets, manifests_probed, mib, namespace, pod, push_images, replica_set, require_binaries, secs,
-    sizes_line, start_and_wait, status_update, tail, tally, time, uid, variants,
+    managed, manifest_targets, manifests_probed, mib, namespace, output_dir, pod, push_images, replica_set,
+    require_binaries, secs, sizes_line, start_and_wait, status_update, tail, tally, time, uid, variants,
 };
 
 /// The sizes and rates of the scenario.
@@ -827,8 +827,7 @@ fn check_file(out: &Path, registry: &str, images: usize) -> PathBuf {
 pub fn main() {
     let l = Limits::from_env();
     let variants = variants();
-    let out = PathBuf::from(std::env::var("FOOTPRINT_OUT").unwrap_or_else(|_| "target/footprint".into()));
-    std::fs::create_dir_all(&out).expect("output directory");
+    let out = output_dir();
     require_binaries(&variants);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     runtime.block_on(async {

@@ -134,17 +134,16 @@ pub(crate) struct GuardedResolver {
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
         let destinations = self.destinations.clone();
-        let text = name.as_str().to_string();
+        let host = name.as_str().to_string();
         let given = self.resolver.as_ref().map(|r| r.0.resolve(name));
-        let name = text;
         Box::pin(async move {
             let started = std::time::Instant::now();
             let resolved: Vec<SocketAddr> = match given {
                 Some(resolving) => resolving.await?.collect(),
-                None => tokio::net::lookup_host((name.as_str(), 0)).await?.collect(),
+                None => tokio::net::lookup_host((host.as_str(), 0)).await?.collect(),
             };
             super::phases::record_lookup(started.elapsed(), &resolved);
-            let allowed = destinations.filter(&name, resolved)?;
+            let allowed = destinations.filter(&host, resolved)?;
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
     }
