@@ -8,7 +8,7 @@ use std::num::NonZeroU64;
 use std::sync::Arc;
 
 use super::{ContainerRef, WorkloadKind, WorkloadRef};
-use crate::name::Name;
+use crate::name::{Interner, Name};
 
 /// A sha256 digest, as bytes.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -76,6 +76,22 @@ pub type PodContainers = Arc<[(Name, Digest)]>;
 pub struct RunningPod {
     pub owner: ObjectKey,
     pub containers: PodContainers,
+}
+
+impl RunningPod {
+    /// The pod with its container list as `lists` holds it (one allocation for every pod of a
+    /// template), its names from `names`.
+    pub fn shared(self, names: &mut Interner, lists: &mut Interner<[(Name, Digest)]>) -> RunningPod {
+        let containers = match lists.get(&self.containers) {
+            Some(held) => held,
+            None => {
+                let shared: Vec<(Name, Digest)> =
+                    self.containers.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
+                lists.share_arc(&shared.into())
+            }
+        };
+        RunningPod { owner: self.owner, containers }
+    }
 }
 
 /// Whose an object is, by its controlling owner reference: a workload kind pullcheck tracks

@@ -98,6 +98,17 @@ pub fn write(store: &SharedStore) -> std::sync::RwLockWriteGuard<'_, Store> {
     store.write().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A list's records sorted by workload, each workload once (the last listed, as the API
+/// server's latest).
+fn listed_once(mut records: Vec<WorkloadRecord>) -> Vec<WorkloadRecord> {
+    // Stable, so of a workload listed twice the later copy stays after the earlier one.
+    records.sort_by(|a, b| a.workload.cmp(&b.workload));
+    records.reverse();
+    records.dedup_by(|a, b| a.workload == b.workload);
+    records.reverse();
+    records
+}
+
 impl Store {
     pub fn apply(&mut self, update: Update) {
         match update {
@@ -106,8 +117,17 @@ impl Store {
                 self.pod_buffers.insert(scope.clone(), Vec::new());
                 self.owner_buffers.insert(scope, Vec::new());
             }
-            Update::InitRecord(scope, record) => self.buffers.entry(scope).or_default().push(record),
-            Update::InitPod(scope, pod, running) => self.pod_buffers.entry(scope).or_default().push((pod, running)),
+            // Shared as they arrive, not when the list ends: during a relist the listed copies
+            // would otherwise sit beside the held ones until the swap, and set the peak
+            // (docs/architecture.md, "At Kubernetes' limits").
+            Update::InitRecord(scope, record) => {
+                let record = record.interned(&mut self.names);
+                self.buffers.entry(scope).or_default().push(record);
+            }
+            Update::InitPod(scope, pod, running) => {
+                let running = self.shared(running);
+                self.pod_buffers.entry(scope).or_default().push((pod, running));
+            }
             Update::InitOwner(scope, owned, owner) => self.owner_buffers.entry(scope).or_default().push((owned, owner)),
             Update::Pod(scope, pod, running) => {
                 let changed = match running {
@@ -126,25 +146,22 @@ impl Store {
             }
             Update::InitDone(scope) => {
                 self.replace_running(&scope);
-                let fresh: HashMap<WorkloadRef, WorkloadRecord> = self
-                    .buffers
-                    .remove(&scope)
-                    .unwrap_or_default()
-                    .into_iter()
-                    .map(|r| (r.workload.clone(), r))
-                    .collect();
+                // Sorted in place and searched, not moved into a map: at a relist the listed
+                // records sit beside the held ones, and a map of them was the relist's peak.
+                let fresh = listed_once(self.buffers.remove(&scope).unwrap_or_default());
+                let listed = |w: &WorkloadRef| fresh.binary_search_by(|r| r.workload.cmp(w)).is_ok();
                 let gone: Vec<WorkloadRef> = self
                     .records
                     .iter()
                     .map(|r| &r.0.workload)
-                    .filter(|w| scope.covers(w) && !fresh.contains_key(*w))
+                    .filter(|w| scope.covers(w) && !listed(w))
                     .cloned()
                     .collect();
                 for workload in gone {
                     self.records.remove(&workload);
                     self.mark(workload);
                 }
-                for record in fresh.into_values() {
+                for record in fresh {
                     self.upsert(record);
                 }
                 if self.synced.insert(scope) {
@@ -204,8 +221,7 @@ impl Store {
     fn replace_running(&mut self, scope: &WatchScope) {
         let changed = if scope.kind == WorkloadKind::Pod {
             let listed = self.pod_buffers.remove(scope).unwrap_or_default();
-            let shared = listed.into_iter().map(|(pod, running)| (pod, self.shared(running))).collect();
-            replace(&mut self.pods, scope, KeyTable::from_entries(shared))
+            replace(&mut self.pods, scope, KeyTable::from_entries(listed))
         } else if matches!(scope.kind, WorkloadKind::ReplicaSet | WorkloadKind::Job) {
             let listed = self.owner_buffers.remove(scope).unwrap_or_default();
             replace(&mut self.owners, scope, KeyTable::from_entries(listed))
@@ -228,16 +244,7 @@ impl Store {
     /// The pod with its container list as held here (one allocation for every pod of a
     /// template), its names shared.
     fn shared(&mut self, running: RunningPod) -> RunningPod {
-        let containers = match self.pod_containers.get(&running.containers) {
-            Some(held) => held,
-            None => {
-                let names = &mut self.names;
-                let shared: Vec<(Name, Digest)> =
-                    running.containers.iter().map(|(name, digest)| (names.share(name), *digest)).collect();
-                self.pod_containers.share_arc(&shared.into())
-            }
-        };
-        RunningPod { owner: running.owner, containers }
+        running.shared(&mut self.names, &mut self.pod_containers)
     }
 
     /// What every workload container's pods run.
@@ -368,8 +375,12 @@ mod tests {
         // A relist after a 410 no longer has `gone`: it goes; the pod of another scope stays.
         store.apply(Update::Init(deployments.clone()));
         store.apply(Update::InitRecord(deployments.clone(), record(WorkloadKind::Deployment, "a", "web", "x2")));
+        store.apply(Update::InitRecord(deployments.clone(), record(WorkloadKind::Deployment, "a", "web", "x3")));
         store.apply(Update::InitDone(deployments.clone()));
         assert_eq!(names(&store), ["web", "pod"].map(String::from).to_vec());
+        let images: Vec<String> =
+            store.selected(&Selection::default()).iter().map(|r| r.containers[0].image.to_string()).collect();
+        assert_eq!(images, ["x3", "y"], "of a workload listed twice, the later copy");
         assert!(store.is_synced(&[deployments], false));
     }
 
