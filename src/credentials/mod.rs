@@ -6,6 +6,7 @@ pub mod docker;
 pub mod provider;
 
 use std::fmt;
+use std::sync::Arc;
 
 use base64::Engine;
 
@@ -93,7 +94,7 @@ pub struct SourcedCredential {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkloadCredentials {
     /// (the secret's `namespace/name`, its credentials), in kubelet's order.
-    pub secrets: Vec<(String, DockerCredentials)>,
+    pub secrets: Vec<(String, Arc<DockerCredentials>)>,
     /// (provider, the image's `registry/repository`, its credentials for it), in config order.
     pub providers: Vec<(String, String, Vec<Credential>)>,
 }
@@ -165,10 +166,10 @@ mod tests {
         let duplicate = DockerCredentials::single("r.example", Credential::basic("current", "pw"));
         let creds = WorkloadCredentials {
             secrets: vec![
-                ("old".into(), old),
-                ("current".into(), current),
-                ("team".into(), team),
-                ("copy".into(), duplicate),
+                ("old".into(), Arc::new(old)),
+                ("current".into(), Arc::new(current)),
+                ("team".into(), Arc::new(team)),
+                ("copy".into(), Arc::new(duplicate)),
             ],
             ..WorkloadCredentials::default()
         };
@@ -185,7 +186,7 @@ mod tests {
     #[test]
     fn provider_credentials_follow_the_secrets_for_their_image_only() {
         let creds = WorkloadCredentials {
-            secrets: vec![("s".into(), DockerCredentials::single("r.example", Credential::basic("secret", "pw")))],
+            secrets: vec![("s".into(), Arc::new(DockerCredentials::single("r.example", Credential::basic("secret", "pw"))))],
             providers: vec![
                 (
                     "sa".into(),

@@ -2,7 +2,7 @@
 //! resolved to image keys: the one place where `check` and `run` decide what is probed, with
 //! which credential, on behalf of which containers.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -284,6 +284,20 @@ pub fn resolve<'a>(
 ) -> Vec<ImageUse> {
     let mut uses = Vec::new();
     let mut anonymous: HashMap<(Name, Arc<[Platform]>), AnonymousKey> = HashMap::new();
+    // Equal keys held once: the workloads of a namespace that share a pull secret share their
+    // keys, where each use held a copy of the reference and the credentials (`check -A` at
+    // 50,000 workloads: docs/architecture.md, "At Kubernetes' limits").
+    let mut keys: HashSet<ImageKey> = HashSet::new();
+    let mut key_of = |image: ImageRef, credentials: Vec<Credential>, platforms: Arc<[Platform]>| {
+        let key = ImageKey::new(image, credentials, platforms);
+        match keys.get(&key) {
+            Some(held) => held.clone(),
+            None => {
+                keys.insert(key.clone());
+                key
+            }
+        }
+    };
     for record in records {
         let own = credentials(record);
         let schedulable = match &record.platforms {
@@ -313,11 +327,11 @@ pub fn resolve<'a>(
                 Ok(image) => {
                     let replacement = config.replacement(&image).map(|(image, condition)| {
                         let (credentials, sources) = credentials_for(own, &image);
-                        let key = ImageKey::new(image, credentials, schedulable.clone());
+                        let key = key_of(image, credentials, schedulable.clone());
                         Box::new(Replacement { key, sources, when_absent: condition == Condition::WhenAbsent })
                     });
                     let (credentials, sources) = credentials_for(own, &image);
-                    (Ok(ImageKey::new(image, credentials, schedulable.clone())), sources, replacement)
+                    (Ok(key_of(image, credentials, schedulable.clone())), sources, replacement)
                 }
                 Err(e) => (Err(e), Vec::new(), None),
             };
@@ -356,7 +370,7 @@ mod tests {
 
     fn secret(registry: &str, user: &str) -> WorkloadCredentials {
         WorkloadCredentials {
-            secrets: vec![("s".into(), DockerCredentials::single(registry, Credential::basic(user, "pw")))],
+            secrets: vec![("s".into(), Arc::new(DockerCredentials::single(registry, Credential::basic(user, "pw"))))],
             ..WorkloadCredentials::default()
         }
     }
@@ -398,6 +412,21 @@ mod tests {
     }
 
     #[test]
+    fn workloads_sharing_credentials_share_one_key() {
+        let records = [record("a", "web", &["quay.io/x/y:1"]), record("a", "api", &["quay.io/x/y:1"])];
+        let (one, other) = (secret("quay.io", "alice"), secret("quay.io", "alice"));
+        let uses = resolve(
+            &records,
+            |r| Some(if r.workload.name == "web" { &one } else { &other }),
+            &RegistryConfig::default(),
+            &ImageFilter::default(),
+            &Arc::from(Vec::new()),
+        );
+        let [web, api] = [&uses[0], &uses[1]].map(|u| u.key.as_ref().expect("parses"));
+        assert!(Arc::ptr_eq(&web.0, &api.0), "one allocation for the equal key, not a copy per use");
+    }
+
+    #[test]
     fn a_container_series_stays_three_words_with_its_replacement_condition() {
         // One per container of the cluster (docs/architecture.md, "Footprint").
         assert_eq!(std::mem::size_of::<ContainerSeries>(), 3 * std::mem::size_of::<usize>());
@@ -407,7 +436,10 @@ mod tests {
     fn a_deprecated_registry_gets_its_replacement_with_the_replacements_credentials() {
         let records = [record("a", "web", &["k8s.gcr.io/pause:3.9", "registry.k8s.io/pause:3.9"])];
         let mut both = secret("k8s.gcr.io", "old");
-        both.secrets.push(("new".into(), DockerCredentials::single("registry.k8s.io", Credential::basic("new", "pw"))));
+        both.secrets.push((
+            "new".into(),
+            Arc::new(DockerCredentials::single("registry.k8s.io", Credential::basic("new", "pw"))),
+        ));
         let platforms: Arc<[Platform]> = Arc::from(vec![Platform::new("linux", "arm64", None)]);
         let uses = resolve(&records, |_| Some(&both), &RegistryConfig::default(), &ImageFilter::default(), &platforms);
         let replacement = uses[0].replacement.as_ref().expect("k8s.gcr.io is deprecated");

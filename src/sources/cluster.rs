@@ -20,6 +20,7 @@ use crate::inventory::running::{ObjectKey, OwnedBy, RunningPod};
 use crate::inventory::slim::SlimObject;
 use crate::inventory::store::{SharedStore, Update, WatchScope, write};
 use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
+use crate::name::Interner;
 
 /// The kinds whose objects run pods: all but PodTemplate (last in `ALL`), which is not a
 /// workload in a cluster.
@@ -292,6 +293,10 @@ fn listed(places: BTreeMap<Option<&str>, Vec<WorkloadKind>>) -> impl Iterator<It
 /// the start, its pages read so far dropped.
 pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>, page_size: u32) -> ClusterSnapshot {
     let mut snapshot = ClusterSnapshot::default();
+    // Equal names and pods' container lists held once, as `run`'s store holds them: at 150,000
+    // pods a copy each was a large part of `check -A`'s peak (docs/architecture.md, "At
+    // Kubernetes' limits").
+    let (mut names, mut pod_lists) = (Interner::default(), Interner::default());
     for scope in scopes(namespaces) {
         if let Some(cause) = snapshot.failures.iter().map(|f| &f.cause).find(|c| c.is_connection()).cloned() {
             snapshot.failures.push(ListFailure { kind: scope.kind, namespace: scope.namespace.clone(), cause });
@@ -303,12 +308,12 @@ pub async fn list_workloads(client: &kube::Client, namespaces: Option<&[String]>
             attempts += 1;
             let listed = list_each(&api(client, &scope), page_size, |object| {
                 match running_of(scope.kind, &object) {
-                    Running::Pod(_, Some(running)) => snapshot.pods.push(running),
+                    Running::Pod(_, Some(running)) => snapshot.pods.push(running.shared(&mut names, &mut pod_lists)),
                     Running::Owned(owned, Some(owner)) => snapshot.owners.push((owned, owner)),
                     _ => {}
                 }
                 match record_from_object(scope.kind, &object) {
-                    Ok(Some(record)) => snapshot.records.push(record),
+                    Ok(Some(record)) => snapshot.records.push(record.interned(&mut names)),
                     Ok(None) => {}
                     Err(e) => snapshot
                         .warnings

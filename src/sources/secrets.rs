@@ -73,7 +73,9 @@ type Cache<T> = Mutex<HashMap<(String, String), (Instant, Result<T, SecretError>
 pub struct PullSecrets {
     client: kube::Client,
     ttl: Duration,
-    secrets: Cache<DockerCredentials>,
+    /// Shared, not copied, into every workload that names the secret: at 50,000 workloads a
+    /// copy each was `check -A`'s largest heap site (docs/architecture.md, "At Kubernetes' limits").
+    secrets: Cache<Arc<DockerCredentials>>,
     service_accounts: Cache<Account>,
     secrets_forbidden: AtomicBool,
     service_accounts_forbidden: AtomicBool,
@@ -171,11 +173,11 @@ impl PullSecrets {
         result
     }
 
-    async fn secret(&self, namespace: &str, name: &str) -> Result<DockerCredentials, SecretError> {
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Arc<DockerCredentials>, SecretError> {
         self.cached(&self.secrets, namespace, name, || async {
             let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
             match api.get(name).await {
-                Ok(secret) => parse_secret(namespace, name, &secret),
+                Ok(secret) => parse_secret(namespace, name, &secret).map(Arc::new),
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
                     Err(SecretError::NotFound { namespace: namespace.into(), name: name.into() })
                 }
