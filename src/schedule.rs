@@ -316,24 +316,24 @@ impl<K: Clone + Eq + Hash + Ord> Scheduler<K> {
                 e.order,
             )
         };
-        let mut candidates: Vec<(&K, &Entry)> = Vec::new();
+        // Each open registry's due keys, apart: no more of a registry's can start than it has
+        // room in flight, so only that many of its best are ranked with the others.
+        let mut by_registry: Vec<Vec<(&K, &Entry)>> = vec![Vec::new(); self.registries.len()];
         for (key, entry) in &self.entries {
             let eligible = !entry.in_flight && (!entry.probed_this_window || entry.retry_at.is_some_and(|r| r <= now));
             if eligible && is_open(entry.registry, &in_flight) {
-                candidates.push((key, entry));
+                by_registry[entry.registry as usize].push((key, entry));
             }
         }
-        // No more can start than there is room in flight: rank only those.
-        let room: usize = open
-            .iter()
-            .zip(&in_flight)
-            .filter(|(ok, _)| **ok == Some(true))
-            .map(|(_, flying)| cap.saturating_sub(*flying))
-            .sum();
         let order = |a: &(&K, &Entry), b: &(&K, &Entry)| rank(a.1).cmp(&rank(b.1)).then_with(|| a.0.cmp(b.0));
-        if room < candidates.len() {
-            candidates.select_nth_unstable_by(room, order);
-            candidates.truncate(room);
+        let mut candidates: Vec<(&K, &Entry)> = Vec::new();
+        for (mut due, flying) in by_registry.into_iter().zip(&in_flight) {
+            let room = cap.saturating_sub(*flying);
+            if room < due.len() {
+                due.select_nth_unstable_by(room, order);
+                due.truncate(room);
+            }
+            candidates.append(&mut due);
         }
         candidates.sort_by(order);
         let mut batch = Vec::new();

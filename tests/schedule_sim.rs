@@ -115,8 +115,9 @@ async fn failures_are_retried_soon_and_slow_registries_hold_only_their_share() {
     let batch = scheduler.next_batch(Instant::now(), |_| true);
     assert_eq!(batch.len(), 10, "five in flight per registry");
     // registry-0's probes hang; registry-1's complete, one of them failing.
+    let failing = *batch.iter().find(|k| **k % 2 == 1).expect("registry-1 got keys");
     for k in batch.iter().filter(|k| **k % 2 == 1) {
-        scheduler.complete(k, Instant::now(), *k == 1);
+        scheduler.complete(k, Instant::now(), *k == failing);
     }
     tokio::time::advance(TICK).await;
     let next = scheduler.next_batch(Instant::now(), |_| true);
@@ -127,7 +128,7 @@ async fn failures_are_retried_soon_and_slow_registries_hold_only_their_share() {
     }
     tokio::time::advance(Duration::from_secs(61)).await;
     let retry = scheduler.next_batch(Instant::now(), |_| true);
-    assert!(retry.contains(&1), "the failed key is tried again after a minute: {retry:?}");
+    assert!(retry.contains(&failing), "the failed key {failing} is tried again after a minute: {retry:?}");
 }
 
 #[tokio::test(start_paused = true)]

@@ -186,7 +186,10 @@ mod tests {
     #[test]
     fn provider_credentials_follow_the_secrets_for_their_image_only() {
         let creds = WorkloadCredentials {
-            secrets: vec![("s".into(), Arc::new(DockerCredentials::single("r.example", Credential::basic("secret", "pw"))))],
+            secrets: vec![(
+                "s".into(),
+                Arc::new(DockerCredentials::single("r.example", Credential::basic("secret", "pw"))),
+            )],
             providers: vec![
                 (
                     "sa".into(),
