@@ -252,7 +252,8 @@ impl Controller {
             return false;
         }
         let room_freed = self.scheduler.wants_room();
-        self.scheduler.complete(&key, now, result.state != State::Available);
+        let retry = retry_soon(result.state, self.known(&key).map(|k| k.state));
+        self.scheduler.complete(&key, now, retry);
         // A key dropped (or no longer wanted) while its probe ran: nothing to record it for.
         if !self.tracked.wanted(&key) {
             return room_freed;
@@ -388,6 +389,16 @@ impl Controller {
     }
 }
 
+/// Whether a key is probed again after `--failure-retry` rather than in the next window: after
+/// a transient failure (rate limited, unavailable, unknown error) every time; after any other
+/// answer that is not `available` (absent, refused credentials) once, to confirm it — a tag
+/// just pushed to one replica of a registry may not be on the next yet — and not again for as
+/// long as it lasts: 25,000 deleted tags probed every minute were 400 requests a second at the
+/// registries (docs/architecture.md, "At Kubernetes' limits").
+pub fn retry_soon(state: State, previous: Option<State>) -> bool {
+    state != State::Available && (state.is_transient() || previous != Some(state))
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -503,6 +514,36 @@ mod tests {
         ctl.on_probe_done(late, result(State::Available), Instant::now());
         assert_eq!(ctl.state_of(&key), None);
         assert!(ctl.tracked().keys().is_empty());
+    }
+
+    #[test]
+    fn a_lasting_answer_is_confirmed_once_and_a_transient_failure_retried_every_time() {
+        assert!(retry_soon(State::Absent, None), "a first absent is confirmed");
+        assert!(retry_soon(State::Absent, Some(State::Available)), "so is a tag that just went");
+        assert!(!retry_soon(State::Absent, Some(State::Absent)), "confirmed: the next window's");
+        assert!(!retry_soon(State::AuthenticationFailure, Some(State::AuthenticationFailure)));
+        assert!(retry_soon(State::RegistryUnavailable, Some(State::RegistryUnavailable)));
+        assert!(retry_soon(State::RateLimited, Some(State::RateLimited)));
+        assert!(!retry_soon(State::Available, Some(State::Absent)));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_image_still_absent_when_confirmed_waits_for_the_next_window() {
+        let start = Instant::now();
+        let mut ctl = controller(start);
+        ctl.on_inventory_change(InventoryChange::whole(vec![workload("web", "nginx:1")]));
+        let job = ctl.on_tick(start, |_| true).pop().expect("one job");
+        ctl.on_probe_done(job, result(State::Absent), Instant::now());
+        tokio::time::advance(Duration::from_secs(25)).await;
+        let confirm = ctl.on_tick(Instant::now(), |_| true).pop().expect("confirmed after failure_retry");
+        ctl.on_probe_done(confirm, result(State::Absent), Instant::now());
+        // failure_retry is 20 s: a retry would be due at 45 s, inside the 60 s window.
+        for _ in 0..2 {
+            tokio::time::advance(Duration::from_secs(15)).await;
+            assert!(ctl.on_tick(Instant::now(), |_| true).is_empty(), "not probed every failure_retry");
+        }
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(ctl.on_tick(Instant::now(), |_| true).len(), 1, "probed again in the next window");
     }
 
     #[tokio::test(start_paused = true)]
