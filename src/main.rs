@@ -124,7 +124,8 @@ struct RunArgs {
     /// How often the scheduler starts a batch.
     #[arg(long, env = "PULLCHECK_TICK", default_value = "15s", value_parser = humantime::parse_duration)]
     tick: Duration,
-    /// An image whose probe failed is probed again after this.
+    /// A probe that failed transiently is repeated after this; a new `absent` or refused
+    /// credential is confirmed once after it.
     #[arg(long, env = "PULLCHECK_FAILURE_RETRY", default_value = "1m", value_parser = humantime::parse_duration)]
     failure_retry: Duration,
     /// Probes in flight per registry; a slow registry holds no more.
