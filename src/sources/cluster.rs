@@ -21,6 +21,7 @@ use crate::inventory::slim::SlimObject;
 use crate::inventory::store::{SharedStore, Update, WatchScope, write};
 use crate::inventory::{WorkloadKind, WorkloadRecord, WorkloadRef};
 use crate::name::Interner;
+use crate::sources::coalesce::{self, Coalesced};
 
 /// The kinds whose objects run pods: all but PodTemplate (last in `ALL`), which is not a
 /// workload in a cluster.
@@ -388,8 +389,8 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
     format!("{workload}: {problem}")
 }
 
-/// How the watchers list: in pages of `page_size`, one initial list at a time (a watcher lists
-/// only while it holds the turn). Each page is held whole while it is decoded, so the size of a
+/// How the watchers list: in pages of `page_size`, one list at a time, initial lists and
+/// relists alike (a watcher lists only while it holds the turn). Each page is held whole while it is decoded, so the size of a
 /// page and the number of lists at once set the process's peak at sync. The watchers also share
 /// what they said of their failures, so that a cause is said once, not once per retry and kind.
 #[derive(Clone)]
@@ -563,11 +564,26 @@ async fn watch_once(
 ) -> Ended {
     let mut turn = lists.turns.clone().acquire_owned().await.ok();
     let config = watcher::Config::default().page_size(lists.page_size);
-    let mut events = watcher::watcher(api(client, scope), config).default_backoff().boxed();
+    let watch = watcher::watcher(api(client, scope), config).default_backoff().boxed();
+    let mut events = Coalesced::new(watch, coalesce::PAUSE);
     let apply = |update: Update| write(store).apply(update);
     while let Some(event) = events.next().await {
         if matches!(event, Ok(Event::InitDone) | Err(_)) {
             drop(turn.take());
+        }
+        match event {
+            // A relist (after a 410) waits for its turn as the first list did: a forced relist
+            // reaches every watch at once, and their lists side by side were the process's peak
+            // (docs/architecture.md, "At Kubernetes' limits"). The watcher asks for the first
+            // page only when polled again, so nothing is read before the turn comes.
+            Ok(Event::Init) => {
+                events.unsettle();
+                if turn.is_none() {
+                    turn = lists.turns.clone().acquire_owned().await.ok();
+                }
+            }
+            Ok(Event::InitDone) => events.settle(),
+            _ => {}
         }
         if matches!(event, Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))) {
             if let Some(line) = lists.outages().worked(scope) {

@@ -10,6 +10,7 @@ use kube::runtime::watcher::{self, Event as WatchEvent};
 use tokio::sync::mpsc;
 
 use super::cluster::{is_forbidden, place};
+use super::coalesce::{self, Coalesced};
 
 /// A pull a node failed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,9 +68,12 @@ pub async fn watch_pull_failures(client: kube::Client, namespace: Option<String>
     };
     // Only warnings travel: the API server filters them.
     let config = watcher::Config::default().fields("type=Warning");
-    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    let watch = watcher::watcher(api, config).default_backoff().boxed();
+    let mut events = Coalesced::new(watch, coalesce::PAUSE);
     while let Some(event) = events.next().await {
         match event {
+            Ok(WatchEvent::Init) => events.unsettle(),
+            Ok(WatchEvent::InitDone) => events.settle(),
             Ok(WatchEvent::Apply(event)) => {
                 if let Some(failure) = pull_failure(&event)
                     && tx.send(failure).await.is_err()

@@ -3,6 +3,7 @@
 //! and the pull failures kubelet reports. Each source reduces what it reads to the inventory's slim records.
 
 pub mod cluster;
+pub mod coalesce;
 pub mod events;
 pub mod manifests;
 pub mod nodes;
