@@ -74,6 +74,11 @@ impl<V> KeyTable<V> {
         self.entries.iter().map(|(_, value)| value)
     }
 
+    fn get_mut(&mut self, key: ObjectKey) -> Option<&mut V> {
+        let at = self.position(key).ok()?;
+        self.entries.get_mut(at).map(|(_, value)| value)
+    }
+
     fn position(&self, key: ObjectKey) -> Result<usize, usize> {
         self.entries.binary_search_by_key(&key, |(held, _)| *held)
     }
@@ -81,6 +86,65 @@ impl<V> KeyTable<V> {
     #[cfg(test)]
     fn capacity(&self) -> usize {
         self.entries.capacity()
+    }
+}
+
+/// A list under way into a held table. An entry already held is replaced in place (an equal
+/// one changes nothing); a new one waits beside the table, so that a list of all-new entries is
+/// one sort at the end, not an insert in the middle each; the keys listed are remembered. When
+/// the list ends, what it did not name goes and the new entries come in. A relist so holds the
+/// keys it saw (8 bytes each) and what is new, not a second copy of the table: that copy was
+/// the peak of a forced relist at 150,000 pods (docs/architecture.md, "At Kubernetes' limits").
+#[derive(Debug)]
+pub struct Relist<V> {
+    listed: Vec<ObjectKey>,
+    added: Vec<(ObjectKey, V)>,
+    changed: bool,
+}
+
+impl<V> Default for Relist<V> {
+    fn default() -> Self {
+        Self { listed: Vec::new(), added: Vec::new(), changed: false }
+    }
+}
+
+impl<V: PartialEq> Relist<V> {
+    /// A listed entry. `held` makes the value the one to hold (shares its parts), and is only
+    /// called when the value is not the one held already.
+    pub fn apply(&mut self, table: &mut KeyTable<V>, key: ObjectKey, value: V, held: impl FnOnce(V) -> V) {
+        self.listed.push(key);
+        match table.get_mut(key) {
+            Some(current) if *current == value => {}
+            Some(current) => {
+                *current = held(value);
+                self.changed = true;
+            }
+            None => self.added.push((key, held(value))),
+        }
+    }
+
+    /// The list ended: `table` now holds exactly what it listed. Whether anything changed.
+    pub fn finish(self, table: &mut KeyTable<V>) -> bool {
+        let Relist { mut listed, added, changed } = self;
+        listed.sort_unstable();
+        let before = table.entries.len();
+        table.entries.retain(|(key, _)| listed.binary_search(key).is_ok());
+        drop(listed);
+        let removed = table.entries.len() != before;
+        let grew = !added.is_empty();
+        if grew {
+            // Held entries first, then the new ones in list order: a stable sort keeps, of a
+            // key listed twice, the last.
+            if table.entries.is_empty() {
+                table.entries = added;
+            } else {
+                table.entries.extend(added);
+            }
+            *table = KeyTable::from_entries(std::mem::take(&mut table.entries));
+        } else if removed {
+            table.entries.shrink_to(table.entries.len() + grown_by(table.entries.len()));
+        }
+        changed || removed || grew
     }
 }
 
@@ -114,6 +178,46 @@ mod tests {
         assert_eq!(values, [4, 5]);
         let same = KeyTable::from_entries(vec![(key("c"), 4), (key("a"), 5)]);
         assert_eq!(table, same, "equal whatever the order things came in");
+    }
+
+    fn relisted(table: &mut KeyTable<i32>, entries: &[(&str, i32)]) -> bool {
+        let mut relist = Relist::default();
+        for (name, value) in entries {
+            relist.apply(table, key(name), *value, |v| v);
+        }
+        relist.finish(table)
+    }
+
+    #[test]
+    fn a_relist_leaves_exactly_what_it_listed() {
+        let mut table = KeyTable::from_entries(vec![(key("a"), 1), (key("b"), 2), (key("c"), 3)]);
+        let listed = [("c", 3), ("d", 4), ("a", 10), ("d", 5), ("e", 6)];
+        assert!(relisted(&mut table, &listed), "b gone, a changed, d and e new");
+        let fresh = KeyTable::from_entries(listed.iter().map(|(n, v)| (key(n), *v)).collect());
+        assert_eq!(table, fresh, "as if built from the list alone; of d listed twice, the last");
+
+        assert!(!relisted(&mut table, &[("e", 6), ("a", 10), ("c", 3), ("d", 5)]), "the same again: no change");
+        assert!(relisted(&mut table, &[("e", 6), ("a", 10), ("c", 3)]), "d gone");
+        assert_eq!(table.get(key("d")), None);
+        assert!(relisted(&mut table, &[]), "an empty list empties the table");
+        assert!(table.is_empty());
+        assert!(relisted(&mut table, &[("x", 1), ("y", 2)]), "into an empty table, as a first list");
+        assert_eq!(table, KeyTable::from_entries(vec![(key("y"), 2), (key("x"), 1)]));
+    }
+
+    #[test]
+    fn a_relist_shares_only_what_changed() {
+        let mut table = KeyTable::from_entries(vec![(key("a"), 1), (key("b"), 2)]);
+        let mut relist = Relist::default();
+        let mut made_held = 0;
+        for (name, value) in [("a", 1), ("b", 3), ("c", 4)] {
+            relist.apply(&mut table, key(name), value, |v| {
+                made_held += 1;
+                v
+            });
+        }
+        assert_eq!(made_held, 2, "b changed and c is new; a is held as it is");
+        assert!(relist.finish(&mut table));
     }
 
     #[test]

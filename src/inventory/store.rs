@@ -1,11 +1,11 @@
-//! The live inventory: workload records kept current from watch events. Relists replace a
-//! watcher's whole scope at once, so a dropped watch or a 410 Gone neither loses nor duplicates
-//! a workload.
+//! The live inventory: workload records kept current from watch events. A relist applies what
+//! it lists as it comes and, when it ends, removes from the watcher's scope what it did not
+//! list, so a dropped watch or a 410 Gone neither loses nor duplicates a workload.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
-use super::key_table::KeyTable;
+use super::key_table::{KeyTable, Relist};
 use super::running::{Digest, ObjectKey, OwnedBy, Running, RunningPod, running_digests};
 use super::selection::Selection;
 use super::{ByWorkload, WorkloadKind, WorkloadRecord, WorkloadRef};
@@ -53,7 +53,8 @@ pub struct Store {
     /// Shared: the series `run` keeps are built on these records, not on copies of their
     /// names; and the table's empty slots cost a pointer, not a record.
     records: HashSet<ByWorkload<Arc<WorkloadRecord>>>,
-    buffers: HashMap<WatchScope, Vec<WorkloadRecord>>,
+    /// The lists under way, by scope.
+    listings: HashMap<WatchScope, Listing>,
     synced: HashSet<WatchScope>,
     namespaces: HashMap<String, BTreeMap<String, String>>,
     namespaces_synced: bool,
@@ -68,8 +69,6 @@ pub struct Store {
     pods: HashMap<WatchScope, KeyTable<RunningPod>>,
     /// Whose pods the ReplicaSets and Jobs own are, by the scope that watches them.
     owners: HashMap<WatchScope, KeyTable<OwnedBy>>,
-    pod_buffers: HashMap<WatchScope, Vec<(ObjectKey, RunningPod)>>,
-    owner_buffers: HashMap<WatchScope, Vec<(ObjectKey, OwnedBy)>>,
     /// Bumped when what runs changed (a pod's digests, an owner), apart from the records.
     pub running_generation: u64,
     /// Every name held here, once: namespaces, images, container names.
@@ -98,37 +97,40 @@ pub fn write(store: &SharedStore) -> std::sync::RwLockWriteGuard<'_, Store> {
     store.write().unwrap_or_else(|p| p.into_inner())
 }
 
-/// A list's records sorted by workload, each workload once (the last listed, as the API
-/// server's latest).
-fn listed_once(mut records: Vec<WorkloadRecord>) -> Vec<WorkloadRecord> {
-    // Stable, so of a workload listed twice the later copy stays after the earlier one.
-    records.sort_by(|a, b| a.workload.cmp(&b.workload));
-    records.reverse();
-    records.dedup_by(|a, b| a.workload == b.workload);
-    records.reverse();
-    records
+/// A list under way for one scope. What it lists is applied as it comes (an equal record or
+/// pod changes nothing) and only what it named is remembered, so that a relist holds the names
+/// it saw, not a second copy of the scope beside the held one: that copy was the peak of the
+/// forced relists at 150,000 pods (docs/architecture.md, "At Kubernetes' limits").
+#[derive(Debug, Default)]
+struct Listing {
+    workloads: Vec<WorkloadRef>,
+    pods: Relist<RunningPod>,
+    owners: Relist<OwnedBy>,
 }
 
 impl Store {
     pub fn apply(&mut self, update: Update) {
         match update {
+            // A list that starts again (its watcher failed in the middle) forgets what the
+            // failed one named: what only that one listed goes when this one ends.
             Update::Init(scope) => {
-                self.buffers.insert(scope.clone(), Vec::new());
-                self.pod_buffers.insert(scope.clone(), Vec::new());
-                self.owner_buffers.insert(scope, Vec::new());
+                self.listings.insert(scope, Listing::default());
             }
-            // Shared as they arrive, not when the list ends: during a relist the listed copies
-            // would otherwise sit beside the held ones until the swap, and set the peak
-            // (docs/architecture.md, "At Kubernetes' limits").
             Update::InitRecord(scope, record) => {
                 let record = record.interned(&mut self.names);
-                self.buffers.entry(scope).or_default().push(record);
+                self.listings.entry(scope).or_default().workloads.push(record.workload.clone());
+                self.upsert(record);
             }
             Update::InitPod(scope, pod, running) => {
-                let running = self.shared(running);
-                self.pod_buffers.entry(scope).or_default().push((pod, running));
+                let listing = self.listings.entry(scope.clone()).or_default();
+                let pods = self.pods.entry(scope).or_default();
+                let (names, lists) = (&mut self.names, &mut self.pod_containers);
+                listing.pods.apply(pods, pod, running, |running| running.shared(names, lists));
             }
-            Update::InitOwner(scope, owned, owner) => self.owner_buffers.entry(scope).or_default().push((owned, owner)),
+            Update::InitOwner(scope, owned, owner) => {
+                let listing = self.listings.entry(scope.clone()).or_default();
+                listing.owners.apply(self.owners.entry(scope).or_default(), owned, owner, |owner| owner);
+            }
             Update::Pod(scope, pod, running) => {
                 let changed = match running {
                     Some(running) => self.insert_pod(scope, pod, running),
@@ -145,11 +147,17 @@ impl Store {
                 self.running_generation += u64::from(changed);
             }
             Update::InitDone(scope) => {
-                self.replace_running(&scope);
-                // Sorted in place and searched, not moved into a map: at a relist the listed
-                // records sit beside the held ones, and a map of them was the relist's peak.
-                let fresh = listed_once(self.buffers.remove(&scope).unwrap_or_default());
-                let listed = |w: &WorkloadRef| fresh.binary_search_by(|r| r.workload.cmp(w)).is_ok();
+                let Listing { mut workloads, pods, owners } = self.listings.remove(&scope).unwrap_or_default();
+                let running_changed = match scope.kind {
+                    WorkloadKind::Pod => pods.finish(self.pods.entry(scope.clone()).or_default()),
+                    WorkloadKind::ReplicaSet | WorkloadKind::Job => {
+                        owners.finish(self.owners.entry(scope.clone()).or_default())
+                    }
+                    _ => false,
+                };
+                self.running_generation += u64::from(running_changed);
+                workloads.sort_unstable();
+                let listed = |w: &WorkloadRef| workloads.binary_search(w).is_ok();
                 let gone: Vec<WorkloadRef> = self
                     .records
                     .iter()
@@ -160,9 +168,6 @@ impl Store {
                 for workload in gone {
                     self.records.remove(&workload);
                     self.mark(workload);
-                }
-                for record in fresh {
-                    self.upsert(record);
                 }
                 if self.synced.insert(scope) {
                     self.generation += 1;
@@ -202,9 +207,7 @@ impl Store {
 
     /// Forgets everything `scope` brought: its records, its pods and owners, a relist under way.
     fn withdraw(&mut self, scope: &WatchScope) {
-        self.buffers.remove(scope);
-        self.pod_buffers.remove(scope);
-        self.owner_buffers.remove(scope);
+        self.listings.remove(scope);
         let gone: Vec<WorkloadRef> =
             self.records.iter().map(|r| &r.0.workload).filter(|w| scope.covers(w)).cloned().collect();
         for workload in gone {
@@ -214,21 +217,6 @@ impl Store {
         let running = self.pods.remove(scope).is_some_and(|t| !t.is_empty())
             | self.owners.remove(scope).is_some_and(|t| !t.is_empty());
         self.running_generation += u64::from(running);
-    }
-
-    /// A relist's pods or owners replace the scope's, changing the running generation only
-    /// when they differ.
-    fn replace_running(&mut self, scope: &WatchScope) {
-        let changed = if scope.kind == WorkloadKind::Pod {
-            let listed = self.pod_buffers.remove(scope).unwrap_or_default();
-            replace(&mut self.pods, scope, KeyTable::from_entries(listed))
-        } else if matches!(scope.kind, WorkloadKind::ReplicaSet | WorkloadKind::Job) {
-            let listed = self.owner_buffers.remove(scope).unwrap_or_default();
-            replace(&mut self.owners, scope, KeyTable::from_entries(listed))
-        } else {
-            false
-        };
-        self.running_generation += u64::from(changed);
     }
 
     /// Holds what a pod runs, its container list shared; says whether anything changed.
@@ -310,17 +298,6 @@ impl Store {
     }
 }
 
-/// Puts a relist's table in its scope's place; says whether it differs from the one held.
-fn replace<V: PartialEq>(
-    tables: &mut HashMap<WatchScope, KeyTable<V>>,
-    scope: &WatchScope,
-    fresh: KeyTable<V>,
-) -> bool {
-    let changed = tables.get(scope).map_or(!fresh.is_empty(), |held| *held != fresh);
-    tables.insert(scope.clone(), fresh);
-    changed
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -368,7 +345,7 @@ mod tests {
         store.apply(Update::Init(deployments.clone()));
         store.apply(Update::InitRecord(deployments.clone(), record(WorkloadKind::Deployment, "a", "web", "x")));
         store.apply(Update::InitRecord(deployments.clone(), record(WorkloadKind::Deployment, "a", "gone", "x")));
-        assert!(store.is_empty(), "nothing is visible before the list completes");
+        assert!(!store.is_synced(std::slice::from_ref(&deployments), false), "not synced before the list completes");
         store.apply(Update::InitDone(deployments.clone()));
         store.apply(Update::Upsert(record(WorkloadKind::Pod, "a", "pod", "y")));
         assert_eq!(names(&store), ["gone", "web", "pod"].map(String::from).to_vec());
