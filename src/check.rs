@@ -232,12 +232,9 @@ async fn probe_uses(
             let mut workloads: Vec<WorkloadUse> = users
                 .iter()
                 .map(|u| {
-                    let digests = running.of(&u.user);
-                    WorkloadUse {
-                        user: u.user.clone(),
-                        running_digests: digests.iter().map(ToString::to_string).collect(),
-                        drift: if pinned { None } else { drift(&digests, current.and_then(Digest::parse)) },
-                    }
+                    let running_digests = running.of(&u.user);
+                    let drift = if pinned { None } else { drift(&running_digests, current.and_then(Digest::parse)) };
+                    WorkloadUse { user: u.user.clone(), running_digests, drift }
                 })
                 .collect();
             workloads.sort_by(|a, b| as_written_order(&a.user).cmp(&as_written_order(&b.user)));

@@ -517,7 +517,11 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
         eprintln!("pullcheck: warning: {}", visible(note));
     }
     match args.output {
-        Output::Json => println!("{}", report.to_json()),
+        Output::Json => match report.write_json(std::io::stdout().lock()) {
+            // A reader that stopped reading (`| head`) wanted no more of it.
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => anyhow::bail!("cannot write the report: {e}"),
+            _ => {}
+        },
         Output::Table => print!("{}", report.to_table()),
     }
     Ok(report.exit_code())

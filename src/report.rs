@@ -10,6 +10,7 @@ use serde::Serialize;
 
 use crate::error::Warning;
 use crate::inventory::ContainerRef;
+use crate::inventory::running::Digest;
 use crate::registry::{RateLimit, State};
 use crate::sources::manifests::InputError;
 
@@ -41,7 +42,7 @@ pub struct WorkloadUse {
     pub user: ContainerRef,
     /// The digests its running pods started with.
     #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub running_digests: Vec<String>,
+    pub running_digests: Vec<Digest>,
     /// Some running pod runs another digest than the tag resolves to now; left out when
     /// unknown (no running pod, not resolved).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -146,8 +147,14 @@ impl Report {
         }
     }
 
-    pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+    /// The report as JSON into `out`, written as it is serialized: at 25,000 images the whole
+    /// text held in one string was a third of `check -A`'s peak (docs/architecture.md, "At
+    /// Kubernetes' limits").
+    pub fn write_json(&self, out: impl std::io::Write) -> std::io::Result<()> {
+        let mut out = std::io::BufWriter::new(out);
+        serde_json::to_writer_pretty(&mut out, self)?;
+        std::io::Write::write_all(&mut out, b"\n")?;
+        std::io::Write::flush(&mut out)
     }
 
     /// Problems first; one line per image, with where it is used and why it failed.

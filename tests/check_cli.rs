@@ -508,3 +508,38 @@ async fn a_registrys_announced_pull_budget_is_in_the_summary() {
     );
     assert!(!text.contains("203.0.113.7"), "the limit's source (an address or an account) is not shown");
 }
+
+/// The report on a stdout that fails: a full disk is an error (exit 2, said in one line), a
+/// reader that stopped reading (`| head`) is not — the exit code is the report's own.
+#[tokio::test]
+async fn a_report_that_cannot_be_written_is_said_and_a_closed_pipe_is_not() {
+    let env = Env::start().await;
+    env.pusher.image("team/app", "v1", "amd64").await;
+    let file = write(env.dir.path(), "app.yaml", &manifests(&env.anon.addr));
+    let start = |stdout: Stdio| {
+        let (mut command, home) = support::process::pullcheck();
+        let child = command
+            .args(["check", "-f", &file, "-o", "json"])
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run pullcheck");
+        (child, home)
+    };
+
+    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let (child, _home) = start(full.into());
+    let out = child.wait_with_output().expect("pullcheck output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("pullcheck: cannot write the report:"), "{stderr}");
+
+    let (mut child, _home) = start(Stdio::piped());
+    // Closed before pullcheck has probed anything: its report meets a pipe nobody reads.
+    drop(child.stdout.take());
+    let out = child.wait_with_output().expect("pullcheck output");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "an absent image, as if the report had been read: {stderr}");
+    assert!(!stderr.contains("cannot write") && !stderr.contains("panicked"), "{stderr}");
+}

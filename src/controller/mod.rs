@@ -134,7 +134,9 @@ pub async fn run(
     let mut controller = Controller::new(settings.schedule.clone(), now, jitter.below(tick), metrics, log)
         .with_running(Box::new(move || crate::inventory::store::read(&running_of).running()));
     // Replicas started together do not tick together; the first batch goes as soon as the
-    // inventory is in, not at the first tick.
+    // inventory is in, not at the first tick, and the ticks then start again a tick after it:
+    // a jittered tick that fell during the initial lists came at once after the first batch,
+    // two batches in one tick at the registries (docs/architecture.md, "At Kubernetes' limits").
     let mut ticker = tokio::time::interval_at(now + jitter.below(tick), tick);
     ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut refill = tokio::time::interval(REFILL_INTERVAL.min(tick));
@@ -158,6 +160,7 @@ pub async fn run(
                 if now_leading && !controller.is_leading() {
                     controller.on_leading();
                     start(&mut probes, controller.on_tick(Instant::now(), open(&registry)), &registry);
+                    ticker.reset();
                 } else if !now_leading && controller.is_leading() {
                     // Stop at once: the lease may pass to another replica soon.
                     probes.abort_all();
@@ -180,6 +183,7 @@ pub async fn run(
                     ready.store(true, Ordering::Relaxed);
                     tracing::info!(workloads = controller.tracked().workloads(), "inventory synced");
                     start(&mut probes, controller.on_tick(Instant::now(), open(&registry)), &registry);
+                    ticker.reset();
                 }
             }
             _ = ticker.tick() => {

@@ -46,6 +46,13 @@ impl fmt::Debug for ImageKey {
 }
 
 impl ImageKey {
+    /// Which shared key this is: equal while both are held only for the same key. A key's
+    /// users hold the tracked key itself, so a lookup by identity finds its answer without
+    /// hashing its reference, credentials and platforms.
+    pub fn identity(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+
     pub fn new(image: ImageRef, credentials: Vec<Credential>, platforms: Arc<[Platform]>) -> Self {
         ImageKey(Arc::new(KeyParts { image, credentials, platforms }))
     }
@@ -77,8 +84,9 @@ pub struct ImageUse {
     pub written: Name,
     /// The key probed for it, or why the reference is `bad_image_format` (never probed).
     pub key: Result<ImageKey, ImageRefError>,
-    /// Where each of the key's credentials comes from for this use (its own secret names).
-    pub sources: Vec<CredentialSource>,
+    /// Where each of the key's credentials comes from for this use (its own secret names);
+    /// shared by the uses that name them alike (a namespace's workloads and their secrets).
+    pub sources: Sources,
     /// When the image's registry is deprecated (`config::deprecated`): the same image under its
     /// replacement. Boxed: most uses have none.
     pub replacement: Option<Box<Replacement>>,
@@ -92,7 +100,7 @@ pub struct Replacement {
     /// replacement registry — never the deprecated registry's: kubelet sends a secret only to
     /// the registry it names, and so does pullcheck.
     pub key: ImageKey,
-    pub sources: Vec<CredentialSource>,
+    pub sources: Sources,
     /// A moved repository's (`Condition::WhenAbsent`): it stands in for the image only while
     /// the image is `absent` — not flagged, and not probed, while the image can be pulled.
     pub when_absent: bool,
@@ -298,6 +306,18 @@ pub fn resolve<'a>(
             }
         }
     };
+    // And equal lists of where credentials come from: one per use was 64 bytes or more each.
+    let mut held_sources: HashSet<Sources> = HashSet::new();
+    let mut sources_of = |sources: Vec<CredentialSource>| {
+        let sources = Sources::from(sources);
+        match held_sources.get(&sources) {
+            Some(held) => held.clone(),
+            None => {
+                held_sources.insert(sources.clone());
+                sources
+            }
+        }
+    };
     for record in records {
         let own = credentials(record);
         let schedulable = match &record.platforms {
@@ -320,20 +340,21 @@ pub fn resolve<'a>(
                 let (key, replacement) = (key.clone(), replacement.clone());
                 let user = ContainerRef { workload: record.workload.clone(), container: container.name.clone() };
                 let written = container.image.clone();
-                uses.push(ImageUse { user, spec, written, key, sources: Vec::new(), replacement });
+                uses.push(ImageUse { user, spec, written, key, sources: Sources::default(), replacement });
                 continue;
             }
             let (key, sources, replacement) = match parsed {
                 Ok(image) => {
                     let replacement = config.replacement(&image).map(|(image, condition)| {
                         let (credentials, sources) = credentials_for(own, &image);
+                        let sources = sources_of(sources);
                         let key = key_of(image, credentials, schedulable.clone());
                         Box::new(Replacement { key, sources, when_absent: condition == Condition::WhenAbsent })
                     });
                     let (credentials, sources) = credentials_for(own, &image);
-                    (Ok(key_of(image, credentials, schedulable.clone())), sources, replacement)
+                    (Ok(key_of(image, credentials, schedulable.clone())), sources_of(sources), replacement)
                 }
-                Err(e) => (Err(e), Vec::new(), None),
+                Err(e) => (Err(e), Sources::default(), None),
             };
             if let Some(shared) = shared {
                 anonymous.insert(shared, (key.clone(), replacement.clone()));
@@ -344,6 +365,9 @@ pub fn resolve<'a>(
     }
     uses
 }
+
+/// Where each of a key's credentials comes from, as a use names them.
+pub type Sources = Arc<[CredentialSource]>;
 
 /// The key of a use without credentials of its own, and of its replacement.
 type AnonymousKey = (Result<ImageKey, ImageRefError>, Option<Box<Replacement>>);

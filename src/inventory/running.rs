@@ -38,6 +38,14 @@ impl fmt::Display for Digest {
     }
 }
 
+/// As its text: a report of 100,000 workload containers holds their digests as 32 bytes each,
+/// not as strings of 71.
+impl serde::Serialize for Digest {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
@@ -129,18 +137,26 @@ impl Running {
     /// The digests a workload container's pods run, sorted, each once; empty when no pod of
     /// it runs.
     pub fn of(&self, user: &ContainerRef) -> Vec<Digest> {
-        let workload = ObjectKey::of_workload(&user.workload);
+        let mut digests = Vec::new();
+        self.digests_into(ObjectKey::of_workload(&user.workload), &user.container, &mut digests);
+        digests
+    }
+
+    /// As [`Running::of`], for the workload's key, into `digests` (cleared first): a rebuild
+    /// of every series asks for each and reuses one list.
+    pub fn digests_into(&self, workload: ObjectKey, container: &Name, digests: &mut Vec<Digest>) {
+        digests.clear();
         let from = self.pods.partition_point(|(w, _)| *w < workload);
-        let mut digests: Vec<Digest> = self.pods[from..]
-            .iter()
-            .take_while(|(w, _)| *w == workload)
-            .flat_map(|(_, containers)| containers.iter())
-            .filter(|(name, _)| *name == user.container)
-            .map(|(_, digest)| *digest)
-            .collect();
+        digests.extend(
+            self.pods[from..]
+                .iter()
+                .take_while(|(w, _)| *w == workload)
+                .flat_map(|(_, containers)| containers.iter())
+                .filter(|(name, _)| name == container)
+                .map(|(_, digest)| *digest),
+        );
         digests.sort_unstable();
         digests.dedup();
-        digests
     }
 
     /// Pods that belong to a workload pullcheck reports.
