@@ -47,6 +47,9 @@ pub struct Controller {
     series_stale: bool,
     /// The containers' gauges as last published, shared with the metrics snapshot.
     published: Arc<Vec<ContainerGauges>>,
+    /// Of those, the containers whose reference does not parse: counted when they are rebuilt,
+    /// not by walking every series each tick.
+    bad_image_series: u64,
     /// Probes started since the last tick (the tick's batch and what refills added).
     last_batch: usize,
     /// This replica probes and exports image series (always, without leader election).
@@ -79,6 +82,7 @@ impl Controller {
             ready: false,
             series_stale: true,
             published: Arc::new(Vec::new()),
+            bad_image_series: 0,
             last_batch: 0,
             leading: true,
             last_triggered: HashMap::new(),
@@ -315,9 +319,8 @@ impl Controller {
         for users in self.tracked.keys().values().filter(|u| !u.only_replacing()) {
             *by_state.entry(users.known.map_or(State::Pending, |k| k.state)).or_default() += 1;
         }
-        let bad = self.tracked.series().filter(|(_, _, c)| c.key.is_none()).count() as u64;
-        if bad > 0 {
-            *by_state.entry(State::BadImageFormat).or_default() += bad;
+        if self.bad_image_series > 0 {
+            *by_state.entry(State::BadImageFormat).or_default() += self.bad_image_series;
         }
         self.metrics.publish(Snapshot {
             containers: self.published.clone(),
@@ -391,6 +394,7 @@ impl Controller {
             }
         }
         self.drifted = now_drifted;
+        self.bad_image_series = self.tracked.series().filter(|(_, _, c)| c.key.is_none()).count() as u64;
         self.published = Arc::new(published);
     }
 
