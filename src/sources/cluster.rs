@@ -573,9 +573,9 @@ async fn watch_once(
         }
         match event {
             // A relist (after a 410) waits for its turn as the first list did: a forced relist
-            // reaches every watch at once, and their lists side by side were the process's peak
-            // (docs/architecture.md, "At Kubernetes' limits"). The watcher asks for the first
-            // page only when polled again, so nothing is read before the turn comes.
+            // reaches every watch at once, and side by side their lists would each hold a page
+            // and its decode (docs/architecture.md, "At Kubernetes' limits"). The watcher asks
+            // for the first page only when polled again, so nothing is read before the turn.
             Ok(Event::Init) => {
                 events.unsettle();
                 if turn.is_none() {
