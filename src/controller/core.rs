@@ -348,7 +348,9 @@ impl Controller {
         let known_by_identity = KnownByIdentity::of(&self.tracked);
         let mut workload_key = None;
         let mut running = Vec::new();
+        let mut bad_image_series = 0;
         for (workload, index, container) in self.tracked.series() {
+            bad_image_series += u64::from(container.key.is_none());
             let Some(series) = Series::new(workload.clone(), index) else { continue };
             let known = container.key.as_ref().and_then(|key| known_by_identity.get(key, &self.tracked));
             let state = match &container.key {
@@ -394,7 +396,7 @@ impl Controller {
             }
         }
         self.drifted = now_drifted;
-        self.bad_image_series = self.tracked.series().filter(|(_, _, c)| c.key.is_none()).count() as u64;
+        self.bad_image_series = bad_image_series;
         self.published = Arc::new(published);
     }
 

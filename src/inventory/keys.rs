@@ -2,7 +2,7 @@
 //! resolved to image keys: the one place where `check` and `run` decide what is probed, with
 //! which credential, on behalf of which containers.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use crate::config::RegistryConfig;
 use crate::config::deprecated::Condition;
 use crate::credentials::{Credential, CredentialSource, SourcedCredential, WorkloadCredentials};
 use crate::image::{ImageRef, ImageRefError};
-use crate::name::Name;
+use crate::name::{Interner, Name};
 use crate::platform::Platform;
 
 /// What one probe answers for: a canonical reference and the workload credentials kubelet
@@ -295,29 +295,13 @@ pub fn resolve<'a>(
     // Equal keys held once: the workloads of a namespace that share a pull secret share their
     // keys, where each use held a copy of the reference and the credentials (`check -A` at
     // 50,000 workloads: docs/architecture.md, "At Kubernetes' limits").
-    let mut keys: HashSet<ImageKey> = HashSet::new();
+    let mut keys: Interner<KeyParts> = Interner::default();
     let mut key_of = |image: ImageRef, credentials: Vec<Credential>, platforms: Arc<[Platform]>| {
-        let key = ImageKey::new(image, credentials, platforms);
-        match keys.get(&key) {
-            Some(held) => held.clone(),
-            None => {
-                keys.insert(key.clone());
-                key
-            }
-        }
+        ImageKey(keys.share_arc(&Arc::new(KeyParts { image, credentials, platforms })))
     };
     // And equal lists of where credentials come from: one per use was 64 bytes or more each.
-    let mut held_sources: HashSet<Sources> = HashSet::new();
-    let mut sources_of = |sources: Vec<CredentialSource>| {
-        let sources = Sources::from(sources);
-        match held_sources.get(&sources) {
-            Some(held) => held.clone(),
-            None => {
-                held_sources.insert(sources.clone());
-                sources
-            }
-        }
-    };
+    let mut held_sources: Interner<[CredentialSource]> = Interner::default();
+    let mut sources_of = |sources: Vec<CredentialSource>| held_sources.share_arc(&Sources::from(sources));
     for record in records {
         let own = credentials(record);
         let schedulable = match &record.platforms {

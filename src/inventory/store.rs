@@ -117,9 +117,8 @@ impl Store {
                 self.listings.insert(scope, Listing::default());
             }
             Update::InitRecord(scope, record) => {
-                let record = record.interned(&mut self.names);
-                self.listings.entry(scope).or_default().workloads.push(record.workload.clone());
-                self.upsert(record);
+                let workload = self.upsert(record);
+                self.listings.entry(scope).or_default().workloads.push(workload);
             }
             Update::InitPod(scope, pod, running) => {
                 let listing = self.listings.entry(scope.clone()).or_default();
@@ -173,7 +172,9 @@ impl Store {
                     self.generation += 1;
                 }
             }
-            Update::Upsert(record) => self.upsert(record),
+            Update::Upsert(record) => {
+                self.upsert(record);
+            }
             Update::Remove(workload) => {
                 if self.records.remove(&workload) {
                     self.mark(workload);
@@ -241,15 +242,17 @@ impl Store {
         running_digests(pods, |owned| self.owners.values().find_map(|owners| owners.get(owned)).copied())
     }
 
-    /// Inserts or replaces a record; a record equal to the one held changes nothing.
-    fn upsert(&mut self, record: WorkloadRecord) {
-        if self.records.get(&record.workload).is_some_and(|held| *held.0 == record) {
-            return;
+    /// Inserts or replaces a record; a record equal to the one held changes nothing. The
+    /// workload, its names as held here.
+    fn upsert(&mut self, record: WorkloadRecord) -> WorkloadRef {
+        if let Some(held) = self.records.get(&record.workload).filter(|held| *held.0 == record) {
+            return held.0.workload.clone();
         }
         let record = record.interned(&mut self.names);
         let workload = record.workload.clone();
         self.records.replace(ByWorkload(Arc::new(record)));
-        self.mark(workload);
+        self.mark(workload.clone());
+        workload
     }
 
     fn mark(&mut self, workload: WorkloadRef) {

@@ -390,9 +390,10 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
 }
 
 /// How the watchers list: in pages of `page_size`, one list at a time, initial lists and
-/// relists alike (a watcher lists only while it holds the turn). Each page is held whole while it is decoded, so the size of a
-/// page and the number of lists at once set the process's peak at sync. The watchers also share
-/// what they said of their failures, so that a cause is said once, not once per retry and kind.
+/// relists alike (a watcher lists only while it holds the turn). Each page is held whole while
+/// it is decoded, so the size of a page and the number of lists at once set the process's peak
+/// at sync. The watchers also share what they said of their failures, so that a cause is said
+/// once, not once per retry and kind.
 #[derive(Clone)]
 pub struct Lists {
     turns: Arc<Semaphore>,
