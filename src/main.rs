@@ -426,13 +426,10 @@ impl RegistryArgs {
 fn main() -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    // `check` is one pass of probes: on one thread, a request's wake-ups stay on it (no futex
-    // hand-offs between workers, a third of its CPU when measured); `run` keeps its workers.
-    let mut builder = match cli.command {
-        Command::Check(_) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    };
-    let runtime = match builder.enable_all().build() {
+    // One thread: a request's or a watch event's wake-ups stay on it, with no futex hand-offs
+    // between workers and no contention for jemalloc's one arena (docs/architecture.md, "At
+    // Kubernetes' limits").
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pullcheck: cannot start the runtime: {e}");
@@ -527,7 +524,8 @@ async fn check(args: CheckArgs) -> anyhow::Result<u8> {
     Ok(report.exit_code())
 }
 
-/// The controller: telemetry is built and flushed outside the runtime's context (see Telemetry::init).
+/// The controller: telemetry is built outside the runtime's context (see Telemetry::init) and
+/// flushed off it.
 fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) -> anyhow::Result<()> {
     let instance_id = pod_name().unwrap_or_else(|| format!("pullcheck-{}", std::process::id()));
     // The resource is fixed once telemetry starts, so the cluster's uid is read before it.
@@ -556,8 +554,31 @@ fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) 
         tracing::warn!("{}", visible(&warning));
     }
     let outcome = runtime.block_on(run_controller(args, connection, &telemetry));
-    telemetry.shutdown();
+    flush(telemetry, runtime);
     outcome
+}
+
+/// The last export, on a thread of its own (outside the runtime's context, as the HTTP
+/// exporters' blocking client needs) while this one drives the runtime: a gRPC exporter's
+/// channel is a task on it, and on one thread nothing else would run that task.
+fn flush(telemetry: Telemetry, runtime: &tokio::runtime::Runtime) {
+    let (done, flushed) = tokio::sync::oneshot::channel();
+    let telemetry = Arc::new(telemetry);
+    let flushing = telemetry.clone();
+    let spawned = std::thread::Builder::new().name("flush".into()).spawn(move || {
+        flushing.shutdown();
+        let _ = done.send(());
+    });
+    match spawned {
+        Ok(_) => {
+            let _ = runtime.block_on(flushed);
+        }
+        Err(e) => {
+            // Here, a gRPC export waits out its timeout.
+            eprintln!("pullcheck: flushing telemetry at shutdown on the main thread: {e}");
+            telemetry.shutdown();
+        }
+    }
 }
 
 async fn run_controller(args: RunArgs, connection: Connection, telemetry: &Telemetry) -> anyhow::Result<()> {

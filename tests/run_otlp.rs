@@ -38,7 +38,11 @@ impl Running {
     async fn terminate(mut self) -> Option<i32> {
         let pid = self.child.id().expect("running").to_string();
         let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
-        tokio::time::timeout(WAIT, self.child.wait()).await.ok().and_then(|s| s.ok()).and_then(|s| s.code())
+        let code = tokio::time::timeout(WAIT, self.child.wait()).await.ok().and_then(|s| s.ok()).and_then(|s| s.code());
+        if code != Some(0) {
+            eprintln!("pullcheck exited with {code:?}:\n{}", self.stderr());
+        }
+        code
     }
 }
 
@@ -406,11 +410,22 @@ async fn metrics_traces_and_logs_over_http_protobuf() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_waiting_for_its_interval_is_flushed_at_shutdown() {
+    flushed_at_shutdown(Receiver::http().await, "http/protobuf").await;
+}
+
+/// Over gRPC the exporters' channel is a task on pullcheck's one-thread runtime: the last
+/// export must still find it running.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_waiting_for_its_interval_is_flushed_at_shutdown_over_grpc() {
+    flushed_at_shutdown(Receiver::grpc().await, "grpc").await;
+}
+
+async fn flushed_at_shutdown(receiver: Receiver, protocol: &str) {
     let (env, api) = one_deployment().await;
-    let receiver = Receiver::http().await;
     let an_hour = "3600000".to_string();
     let otel = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint.clone()),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_string()),
         ("OTEL_METRIC_EXPORT_INTERVAL", an_hour.clone()),
         ("OTEL_BSP_SCHEDULE_DELAY", an_hour.clone()),
         ("OTEL_BLRP_SCHEDULE_DELAY", an_hour),
