@@ -211,7 +211,7 @@ pub async fn run(
 
 /// The ticks, on a grid from `first`: a tick served late (the one thread busy with a batch of
 /// watch events) does not move the ones after it. With `Delay`, each late tick pushed all later
-/// ones back, and the batches drifted against any fixed second at the registries: one second
+/// ones back, and the batches drifted against the registries' clock: one tick-long span there
 /// then held a batch and part of the next (docs/architecture.md, "At Kubernetes' limits").
 fn ticks(first: Instant, tick: Duration) -> tokio::time::Interval {
     let mut ticker = tokio::time::interval_at(first, tick);
