@@ -554,31 +554,31 @@ fn run(args: RunArgs, log_filter: EnvFilter, runtime: &tokio::runtime::Runtime) 
         tracing::warn!("{}", visible(&warning));
     }
     let outcome = runtime.block_on(run_controller(args, connection, &telemetry));
-    flush(telemetry, runtime);
+    flush(&telemetry, runtime);
     outcome
 }
 
 /// The last export, on a thread of its own (outside the runtime's context, as the HTTP
 /// exporters' blocking client needs) while this one drives the runtime: a gRPC exporter's
 /// channel is a task on it, and on one thread nothing else would run that task.
-fn flush(telemetry: Telemetry, runtime: &tokio::runtime::Runtime) {
+fn flush(telemetry: &Telemetry, runtime: &tokio::runtime::Runtime) {
     let (done, flushed) = tokio::sync::oneshot::channel();
-    let telemetry = Arc::new(telemetry);
-    let flushing = telemetry.clone();
-    let spawned = std::thread::Builder::new().name("flush".into()).spawn(move || {
-        flushing.shutdown();
-        let _ = done.send(());
-    });
-    match spawned {
-        Ok(_) => {
-            let _ = runtime.block_on(flushed);
-        }
-        Err(e) => {
-            // Here, a gRPC export waits out its timeout.
-            eprintln!("pullcheck: flushing telemetry at shutdown on the main thread: {e}");
+    std::thread::scope(|scope| {
+        let spawned = std::thread::Builder::new().name("flush".into()).spawn_scoped(scope, || {
             telemetry.shutdown();
+            let _ = done.send(());
+        });
+        match spawned {
+            Ok(_) => {
+                let _ = runtime.block_on(flushed);
+            }
+            Err(e) => {
+                // Here, a gRPC export waits out its timeout.
+                eprintln!("pullcheck: flushing telemetry at shutdown on the main thread: {e}");
+                telemetry.shutdown();
+            }
         }
-    }
+    });
 }
 
 async fn run_controller(args: RunArgs, connection: Connection, telemetry: &Telemetry) -> anyhow::Result<()> {

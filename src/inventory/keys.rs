@@ -297,7 +297,7 @@ pub fn resolve<'a>(
     // 50,000 workloads: docs/architecture.md, "At Kubernetes' limits").
     let mut keys: Interner<KeyParts> = Interner::default();
     let mut key_of = |image: ImageRef, credentials: Vec<Credential>, platforms: Arc<[Platform]>| {
-        ImageKey(keys.share_arc(&Arc::new(KeyParts { image, credentials, platforms })))
+        ImageKey(keys.share_arc(&ImageKey::new(image, credentials, platforms).0))
     };
     // And equal lists of where credentials come from: one per use was 64 bytes or more each.
     let mut held_sources: Interner<[CredentialSource]> = Interner::default();
