@@ -199,7 +199,8 @@ impl Controller {
             self.scheduler.mark_changed(key);
         }
         self.ready |= completes;
-        self.series_stale = true;
+        // A refresh's reset names every workload, and most resolve to the series they have.
+        self.series_stale |= changes.workloads > 0;
     }
 
     /// Keeps a key in the schedule exactly while it is wanted (`Tracked::wanted`): a moved

@@ -100,6 +100,9 @@ pub struct KeyChanges {
     /// Still there, with the same users (other containers it replaces for, perhaps): whether
     /// it is to be probed may have changed all the same (`Tracked::wanted`).
     pub kept: Vec<ImageKey>,
+    /// How many workloads' series were built anew or dropped: none, and the published series
+    /// stand as they are.
+    pub workloads: usize,
 }
 
 impl KeyChanges {
@@ -123,8 +126,11 @@ pub struct Tracked {
     keys: HashMap<ImageKey, Box<KeyUsers>>,
     /// Each workload's series, shared with the published snapshots.
     by_workload: HashSet<ByWorkload<Arc<WorkloadSeries>>>,
-    /// During a reset: the workloads held before it that no part has named yet.
-    unnamed: Option<HashSet<WorkloadRef>>,
+    /// The reset under way or last ended: series inserted since it began, or named by one of
+    /// its parts, carry it (`WorkloadSeries::reset`); the others go at its end.
+    reset: u32,
+    /// A reset has begun and its last part has not come.
+    resetting: bool,
 }
 
 impl Tracked {
@@ -176,38 +182,62 @@ impl Tracked {
     pub fn apply(&mut self, change: InventoryChange) -> KeyChanges {
         let mut before = Before::new();
         let mut touched = HashSet::new();
+        let mut workloads = 0;
         match change {
             InventoryChange::Reset { part, done } => {
-                let unnamed = self
-                    .unnamed
-                    .get_or_insert_with(|| self.by_workload.iter().map(|w| w.0.workload().clone()).collect());
-                for (workload, _) in &part {
-                    unnamed.remove(workload);
+                if !self.resetting {
+                    self.resetting = true;
+                    self.reset = self.reset.wrapping_add(1);
                 }
-                self.replace(part, &mut touched, &mut before);
+                workloads += self.replace(part, &mut touched, &mut before);
                 if done {
-                    for workload in self.unnamed.take().unwrap_or_default() {
-                        self.remove(&workload, &mut touched, &mut before);
+                    self.resetting = false;
+                    let unnamed: Vec<WorkloadRef> = (self.by_workload.iter())
+                        .filter(|series| series.0.reset() != self.reset)
+                        .map(|series| series.0.workload().clone())
+                        .collect();
+                    for workload in &unnamed {
+                        self.remove(workload, &mut touched, &mut before);
                     }
+                    workloads += unnamed.len();
                     self.keys.shrink_to_fit();
                 }
             }
             // Not the tracked set's business: the controller keeps what runs.
             InventoryChange::RunningChanged => return KeyChanges::default(),
-            InventoryChange::Workloads(changes) => self.replace(changes, &mut touched, &mut before),
+            InventoryChange::Workloads(changes) => workloads += self.replace(changes, &mut touched, &mut before),
         }
         self.settle(&touched);
-        self.classify(touched, &before)
+        let mut changes = self.classify(touched, &before);
+        changes.workloads = workloads;
+        changes
     }
 
-    /// Each workload's uses in place of what is held of it.
-    fn replace(&mut self, changes: WorkloadUses, touched: &mut HashSet<ImageKey>, before: &mut Before) {
+    /// Each workload's uses in place of what is held of it, unless they are what is held (a
+    /// reset resolves every workload, and most to what they were). Returns how many changed.
+    fn replace(&mut self, changes: WorkloadUses, touched: &mut HashSet<ImageKey>, before: &mut Before) -> usize {
+        let mut replaced = 0;
         for (workload, resolved) in changes {
+            let held = self.by_workload.get(&workload).map(|series| &series.0);
+            let unchanged = match (held, &resolved) {
+                (Some(held), Some((record, uses))) => held.is_built_from(record, uses),
+                (None, None) => true,
+                _ => false,
+            };
+            if unchanged {
+                // Named: kept at the reset's end (`insert` marks the series it builds).
+                if let Some(held) = held {
+                    held.mark_reset(self.reset);
+                }
+                continue;
+            }
+            replaced += 1;
             self.remove(&workload, touched, before);
             if let Some((record, uses)) = resolved {
                 self.insert(record, &uses, touched, before);
             }
         }
+        replaced
     }
 
     /// Users were pushed as they came: sorted and made unique once per change. A key left
@@ -298,6 +328,7 @@ impl Tracked {
             (key, replacement)
         });
         let series = Arc::new(series);
+        series.mark_reset(self.reset);
         // Each container is its keys' user: the series itself, not a copy of who it is.
         for (index, container) in series.containers().iter().enumerate() {
             let Some(user) = Series::new(series.clone(), index) else { continue };
@@ -328,9 +359,19 @@ mod tests {
     }
 
     fn uses(record: &WorkloadRecord) -> Resolved {
+        resolved(Arc::new(record.clone()))
+    }
+
+    /// The uses of the very record given, resolved afresh (keys equal to, not the same as,
+    /// any resolved before).
+    fn resolved(record: Arc<WorkloadRecord>) -> Resolved {
+        resolved_for(record, Vec::new())
+    }
+
+    fn resolved_for(record: Arc<WorkloadRecord>, platforms: Vec<crate::platform::Platform>) -> Resolved {
         let uses =
-            resolve([record], |_| None, &RegistryConfig::default(), &ImageFilter::default(), &Arc::from(Vec::new()));
-        (Arc::new(record.clone()), uses)
+            resolve([&*record], |_| None, &RegistryConfig::default(), &ImageFilter::default(), &Arc::from(platforms));
+        (record, uses)
     }
 
     fn names(keys: &[ImageKey]) -> Vec<String> {
@@ -424,5 +465,45 @@ mod tests {
         let changes = tracked.apply(InventoryChange::Reset { part: vec![], done: true });
         assert_eq!(names(&changes.removed), ["docker.io/library/nginx:2", "docker.io/library/postgres:16"]);
         assert_eq!(tracked.workloads(), 0);
+    }
+
+    #[test]
+    fn a_reset_keeps_the_series_of_workloads_that_resolve_as_they_did() {
+        let series_of = |tracked: &Tracked, name: &str| {
+            let found = tracked.series().find(|(w, _, _)| w.workload().name.as_str() == name);
+            found.map(|(w, _, _)| w.clone()).unwrap_or_else(|| panic!("{name} is tracked"))
+        };
+        let (web, api) = (Arc::new(record("web", &["nginx:1"])), Arc::new(record("api", &["redis:7"])));
+        let mut tracked = Tracked::default();
+        let changes = tracked.apply(InventoryChange::whole(vec![resolved(web.clone()), resolved(api.clone())]));
+        assert_eq!(changes.workloads, 2);
+        let (web_series, api_series) = (series_of(&tracked, "web"), series_of(&tracked, "api"));
+
+        // The refresh: both records as they were, their keys resolved again.
+        let changes = tracked.apply(InventoryChange::whole(vec![resolved(web.clone()), resolved(api.clone())]));
+        assert_eq!(changes, KeyChanges::default(), "nothing moved, nothing is told");
+        assert!(Arc::ptr_eq(&series_of(&tracked, "web"), &web_series), "web's series are kept, not built again");
+        assert!(Arc::ptr_eq(&series_of(&tracked, "api"), &api_series));
+
+        // A reset naming only web, as it was: web is kept as it is, api goes at the end.
+        let changes = tracked.apply(InventoryChange::Reset { part: vec![], done: false });
+        assert_eq!((changes.workloads, tracked.workloads()), (0, 2), "nothing goes before the last part");
+        let part = vec![(web.workload.clone(), Some(resolved(web.clone())))];
+        let changes = tracked.apply(InventoryChange::Reset { part, done: true });
+        assert_eq!(names(&changes.removed), ["docker.io/library/redis:7"]);
+        assert_eq!((changes.workloads, tracked.workloads()), (1, 1));
+        assert!(Arc::ptr_eq(&series_of(&tracked, "web"), &web_series));
+
+        // An equal record in a new allocation (the store replaced it): built anew.
+        let changes = tracked.apply(InventoryChange::whole(vec![uses(&web)]));
+        assert_eq!((changes.workloads, changes.is_empty()), (1, true), "{changes:?}");
+        assert!(!Arc::ptr_eq(&series_of(&tracked, "web"), &web_series));
+        // The same record with other keys (the nodes' platforms moved): built anew too.
+        let web_series = series_of(&tracked, "web");
+        let web = web_series.record().clone();
+        let arm = crate::platform::Platform::new("linux", "arm64", None);
+        let changes = tracked.apply(InventoryChange::whole(vec![resolved_for(web, vec![arm])]));
+        assert_eq!((changes.workloads, changes.added.len(), changes.removed.len()), (1, 1, 1), "{changes:?}");
+        assert!(!Arc::ptr_eq(&series_of(&tracked, "web"), &web_series));
     }
 }

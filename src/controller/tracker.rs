@@ -92,12 +92,13 @@ impl Tracker {
                     refreshed = Some(Instant::now());
                     self.refresh_platforms().await;
                 }
-                let workloads = read(&self.store).workloads();
-                let mut parts = workloads.chunks(RESET_PART).peekable();
+                let records = read(&self.store).records();
+                let mut parts = records.chunks(RESET_PART).peekable();
                 loop {
-                    let part = parts.next().unwrap_or_default();
+                    let part: Vec<WorkloadRef> =
+                        parts.next().unwrap_or_default().iter().map(|r| r.workload.clone()).collect();
                     let done = parts.peek().is_none();
-                    let part = self.resolve_each(part).await;
+                    let part = self.resolve_each(&part).await;
                     if changes.send(InventoryChange::Reset { part, done }).await.is_err() {
                         return;
                     }
