@@ -5,7 +5,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use pullcheck::inventory::WorkloadKind;
 use pullcheck::inventory::selection::Selection;
@@ -164,6 +164,58 @@ async fn a_forbidden_kind_is_skipped_and_the_others_work() {
     assert!(daemonset_requests[0].starts_with("GET /apis/apps/v1/daemonsets?"), "the list: {daemonset_requests:?}");
     let daemonsets = watchers.iter().find(|(kind, _)| *kind == WorkloadKind::DaemonSet).expect("a DaemonSet scope");
     assert!(!daemonsets.1.is_finished(), "it will try again");
+    for (_, watcher) in watchers {
+        watcher.abort();
+    }
+}
+
+/// Two initial lists at a time, one relist at a time (`Lists`): at sync pullcheck decodes one
+/// list's page while the API server serves another's; a forced relist reaches every watch at
+/// once, and its lists take turns.
+#[tokio::test]
+async fn initial_lists_go_two_at_a_time_and_relists_one_at_a_time() {
+    let api = ApiServer::start().await;
+    api.page_size(1);
+    for name in ["a", "b", "c"] {
+        api.apply(workload("Deployment", "shop", name, "nginx:1.27"));
+        api.apply(workload("StatefulSet", "db", name, "postgres:16"));
+    }
+    let page = Duration::from_millis(200);
+    api.slow_lists("Deployment", Some(page));
+    api.slow_lists("StatefulSet", Some(page));
+    // From a kind's first page asked to its last page answered (each page `page` late).
+    let span = |plural: &str, since: Instant| {
+        let asked: Vec<Instant> = (api.timed_requests().into_iter())
+            .filter(|(at, r)| *at >= since && r.contains(&format!("/{plural}?")) && !r.contains("watch="))
+            .map(|(at, _)| at)
+            .collect();
+        (asked.len(), asked.first().copied(), asked.last().map(|last| *last + page))
+    };
+    let overlap = |since: Instant| match (span("deployments", since), span("statefulsets", since)) {
+        ((_, Some(d0), Some(d1)), (_, Some(s0), Some(s1))) => d0 < s1 && s0 < d1,
+        spans => panic!("both kinds listed: {spans:?}"),
+    };
+    let listed = |since: Instant| span("deployments", since).0 >= 2 && span("statefulsets", since).0 >= 2;
+
+    let start = Instant::now();
+    let store: SharedStore = Arc::new(RwLock::new(Store::default()));
+    let watchers = start_watchers(&api, &store);
+    let all_scopes = scopes(None);
+    assert!(eventually(WAIT, || store.read().expect("lock").is_synced(&all_scopes, false)).await);
+    assert!(listed(start), "paged: {:?}", api.requests());
+    assert!(overlap(start), "the two slow initial lists ran side by side: {:?}", api.timed_requests());
+
+    let compacted = Instant::now();
+    api.compact();
+    // The cluster moves on: the harness expires the version it compacted at itself, and a
+    // watch resumed there would be relisted again and again.
+    api.apply(workload("Deployment", "shop", "d", "nginx:1.27"));
+    let relisted = || listed(compacted) && store.read().expect("lock").len() == 7;
+    assert!(eventually(WAIT, relisted).await, "both listed again: {:?}", api.requests());
+    let since = |since: Instant| -> Vec<(Duration, String)> {
+        (api.timed_requests().into_iter()).filter(|(at, _)| *at >= since).map(|(at, r)| (at - since, r)).collect()
+    };
+    assert!(!overlap(compacted), "the relists took turns: {:#?}", since(compacted));
     for (_, watcher) in watchers {
         watcher.abort();
     }

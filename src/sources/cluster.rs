@@ -12,7 +12,7 @@ use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, ListParams};
 use kube::runtime::WatchStreamExt;
 use kube::runtime::watcher::{self, Event};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Warning, WarningKind};
 use crate::inventory::record::{RecordError, controller_of, namespace_of, record_from_object, running_pod};
@@ -389,13 +389,14 @@ fn describe(workload: &WorkloadRef, problem: &RecordError) -> String {
     format!("{workload}: {problem}")
 }
 
-/// How the watchers list: in pages of `page_size`, one list at a time, initial lists and
-/// relists alike (a watcher lists only while it holds the turn). Each page is held whole while
-/// it is decoded, so the size of a page and the number of lists at once set the process's peak
-/// at sync. The watchers also share what they said of their failures, so that a cause is said
-/// once, not once per retry and kind.
+/// How the watchers list: in pages of `page_size`, each while it holds a turn: two initial
+/// lists at a time, one relist at a time. Each page is held whole while it is decoded, so the
+/// size of a page and the number of lists at once set the process's peak. The watchers also
+/// share what they said of their failures, so that a cause is said once, not once per retry
+/// and kind.
 #[derive(Clone)]
 pub struct Lists {
+    /// [`INITIAL_LISTS`] of them: an initial list takes one, a relist all.
     turns: Arc<Semaphore>,
     page_size: u32,
     outages: Arc<Mutex<Outages>>,
@@ -406,9 +407,22 @@ pub struct Lists {
 /// `--rbac-recheck`'s default.
 pub const RBAC_RECHECK: Duration = Duration::from_secs(300);
 
+/// Initial lists at a time. While pullcheck decodes one list's page, the API server serves
+/// the other's next page: at sync the decode (pullcheck's one thread) and the serving overlap
+/// instead of taking turns (docs/architecture.md, "At Kubernetes' limits"). Relists stay one
+/// at a time: a forced relist reaches every watch at once, in churn, where the peak is set.
+pub const INITIAL_LISTS: u32 = 2;
+
 impl Lists {
     pub fn new(page_size: u32) -> Lists {
-        Lists { turns: Arc::new(Semaphore::new(1)), page_size, outages: Arc::default(), rbac_recheck: RBAC_RECHECK }
+        let turns = Arc::new(Semaphore::new(INITIAL_LISTS as usize));
+        Lists { turns, page_size, outages: Arc::default(), rbac_recheck: RBAC_RECHECK }
+    }
+
+    /// A turn to list: one of the turns for a scope's first list, all of them for a relist.
+    async fn turn(&self, first: bool) -> Option<OwnedSemaphorePermit> {
+        let needed = if first { 1 } else { INITIAL_LISTS };
+        self.turns.clone().acquire_many_owned(needed).await.ok()
     }
 
     pub fn with_rbac_recheck(self, rbac_recheck: Duration) -> Lists {
@@ -534,8 +548,10 @@ pub async fn watch_scope(client: kube::Client, scope: WatchScope, store: SharedS
     let place = place(scope.namespace.as_deref());
     // Said when it was forbidden, until a list works again.
     let mut forbidden = false;
+    // Whether a list of the scope has ended: the next is a relist, and waits for every turn.
+    let mut listed = false;
     loop {
-        match watch_once(&client, &scope, &store, &lists, &mut forbidden).await {
+        match watch_once(&client, &scope, &store, &lists, &mut forbidden, &mut listed).await {
             Ended::Relist => continue,
             Ended::Closed => return,
             Ended::Forbidden => {
@@ -562,8 +578,9 @@ async fn watch_once(
     store: &SharedStore,
     lists: &Lists,
     forbidden: &mut bool,
+    listed: &mut bool,
 ) -> Ended {
-    let mut turn = lists.turns.clone().acquire_owned().await.ok();
+    let mut turn = lists.turn(!*listed).await;
     let config = watcher::Config::default().page_size(lists.page_size);
     let watch = watcher::watcher(api(client, scope), config).default_backoff().boxed();
     let mut events = Coalesced::new(watch, coalesce::PAUSE);
@@ -573,17 +590,20 @@ async fn watch_once(
             drop(turn.take());
         }
         match event {
-            // A relist (after a 410) waits for its turn as the first list did: a forced relist
-            // reaches every watch at once, and side by side their lists would each hold a page
-            // and its decode (docs/architecture.md, "At Kubernetes' limits"). The watcher asks
-            // for the first page only when polled again, so nothing is read before the turn.
+            // A relist (after a 410) waits for every turn: a forced relist reaches every watch
+            // at once, and side by side their lists would each hold a page and its decode
+            // (docs/architecture.md, "At Kubernetes' limits"). The watcher asks for the first
+            // page only when polled again, so nothing is read before the turn.
             Ok(Event::Init) => {
                 events.unsettle();
                 if turn.is_none() {
-                    turn = lists.turns.clone().acquire_owned().await.ok();
+                    turn = lists.turn(!*listed).await;
                 }
             }
-            Ok(Event::InitDone) => events.settle(),
+            Ok(Event::InitDone) => {
+                *listed = true;
+                events.settle();
+            }
             _ => {}
         }
         if matches!(event, Ok(Event::InitDone | Event::Apply(_) | Event::Delete(_))) {

@@ -213,8 +213,8 @@ struct Cluster {
     throttle: (usize, u64),
     /// The requests answered 429, with when.
     throttled: Vec<(Instant, String)>,
-    /// Lists of this resource (`apps/v1/deployments`) are answered this late.
-    slow_lists: Option<(String, Duration)>,
+    /// Lists of these resources (`apps/v1/deployments`) are answered this late.
+    slow_lists: Vec<(String, Duration)>,
 }
 
 /// Lists whose pages are still being read; the oldest is dropped past this many (a client that
@@ -504,7 +504,10 @@ impl ApiServer {
     /// Every list of `kind` (each page) is answered `delay` late from now on; `None` ends that.
     pub fn slow_lists(&self, kind: &str, delay: Option<Duration>) {
         let (api_version, plural) = resource_of(kind);
-        self.lock().slow_lists = delay.map(|d| (format!("{api_version}/{plural}"), d));
+        let resource = format!("{api_version}/{plural}");
+        let slow = &mut self.lock().slow_lists;
+        slow.retain(|(slowed, _)| *slowed != resource);
+        slow.extend(delay.map(|d| (resource, d)));
     }
 
     /// The API server goes away as a process that exited: connections are refused and open
@@ -764,7 +767,7 @@ fn handle(cluster: &Mutex<Cluster>, req: &Request) -> (Reply, Option<Duration>) 
     let reply = answer(&mut cluster, req);
     let path = req.target.split('?').next().unwrap_or_default();
     let is_list = req.method == "GET" && req.query("watch").is_none();
-    let delay = cluster.slow_lists.as_ref().filter(|(resource, _)| is_list && path.ends_with(resource.as_str()));
+    let delay = cluster.slow_lists.iter().find(|(resource, _)| is_list && path.ends_with(resource.as_str()));
     (reply, delay.map(|(_, d)| *d))
 }
 
