@@ -161,6 +161,9 @@ pub struct WorkloadSeries {
     reset: AtomicU32,
 }
 
+// The reset mark is free only while the series fit 32 bytes (48 with the `Arc`'s counts).
+const _: () = assert!(std::mem::size_of::<WorkloadSeries>() <= 32);
+
 impl super::ForWorkload for WorkloadSeries {
     fn workload(&self) -> &WorkloadRef {
         WorkloadSeries::workload(self)
