@@ -140,6 +140,11 @@ impl ImageUse {
         self.sources.get(index)
     }
 
+    /// Its replacement is a moved repository's (`Replacement::when_absent`).
+    pub fn replacement_when_absent(&self) -> bool {
+        self.replacement.as_ref().is_some_and(|r| r.when_absent)
+    }
+
     /// The canonical reference, when the written one parses.
     pub fn canonical(&self) -> Option<&ImageRef> {
         self.key.as_ref().ok().map(|k| &k.image)
@@ -201,12 +206,10 @@ impl WorkloadSeries {
         uses: &[ImageUse],
         mut hold: impl FnMut(&ImageUse) -> (Option<ImageKey>, Option<ImageKey>),
     ) -> Self {
-        let containers = uses
-            .iter()
-            .filter(|u| u.spec < record.containers.len())
+        let containers = of_record(&record, uses)
             .filter_map(|u| {
                 let spec = u32::try_from(u.spec).ok()?;
-                let replacement_when_absent = u.replacement.as_ref().is_some_and(|r| r.when_absent);
+                let replacement_when_absent = u.replacement_when_absent();
                 let (key, replacement) = hold(u);
                 Some(ContainerSeries { spec, replacement_when_absent, key, replacement })
             })
@@ -218,12 +221,12 @@ impl WorkloadSeries {
     /// (not an equal copy) and, container by container, equal keys. A reset that resolves a
     /// workload to what is held then keeps it, instead of building all its series again.
     pub fn is_built_from(&self, record: &Arc<WorkloadRecord>, uses: &[ImageUse]) -> bool {
-        let mut built = uses.iter().filter(|u| u.spec < record.containers.len());
+        let mut built = of_record(record, uses);
         Arc::ptr_eq(&self.record, record)
             && self.containers.iter().all(|container| {
                 built.next().is_some_and(|u| {
                     container.spec as usize == u.spec
-                        && container.replacement_when_absent == u.replacement.as_ref().is_some_and(|r| r.when_absent)
+                        && container.replacement_when_absent == u.replacement_when_absent()
                         && container.key.as_ref() == u.key.as_ref().ok()
                         && container.replacement.as_ref() == u.replacement.as_ref().map(|r| &r.key)
                 })
@@ -251,6 +254,12 @@ impl WorkloadSeries {
     pub fn containers(&self) -> &[ContainerSeries] {
         &self.containers
     }
+}
+
+/// The uses that name a container of `record`: the ones its series are built from.
+fn of_record<'a>(record: &WorkloadRecord, uses: &'a [ImageUse]) -> impl Iterator<Item = &'a ImageUse> {
+    let containers = record.containers.len();
+    uses.iter().filter(move |u| u.spec < containers)
 }
 
 /// One container's series: its workload's series and which container. Cheap to clone;

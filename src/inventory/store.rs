@@ -280,7 +280,11 @@ impl Store {
     /// A workload's record, when it exists and the selection admits it.
     pub fn selected_record(&self, workload: &WorkloadRef, selection: &Selection) -> Option<Arc<WorkloadRecord>> {
         let record = &self.records.get(workload)?.0;
-        selection.admits(record, self.namespaces.get(record.workload.namespace.as_str())).then(|| record.clone())
+        self.admits(record, selection).then(|| record.clone())
+    }
+
+    fn admits(&self, record: &WorkloadRecord, selection: &Selection) -> bool {
+        selection.admits(record, self.namespaces.get(record.workload.namespace.as_str()))
     }
 
     /// Every scope listed once (or given up on), and namespaces too when a selector needs them.
@@ -298,7 +302,9 @@ impl Store {
 
     /// The records the selection admits, sorted by workload.
     pub fn selected(&self, selection: &Selection) -> Vec<Arc<WorkloadRecord>> {
-        self.records().iter().filter_map(|r| self.selected_record(&r.workload, selection)).collect()
+        let mut records = self.records();
+        records.retain(|record| self.admits(record, selection));
+        records
     }
 }
 
